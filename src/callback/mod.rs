@@ -1,0 +1,1 @@
+//! callback (in progress).

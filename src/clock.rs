@@ -1,0 +1,35 @@
+//! The app's notion of "now": real UTC time plus an offset that tests move forward instead of sleeping.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
+
+/// Cheap to clone; clones share the offset, so a test that advances its handle moves the app too.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock::default()
+    }
+
+    /// Current UTC time, truncated to microseconds because PostgreSQL keeps no more.
+    pub fn now(&self) -> NaiveDateTime {
+        self.now_utc().naive_utc()
+    }
+
+    pub fn now_utc(&self) -> DateTime<Utc> {
+        let t = Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst));
+        let micros = t.nanosecond() / 1_000 * 1_000;
+        t.with_nanosecond(micros).unwrap_or(t)
+    }
+
+    /// Moves this clock (and every clone of it) forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}

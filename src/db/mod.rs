@@ -1,0 +1,221 @@
+//! Storage infrastructure: one diesel connection type over SQLite and PostgreSQL, the pool, migrations.
+//!
+//! The backend is chosen at run time from the `DATABASE_URL` scheme (vaultwarden's approach), so one
+//! binary serves the embedded SQLite default and several instances sharing PostgreSQL. Queries are
+//! written once against [`DbConnection`]; the few backend-specific statements live in this module.
+
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{self, ManageConnection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{Connection, PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either backend; every query in the crate goes through it.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+/// Which backend a `DATABASE_URL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    /// `postgres://` and `postgresql://` are PostgreSQL; `sqlite://`, `file:` or a bare path is SQLite.
+    pub fn of_url(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
+/// Strips the `sqlite://` prefix that diesel's SQLite driver does not understand.
+fn sqlite_path(url: &str) -> &str {
+    url.strip_prefix("sqlite://").unwrap_or(url)
+}
+
+/// r2d2 manager that picks the variant explicitly (the derived `establish` tries each backend in
+/// turn and hides the real PostgreSQL error) and applies SQLite's per-connection pragmas.
+#[derive(Debug, Clone)]
+pub struct Manager {
+    url: String,
+    backend: Backend,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
+        match self.backend {
+            Backend::Postgres => PgConnection::establish(&self.url)
+                .map(DbConnection::Postgres)
+                .map_err(r2d2::Error::ConnectionError),
+            Backend::Sqlite => {
+                let mut conn = SqliteConnection::establish(sqlite_path(&self.url))
+                    .map_err(r2d2::Error::ConnectionError)?;
+                // busy_timeout lets concurrent writers queue instead of failing at once.
+                conn.batch_execute(
+                    "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
+        false
+    }
+}
+
+pub type DbPool = r2d2::Pool<Manager>;
+pub type PooledConn = r2d2::PooledConnection<Manager>;
+
+/// Errors of the storage layer as seen by callers.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database connection unavailable: {0}")]
+    Pool(#[from] r2d2::PoolError),
+    #[error("database query failed: {0}")]
+    Query(#[from] DieselError),
+    #[error("database task was cancelled")]
+    Cancelled,
+}
+
+impl DbError {
+    /// True for a unique-constraint violation (used as "already exists" instead of `ON CONFLICT`).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, DbError::Query(e) if is_unique_violation(e))
+    }
+}
+
+pub fn is_unique_violation(e: &DieselError) -> bool {
+    matches!(e, DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
+}
+
+/// The pool plus the rule that blocking diesel never runs on the async reactor.
+#[derive(Clone)]
+pub struct Db {
+    pool: DbPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Connects, creates the SQLite file's folder if needed, sets WAL mode and runs migrations.
+    pub fn connect(url: &str, max_size: u32) -> anyhow::Result<Db> {
+        use anyhow::Context as _;
+        let backend = Backend::of_url(url);
+        if backend == Backend::Sqlite {
+            let path = std::path::Path::new(sqlite_path(url));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create the database folder {}", dir.display()))?;
+            }
+        }
+        let manager = Manager { url: url.to_owned(), backend };
+        let pool = r2d2::Pool::builder()
+            .max_size(max_size)
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .with_context(|| match backend {
+                Backend::Postgres => "cannot connect to PostgreSQL (check DATABASE_URL)".to_owned(),
+                Backend::Sqlite => format!("cannot open the SQLite database {}", sqlite_path(url)),
+            })?;
+        let mut conn = pool.get().context("cannot get a database connection")?;
+        if backend == Backend::Sqlite {
+            // WAL is a property of the file, so once is enough; readers then never block the writer.
+            conn.batch_execute("PRAGMA journal_mode = WAL;")
+                .context("cannot switch SQLite to WAL mode")?;
+        }
+        run_migrations(&mut conn).context("database migrations failed")?;
+        Ok(Db { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|_| DbError::Cancelled)?
+    }
+
+    /// A connection for synchronous code (tests, start-up); never call it on the reactor.
+    pub fn get_blocking(&self) -> Result<PooledConn, DbError> {
+        Ok(self.pool.get()?)
+    }
+}
+
+/// Applies the embedded migrations of the connection's backend.
+pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<()> {
+    let result = match conn {
+        DbConnection::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()),
+        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|_| ()),
+    };
+    result.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A write transaction that is safe on both backends.
+///
+/// On SQLite a deferred transaction that reads first and writes later can fail with
+/// `SQLITE_BUSY` without waiting when another writer committed in between; taking the write lock
+/// up front (a no-op write) makes `busy_timeout` apply and serialises writers cleanly. PostgreSQL
+/// needs nothing extra: the compare-and-set updates inside re-check their `WHERE` under its locks.
+pub fn write_tx<T, F>(conn: &mut DbConnection, f: F) -> Result<T, DbError>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, DbError>,
+{
+    conn.transaction(|c| {
+        if let DbConnection::Sqlite(s) = c {
+            diesel::sql_query("UPDATE rate_slots SET used = used WHERE 1 = 0").execute(s)?;
+        }
+        f(c)
+    })
+}
+
+/// Inserts inside a savepoint so that a unique violation does not abort an enclosing
+/// PostgreSQL transaction; returns `Ok(false)` when the row already existed.
+pub fn insert_if_absent<F>(conn: &mut DbConnection, f: F) -> QueryResult<bool>
+where
+    F: FnOnce(&mut DbConnection) -> QueryResult<usize>,
+{
+    match conn.transaction(f) {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl From<DbError> for std::io::Error {
+    fn from(e: DbError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}

@@ -1,0 +1,1 @@
+//! portal (in progress).

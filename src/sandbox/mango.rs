@@ -1,0 +1,1 @@
+//! Simulated Mango Office VPBX API.

@@ -1,0 +1,3 @@
+//! Simulated peers.
+pub mod bitrix;
+pub mod mango;
