@@ -1161,4 +1161,38 @@ mod tests {
             .await
             .is_err());
     }
+
+    #[actix_web::test]
+    async fn the_official_wire_body_is_decoded_and_its_signature_accepted() {
+        let sim = spawn_sim().await;
+        sim.add_account("<YOUR_API_KEY>", "<YOUR_API_SALT>");
+        let body = "vpbx_api_key=%3CYOUR_API_KEY%3E&sign=afdeb462cd5e0e422a9c9220390124608df06a4472cb1add6ebd6e24184bd15a&json=%7B%22command_id%22%3A%22your-command-id%22%2C%22from%22%3A%7B%22extension%22%3A%22%3Cextension%3E%22%2C%22number%22%3A%22%22%7D%2C%22to_number%22%3A%22%3Cto_number%3E%22%7D";
+        let client = awc::Client::default();
+        let response = client
+            .post(format!("{}groups", sim.api_url()))
+            .content_type("application/x-www-form-urlencoded")
+            .send_body(body)
+            .await
+            .expect("simulator answers");
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(sim.requests()[0].sign_valid);
+    }
+
+    #[test]
+    fn the_lockout_lasts_two_minutes_and_a_lone_invalid_request_is_forgiven_after_two() {
+        let start = Instant::now();
+        let mut account = Account::new(SALT);
+        assert!(!account.register_invalid(start));
+        assert!(
+            !account.register_invalid(start + LOCKOUT_WINDOW),
+            "the window has passed"
+        );
+        assert!(account.register_invalid(start + LOCKOUT_WINDOW + Duration::from_secs(1)));
+        assert!(account.is_locked(start + Duration::from_secs(200)));
+        assert!(!account.is_locked(start + Duration::from_secs(242)));
+        assert!(
+            !account.register_invalid(start + Duration::from_secs(243)),
+            "a fresh start"
+        );
+    }
 }
