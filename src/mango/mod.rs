@@ -19,3 +19,6 @@ pub use answer::{interpret, Answer, MangoError};
 pub use client::{http_client, Accepted, CallbackGroup, Group, Line, MangoClient};
 pub use codes::describe_code;
 pub use sign::{form_body, sign, verify, Credentials};
+
+#[cfg(test)]
+mod http_tests;
