@@ -1,1 +1,24 @@
-//! Mango Office VPBX client.
+//! Mango Office VPBX client: request signing, the `callback_group` command and settings lookups.
+//!
+//! - [`sign`](mod@sign): the SHA-256 signature and the byte-exact form body (also verifies
+//!   Mango's signed callbacks).
+//! - [`client`]: the awc-based HTTP client.
+//! - [`answer`]: the pure (status, body) → outcome classification, with [`MangoError`].
+//! - [`codes`]: human descriptions of Mango's hierarchical result codes.
+//!
+//! Wire facts come from `mango-vpbx-api.md`; the decisions here answer the predecessor's
+//! defects: numbers stay strings, the signed JSON is the sent JSON, every answer is read, and a
+//! request that may have been accepted is never reported as retryable.
+
+pub mod answer;
+pub mod client;
+pub mod codes;
+pub mod sign;
+
+pub use answer::{interpret, Answer, MangoError};
+pub use client::{http_client, Accepted, CallbackGroup, Group, Line, MangoClient};
+pub use codes::describe_code;
+pub use sign::{form_body, sign, verify, Credentials};
+
+#[cfg(test)]
+mod http_tests;
