@@ -60,10 +60,18 @@ pub struct SettingsArgs {
     #[arg(long, env = "B24_CLIENT_SECRET", hide_env_values = true)]
     pub b24_client_secret: Option<String>,
     /// Bitrix24 OAuth server (token refresh and app.info verification).
-    #[arg(long, env = "B24_OAUTH_URL", default_value = "https://oauth.bitrix.info")]
+    #[arg(
+        long,
+        env = "B24_OAUTH_URL",
+        default_value = "https://oauth.bitrix.info"
+    )]
     pub b24_oauth_url: String,
     /// Mango Office VPBX API base URL.
-    #[arg(long, env = "MANGO_API_URL", default_value = "https://app.mango-office.ru/vpbx/")]
+    #[arg(
+        long,
+        env = "MANGO_API_URL",
+        default_value = "https://app.mango-office.ru/vpbx/"
+    )]
     pub mango_api_url: String,
     /// Encrypts stored secrets and signs page tokens; generated into the data folder when unset on SQLite.
     #[arg(long, env = "APP_SECRET_KEY", hide_env_values = true)]
@@ -71,6 +79,12 @@ pub struct SettingsArgs {
     /// How many jobs one instance runs at once.
     #[arg(long, env = "APP_JOB_CONCURRENCY", default_value_t = 4)]
     pub job_concurrency: usize,
+    /// The portal's REST limit: requests per second drained from its leaky bucket (2; Enterprise 5).
+    #[arg(long, env = "B24_REQUESTS_PER_SECOND", default_value_t = 2.0)]
+    pub b24_requests_per_second: f64,
+    /// The portal's REST burst: bucket size (50; Enterprise 250).
+    #[arg(long, env = "B24_BURST", default_value_t = 50)]
+    pub b24_burst: u32,
     /// Database connections per instance.
     #[arg(long, env = "APP_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
@@ -93,6 +107,8 @@ pub struct Settings {
     pub secret_key: String,
     pub job_concurrency: usize,
     pub db_pool_size: u32,
+    pub b24_requests_per_second: f64,
+    pub b24_burst: u32,
 }
 
 impl std::fmt::Debug for Settings {
@@ -118,14 +134,24 @@ pub struct ConfigError {
 }
 
 fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { var, message: message.into() }
+    ConfigError {
+        var,
+        message: message.into(),
+    }
 }
 
 fn http_url(var: &'static str, value: &str) -> Result<url::Url, ConfigError> {
-    let u = url::Url::parse(value)
-        .map_err(|e| bad(var, format!("expected an http(s) URL such as https://example.com, got {value:?} ({e})")))?;
+    let u = url::Url::parse(value).map_err(|e| {
+        bad(
+            var,
+            format!("expected an http(s) URL such as https://example.com, got {value:?} ({e})"),
+        )
+    })?;
     if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
-        return Err(bad(var, format!("expected an http(s) URL with a host, got {value:?}")));
+        return Err(bad(
+            var,
+            format!("expected an http(s) URL with a host, got {value:?}"),
+        ));
     }
     Ok(u)
 }
@@ -143,14 +169,26 @@ pub fn redact_url(url: &str) -> String {
 
 impl Settings {
     pub fn from_args(a: SettingsArgs) -> Result<Settings, ConfigError> {
-        let bind: SocketAddr = a
-            .bind
-            .parse()
-            .map_err(|_| bad("APP_BIND", format!("expected host:port such as 127.0.0.1:8080, got {:?}", a.bind)))?;
-        let (public_url, public_url_explicit) = match a.public_url.as_deref().filter(|s| !s.is_empty()) {
-            Some(p) => (http_url("APP_PUBLIC_URL", p)?.as_str().trim_end_matches('/').to_owned(), true),
-            None => (format!("http://{bind}"), false),
-        };
+        let bind: SocketAddr = a.bind.parse().map_err(|_| {
+            bad(
+                "APP_BIND",
+                format!(
+                    "expected host:port such as 127.0.0.1:8080, got {:?}",
+                    a.bind
+                ),
+            )
+        })?;
+        let (public_url, public_url_explicit) =
+            match a.public_url.as_deref().filter(|s| !s.is_empty()) {
+                Some(p) => (
+                    http_url("APP_PUBLIC_URL", p)?
+                        .as_str()
+                        .trim_end_matches('/')
+                        .to_owned(),
+                    true,
+                ),
+                None => (format!("http://{bind}"), false),
+            };
         let oauth = http_url("B24_OAUTH_URL", &a.b24_oauth_url)?;
         let mango = http_url("MANGO_API_URL", &a.mango_api_url)?;
         let mut mango_api_url = mango.as_str().to_owned();
@@ -159,7 +197,10 @@ impl Settings {
         }
         let db = a.database_url.trim().to_owned();
         if db.is_empty() {
-            return Err(bad("DATABASE_URL", "expected sqlite://path/file.db or postgres://user@host/db"));
+            return Err(bad(
+                "DATABASE_URL",
+                "expected sqlite://path/file.db or postgres://user@host/db",
+            ));
         }
         let secret_key = match a.secret_key.filter(|s| !s.is_empty()) {
             Some(k) if k.len() < 16 => return Err(bad("APP_SECRET_KEY", "must be at least 16 characters")),
@@ -174,6 +215,15 @@ impl Settings {
                 ))
             }
         };
+        if !(a.b24_requests_per_second > 0.0) {
+            return Err(bad(
+                "B24_REQUESTS_PER_SECOND",
+                "must be a positive number such as 2",
+            ));
+        }
+        if a.b24_burst == 0 {
+            return Err(bad("B24_BURST", "must be at least 1"));
+        }
         if a.job_concurrency == 0 {
             return Err(bad("APP_JOB_CONCURRENCY", "must be at least 1"));
         }
@@ -189,6 +239,8 @@ impl Settings {
             secret_key,
             job_concurrency: a.job_concurrency,
             db_pool_size: a.db_pool_size.max(2),
+            b24_requests_per_second: a.b24_requests_per_second,
+            b24_burst: a.b24_burst,
         })
     }
 
@@ -206,14 +258,21 @@ impl Settings {
             secret_key: "local-test-secret-key-0123456789".into(),
             job_concurrency: 4,
             db_pool_size: 8,
+            b24_requests_per_second: 2.0,
+            b24_burst: 50,
         }
     }
 }
 
 /// Reads, or creates with 0600 permissions, `secret.key` beside the SQLite database file.
 fn generated_secret_key(database_url: &str) -> Result<String, String> {
-    let path = database_url.strip_prefix("sqlite://").unwrap_or(database_url);
-    let dir = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let path = database_url
+        .strip_prefix("sqlite://")
+        .unwrap_or(database_url);
+    let dir = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let file: PathBuf = dir.join("secret.key");
     if let Ok(k) = std::fs::read_to_string(&file) {
         let k = k.trim().to_owned();
@@ -234,7 +293,12 @@ fn generated_secret_key(database_url: &str) -> Result<String, String> {
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(content.as_bytes())
 }
 

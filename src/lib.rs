@@ -20,6 +20,7 @@ pub mod bitrix;
 pub mod callback;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod crypto;
 pub mod db;
 pub mod error;

@@ -1,2 +1,48 @@
-//! Binary entry point: parse settings, start telemetry, run the chosen command.
-fn main() {}
+//! Binary entry point: read settings, start logging, run the chosen command.
+
+use clap::Parser;
+use mango_callback::config::{Cli, Command, Settings};
+use mango_callback::startup::{Application, RunOptions};
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    let _ = dotenvy::dotenv();
+    mango_callback::telemetry::init("info");
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.settings).await,
+        Command::Sandbox {
+            bitrix_port,
+            mango_port,
+            exit,
+        } => mango_callback::sandbox::demo::run(cli.settings, bitrix_port, mango_port, exit).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mango-callback: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: mango_callback::config::SettingsArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_args(args)?;
+    if !settings.public_url_explicit {
+        tracing::warn!("APP_PUBLIC_URL is not set: Bitrix24 cannot reach http://{}; set it to the https URL of this app", settings.bind);
+    }
+    if settings.b24_client_id.is_none() || settings.b24_client_secret.is_none() {
+        tracing::warn!("B24_CLIENT_ID / B24_CLIENT_SECRET are not set: installs and token refreshes will be refused until they are");
+    }
+    tracing::info!(settings = ?settings, "starting");
+    let app = Application::build(settings, RunOptions::default()).await?;
+    tracing::info!(port = app.port(), "listening");
+    let handle = app.server_handle();
+    actix_web::rt::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stopping");
+        handle.stop(true).await;
+    });
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -30,13 +30,18 @@ impl Phone {
 
     /// For logs and UI: every digit but the last four replaced with '*', e.g. `*******4567`.
     pub fn masked(&self) -> String {
-        let keep_from = self.0.len().saturating_sub(4);
-        self.0
-            .chars()
-            .enumerate()
-            .map(|(i, c)| if i < keep_from { '*' } else { c })
-            .collect()
+        mask(&self.0)
     }
+}
+
+/// Masks all but the last 4 characters of a stored number (call log, logs).
+pub fn mask(digits: &str) -> String {
+    let keep_from = digits.chars().count().saturating_sub(4);
+    digits
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i < keep_from { '*' } else { c })
+        .collect()
 }
 
 /// Why a string is not a usable phone number.

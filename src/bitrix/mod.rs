@@ -1,1 +1,53 @@
-//! bitrix (in progress).
+//! Outbound Bitrix24: the REST client (limits, refresh, renamed portals, batch) and OAuth.
+
+pub mod client;
+pub mod limiter;
+pub mod oauth;
+
+/// A Bitrix24 call that did not produce a result; every variant names portal and method.
+#[derive(Debug, thiserror::Error)]
+pub enum BitrixError {
+    #[error("Bitrix24 portal {member_id}: {method} answered HTTP {status} {code}: {description}")]
+    Api {
+        member_id: String,
+        method: String,
+        status: u16,
+        code: String,
+        description: String,
+    },
+    #[error("Bitrix24 portal {member_id}: {method} could not be sent: {detail}")]
+    Transport {
+        member_id: String,
+        method: String,
+        detail: String,
+    },
+    #[error("Bitrix24 portal {member_id} needs re-authorisation: an administrator should open the app ({detail})")]
+    NeedsReauth { member_id: String, detail: String },
+    #[error("Bitrix24 portal {0} is not installed")]
+    NotInstalled(String),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+impl BitrixError {
+    /// Worth retrying later: transport trouble, limits, server errors.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BitrixError::Transport { .. } | BitrixError::Db(_) => true,
+            BitrixError::Api { status, code, .. } => {
+                *status >= 500
+                    || *status == 429
+                    || code == "QUERY_LIMIT_EXCEEDED"
+                    || code == "OPERATION_TIME_LIMIT"
+            }
+            BitrixError::NeedsReauth { .. } | BitrixError::NotInstalled(_) => false,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            BitrixError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}

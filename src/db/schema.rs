@@ -17,6 +17,8 @@ diesel::table! {
         needs_reauth -> Bool,
         uninstalled_at -> Nullable<Timestamp>,
         token_version -> BigInt,
+        refresh_lock_until -> Nullable<Timestamp>,
+        refresh_lock_by -> Nullable<Text>,
         refreshed_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,

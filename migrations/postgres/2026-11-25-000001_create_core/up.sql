@@ -17,6 +17,9 @@ CREATE TABLE portals (
     uninstalled_at     TIMESTAMP,
     -- Bumped on every token change: the single-flight refresh compares it.
     token_version      BIGINT NOT NULL DEFAULT 0,
+    -- Lease taken by the one instance refreshing the tokens (single-flight across instances).
+    refresh_lock_until TIMESTAMP,
+    refresh_lock_by    TEXT,
     refreshed_at       TIMESTAMP,
     created_at         TIMESTAMP NOT NULL,
     updated_at         TIMESTAMP NOT NULL

@@ -1,0 +1,485 @@
+//! The Bitrix24 REST client: `{client_endpoint}{method}` with JSON bodies, per-portal rate
+//! limiting, refresh-and-retry-once on an expired token (single-flight across threads and
+//! instances), backoff on `QUERY_LIMIT_EXCEEDED`, a wait on `OPERATION_TIME_LIMIT`, and a renamed
+//! portal's 302 followed once by hand.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::oauth::{self, RefreshError};
+use super::BitrixError;
+use crate::context::Shared;
+use crate::portal::store;
+
+const MAX_LIMIT_RETRIES: u32 = 8;
+const REFRESH_LEASE: Duration = Duration::from_secs(30);
+
+pub struct BitrixClient {
+    shared: Shared,
+    http: awc::Client,
+}
+
+/// One raw answer.
+struct Answer {
+    status: u16,
+    body: Value,
+    location: Option<String>,
+}
+
+impl Answer {
+    fn error_code(&self) -> String {
+        self.body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+    fn error_description(&self) -> String {
+        self.body
+            .get("error_description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// A portal's credentials as read for one call.
+struct Auth {
+    endpoint: String,
+    access_token: String,
+    version: i64,
+}
+
+/// The parts of a batch answer, with PHP's `[]`-for-empty-map quirk smoothed over.
+#[derive(Debug, Clone, Default)]
+pub struct BatchResult {
+    pub result: serde_json::Map<String, Value>,
+    pub errors: serde_json::Map<String, Value>,
+}
+
+fn as_map(v: &Value) -> serde_json::Map<String, Value> {
+    match v {
+        Value::Object(m) => m.clone(),
+        // PHP turns numeric-keyed maps into arrays; keep their indexes as keys.
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v.clone()))
+            .collect(),
+        _ => serde_json::Map::new(),
+    }
+}
+
+impl BitrixClient {
+    pub fn new(shared: Shared, http: awc::Client) -> BitrixClient {
+        BitrixClient { shared, http }
+    }
+
+    async fn load_auth(&self, member_id: &str) -> Result<Auth, BitrixError> {
+        let id = member_id.to_owned();
+        let portal = self
+            .shared
+            .db
+            .run(move |c| Ok(store::find(c, &id)?))
+            .await?;
+        let Some(p) = portal.filter(|p| p.is_active()) else {
+            return Err(BitrixError::NotInstalled(member_id.to_owned()));
+        };
+        if p.needs_reauth {
+            return Err(BitrixError::NeedsReauth {
+                member_id: member_id.to_owned(),
+                detail: "the refresh token was refused".into(),
+            });
+        }
+        let access_token = p
+            .access_token
+            .as_deref()
+            .and_then(|t| self.shared.cipher.open(t).ok())
+            .ok_or_else(|| BitrixError::NeedsReauth {
+                member_id: member_id.to_owned(),
+                detail: "no readable access token stored".into(),
+            })?;
+        Ok(Auth {
+            endpoint: p.client_endpoint,
+            access_token,
+            version: p.token_version,
+        })
+    }
+
+    async fn send(
+        &self,
+        member_id: &str,
+        endpoint: &str,
+        token: &str,
+        method: &str,
+        params: &Value,
+    ) -> Result<Answer, BitrixError> {
+        let mut body = params.clone();
+        if let Value::Object(m) = &mut body {
+            m.insert("auth".into(), Value::String(token.to_owned()));
+        } else {
+            body = json!({ "auth": token });
+        }
+        self.shared.limiter.acquire(member_id).await;
+        let url = format!("{endpoint}{method}");
+        let transport = |detail: String| BitrixError::Transport {
+            member_id: member_id.to_owned(),
+            method: method.to_owned(),
+            detail,
+        };
+        let mut resp = self
+            .http
+            .post(&url)
+            .timeout(crate::context::BITRIX_TIMEOUT)
+            .send_json(&body)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp
+            .body()
+            .limit(16 << 20)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if body.is_null() && (200..300).contains(&status) {
+            return Err(transport(format!(
+                "HTTP {status} with a body that is not JSON"
+            )));
+        }
+        Ok(Answer {
+            status,
+            body,
+            location,
+        })
+    }
+
+    /// Calls `method` on the portal with its stored tokens; returns the answer's `result`.
+    pub async fn call(
+        &self,
+        member_id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, BitrixError> {
+        self.call_full(member_id, method, params)
+            .await
+            .map(|mut b| b.get_mut("result").map(Value::take).unwrap_or(Value::Null))
+    }
+
+    /// Like [`call`](Self::call) but returns the whole answer body (`result`, `time`, `total`…).
+    pub async fn call_full(
+        &self,
+        member_id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, BitrixError> {
+        let mut refreshed = false;
+        let mut redirected = false;
+        let mut limit_retries = 0;
+        loop {
+            let auth = self.load_auth(member_id).await?;
+            let ans = self
+                .send(
+                    member_id,
+                    &auth.endpoint,
+                    &auth.access_token,
+                    method,
+                    &params,
+                )
+                .await?;
+            let code = ans.error_code();
+            match ans.status {
+                200..=299 => return Ok(ans.body),
+                301 | 302 | 307 | 308 if !redirected => {
+                    redirected = true;
+                    self.follow_rename(member_id, method, ans.location.as_deref())
+                        .await?;
+                }
+                401 if !refreshed && (code == "expired_token" || code == "invalid_token") => {
+                    refreshed = true;
+                    self.refresh(member_id, auth.version).await?;
+                }
+                503 if code == "QUERY_LIMIT_EXCEEDED" && limit_retries < MAX_LIMIT_RETRIES => {
+                    limit_retries += 1;
+                    let wait = Duration::from_millis(500 * (1 << limit_retries.min(5)));
+                    tracing::warn!(
+                        portal = member_id,
+                        method,
+                        retry = limit_retries,
+                        wait_ms = wait.as_millis() as u64,
+                        "Bitrix24 QUERY_LIMIT_EXCEEDED; backing off"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                429 if code == "OPERATION_TIME_LIMIT" && limit_retries < 2 => {
+                    limit_retries += 1;
+                    let reset = ans.body["time"]["operating_reset_at"]
+                        .as_f64()
+                        .map(|t| t - self.shared.clock.now_utc().timestamp() as f64);
+                    let wait = Duration::from_secs_f64(reset.unwrap_or(10.0).clamp(1.0, 60.0));
+                    tracing::warn!(
+                        portal = member_id,
+                        method,
+                        wait_s = wait.as_secs(),
+                        "Bitrix24 OPERATION_TIME_LIMIT; waiting for the reset"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                status => {
+                    return Err(BitrixError::Api {
+                        member_id: member_id.to_owned(),
+                        method: method.to_owned(),
+                        status,
+                        code,
+                        description: ans.error_description(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Calls a method with a given user token (the installer's AUTH_ID) on a verified endpoint,
+    /// without stored tokens and without refresh.
+    pub async fn call_with_token(
+        &self,
+        member_id: &str,
+        endpoint: &str,
+        token: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, BitrixError> {
+        let mut limit_retries = 0;
+        loop {
+            let mut ans = self
+                .send(member_id, endpoint, token, method, &params)
+                .await?;
+            match ans.status {
+                200..=299 => {
+                    return Ok(ans
+                        .body
+                        .get_mut("result")
+                        .map(Value::take)
+                        .unwrap_or(Value::Null))
+                }
+                503 if ans.error_code() == "QUERY_LIMIT_EXCEEDED"
+                    && limit_retries < MAX_LIMIT_RETRIES =>
+                {
+                    limit_retries += 1;
+                    tokio::time::sleep(Duration::from_millis(500 * (1 << limit_retries.min(5))))
+                        .await;
+                }
+                status => {
+                    return Err(BitrixError::Api {
+                        member_id: member_id.to_owned(),
+                        method: method.to_owned(),
+                        status,
+                        code: ans.error_code(),
+                        description: ans.error_description(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// `batch` with up to 50 commands `(key, "method?query")`.
+    pub async fn batch(
+        &self,
+        member_id: &str,
+        commands: &[(String, String)],
+    ) -> Result<BatchResult, BitrixError> {
+        let cmd: serde_json::Map<String, Value> = commands
+            .iter()
+            .map(|(k, c)| (k.clone(), Value::String(c.clone())))
+            .collect();
+        let r = self
+            .call(member_id, "batch", json!({ "halt": 0, "cmd": cmd }))
+            .await?;
+        Ok(BatchResult {
+            result: as_map(&r["result"]),
+            errors: as_map(&r["result_error"]),
+        })
+    }
+
+    async fn follow_rename(
+        &self,
+        member_id: &str,
+        method: &str,
+        location: Option<&str>,
+    ) -> Result<(), BitrixError> {
+        let bad = |detail: &str| BitrixError::Transport {
+            member_id: member_id.to_owned(),
+            method: method.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let location = location.ok_or_else(|| bad("redirect without a Location"))?;
+        let url =
+            url::Url::parse(location).map_err(|_| bad("redirect to an unparseable Location"))?;
+        let path = url.path();
+        let idx = path
+            .find("/rest/")
+            .ok_or_else(|| bad("redirect to a URL that is not a REST endpoint"))?;
+        let endpoint = format!(
+            "{}{}",
+            &url[..url::Position::BeforePath],
+            &path[..idx + "/rest/".len()]
+        );
+        let domain = url.host_str().unwrap_or_default().to_owned();
+        tracing::warn!(portal = member_id, new_endpoint = %endpoint, "portal was renamed; following the redirect and storing the new domain");
+        let (id, now) = (member_id.to_owned(), self.shared.clock.now());
+        self.shared
+            .db
+            .run(move |c| Ok(store::move_endpoint(c, &id, &domain, &endpoint, now)?))
+            .await?;
+        Ok(())
+    }
+
+    /// Refreshes the portal's tokens once for everyone who saw `seen_version` expire.
+    ///
+    /// Within the process a per-portal mutex queues the callers; across processes a lease on
+    /// the portal row (compare-and-set on `token_version`) lets exactly one refresh while the
+    /// others wait for the version to move and then use the winner's tokens. No database
+    /// transaction is held across the HTTP call.
+    pub async fn refresh(&self, member_id: &str, seen_version: i64) -> Result<(), BitrixError> {
+        let gate = self.shared.refresh_gates.gate(member_id);
+        let _held = gate.lock().await;
+        let deadline = std::time::Instant::now() + REFRESH_LEASE * 2;
+        loop {
+            let id = member_id.to_owned();
+            let portal = self
+                .shared
+                .db
+                .run(move |c| Ok(store::find(c, &id)?))
+                .await?
+                .ok_or_else(|| BitrixError::NotInstalled(member_id.to_owned()))?;
+            if portal.token_version != seen_version {
+                return Ok(());
+            }
+            if portal.needs_reauth {
+                return Err(BitrixError::NeedsReauth {
+                    member_id: member_id.to_owned(),
+                    detail: "the refresh token was refused".into(),
+                });
+            }
+            let now = self.shared.clock.now();
+            let until = now + chrono::Duration::from_std(REFRESH_LEASE).unwrap_or_default();
+            let (id, holder) = (member_id.to_owned(), self.shared.instance_id.clone());
+            let won = self
+                .shared
+                .db
+                .run(move |c| {
+                    Ok(store::try_lock_refresh(
+                        c,
+                        &id,
+                        seen_version,
+                        &holder,
+                        until,
+                        now,
+                    )?)
+                })
+                .await?;
+            if won {
+                return self
+                    .refresh_holding_lease(member_id, seen_version, portal.refresh_token.as_deref())
+                    .await;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(BitrixError::Transport {
+                    member_id: member_id.to_owned(),
+                    method: "oauth/token".into(),
+                    detail: "another instance's token refresh did not finish".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn refresh_holding_lease(
+        &self,
+        member_id: &str,
+        version: i64,
+        sealed_refresh: Option<&str>,
+    ) -> Result<(), BitrixError> {
+        let s = &self.shared;
+        let holder = s.instance_id.clone();
+        let refresh_token = sealed_refresh.and_then(|t| s.cipher.open(t).ok());
+        let result = match refresh_token {
+            Some(rt) => {
+                oauth::refresh(
+                    &self.http,
+                    &s.settings.b24_oauth_url,
+                    s.settings.b24_client_id.as_deref(),
+                    s.settings.b24_client_secret.as_deref(),
+                    &rt,
+                )
+                .await
+            }
+            None => Err(RefreshError::InvalidGrant("no refresh token stored".into())),
+        };
+        let now = s.clock.now();
+        let id = member_id.to_owned();
+        match result {
+            Ok(t) => {
+                let cipher = s.cipher.clone();
+                let expires = i64::try_from(t.expires_in).unwrap_or(3600);
+                let saved =
+                    s.db.run(move |c| {
+                        Ok(store::finish_refresh(
+                            c,
+                            &cipher,
+                            &id,
+                            version,
+                            &holder,
+                            &t.access_token,
+                            &t.refresh_token,
+                            expires,
+                            now,
+                        )?)
+                    })
+                    .await?;
+                if saved {
+                    tracing::info!(portal = member_id, "Bitrix24 tokens refreshed");
+                } else {
+                    // Our lease expired and someone else refreshed meanwhile; their pair is newer.
+                    tracing::warn!(
+                        portal = member_id,
+                        "refreshed tokens not saved: the lease was lost"
+                    );
+                }
+                Ok(())
+            }
+            Err(RefreshError::InvalidGrant(detail)) => {
+                let reread = id.clone();
+                let current = s.db.run(move |c| Ok(store::find(c, &reread)?)).await?;
+                let moved = current.as_ref().is_some_and(|p| p.token_version != version);
+                s.db.run(move |c| Ok(store::release_refresh(c, &id, &holder, !moved, now)?))
+                    .await?;
+                if moved {
+                    return Ok(());
+                }
+                tracing::error!(portal = member_id, %detail, "refresh token refused: portal needs re-authorisation (an admin opening the app heals it)");
+                Err(BitrixError::NeedsReauth {
+                    member_id: member_id.to_owned(),
+                    detail,
+                })
+            }
+            Err(e) => {
+                s.db.run(move |c| Ok(store::release_refresh(c, &id, &holder, false, now)?))
+                    .await?;
+                Err(BitrixError::Transport {
+                    member_id: member_id.to_owned(),
+                    method: "oauth/token".into(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}

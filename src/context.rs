@@ -1,0 +1,86 @@
+//! What handlers and jobs work with: [`Shared`] state (thread-safe, one per process) and a
+//! per-thread [`Context`] holding the HTTP clients (awc's client is `!Send`: one per thread).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::bitrix::client::BitrixClient;
+use crate::bitrix::limiter::{RateLimiter, RefreshGates};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::crypto::Cipher;
+use crate::db::Db;
+use crate::mango::MangoClient;
+
+/// Timeout of one Mango request; a callback command either answers quickly or is in doubt.
+pub const MANGO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of one Bitrix24 request: the platform allows a single call up to 60 s.
+pub const BITRIX_TIMEOUT: Duration = Duration::from_secs(65);
+
+#[derive(Clone)]
+pub struct Shared {
+    pub settings: Arc<Settings>,
+    pub db: Db,
+    pub clock: Clock,
+    pub cipher: Cipher,
+    /// Signalled after a job is committed, so the worker starts it at once.
+    pub notify: Arc<Notify>,
+    pub limiter: Arc<RateLimiter>,
+    pub refresh_gates: Arc<RefreshGates>,
+    /// Names this process in refresh leases and job claims.
+    pub instance_id: String,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, db: Db, clock: Clock) -> Shared {
+        let cipher = Cipher::new(&settings.secret_key);
+        let limiter = RateLimiter::new(settings.b24_requests_per_second, settings.b24_burst);
+        Shared {
+            settings: Arc::new(settings),
+            db,
+            clock,
+            cipher,
+            notify: Arc::new(Notify::new()),
+            limiter: Arc::new(limiter),
+            refresh_gates: Arc::new(RefreshGates::default()),
+            instance_id: format!("instance-{}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
+/// Per-thread services; cheap to build once per actix worker thread.
+pub struct Context {
+    pub shared: Shared,
+    pub http: awc::Client,
+    pub bitrix: BitrixClient,
+    pub mango: MangoClient,
+}
+
+impl Context {
+    pub fn new(shared: Shared) -> Context {
+        let http = http_client();
+        let bitrix = BitrixClient::new(shared.clone(), http.clone());
+        let mango = MangoClient::new(http.clone(), &shared.settings.mango_api_url, MANGO_TIMEOUT);
+        Context {
+            shared,
+            http,
+            bitrix,
+            mango,
+        }
+    }
+}
+
+/// The one HTTP client configuration: no automatic redirects (a renamed portal's 302 is handled
+/// by hand, and following redirects with credentials invites SSRF), TLS via rustls.
+pub fn http_client() -> awc::Client {
+    awc::Client::builder()
+        .disable_redirects()
+        .timeout(BITRIX_TIMEOUT)
+        .add_default_header((
+            "User-Agent",
+            concat!("mango-callback/", env!("CARGO_PKG_VERSION")),
+        ))
+        .finish()
+}

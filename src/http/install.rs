@@ -1,0 +1,245 @@
+//! `POST /b24/install`: the installer page (a user's browser POST with `AUTH_ID`) and the
+//! ONAPPINSTALL event (a server POST with `event=ONAPPINSTALL`), told apart by the body.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use askama::Template;
+use serde::Deserialize;
+
+use super::{parse_form, peer, AuthBlock};
+use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
+use crate::context::Context;
+use crate::error::AppError;
+use crate::jobs::{queue, Job};
+use crate::portal::jobs::{bind_events, register_robot, RegisterRobot};
+use crate::portal::store::{self, InstallData};
+use crate::portal::Lang;
+
+#[derive(Template)]
+#[template(path = "install.html")]
+pub struct InstallPage {
+    pub ru: bool,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventForm {
+    event: Option<String>,
+    auth: Option<AuthBlock>,
+}
+
+/// Maps a failed verification to 401/403/503 and logs it.
+pub fn verify_error(e: VerifyError, req: &HttpRequest, member_id: &str) -> AppError {
+    tracing::warn!(peer = %peer(req), portal = member_id, error = %e, "request refused: Bitrix24 auth not verified");
+    match e {
+        VerifyError::Rejected(_) => AppError::Unauthorized(e.to_string()),
+        VerifyError::Mismatch(_) => AppError::Forbidden(e.to_string()),
+        VerifyError::Unavailable(_) => AppError::Unavailable(e.to_string()),
+    }
+}
+
+/// Verifies `access_token` via the configured OAuth server and requires our client id and the
+/// same `member_id` as the request claims.
+pub async fn verify(
+    ctx: &Context,
+    req: &HttpRequest,
+    access_token: &str,
+    claimed_member_id: &str,
+) -> Result<VerifiedAuth, AppError> {
+    let s = &ctx.shared.settings;
+    let Some(client_id) = s.b24_client_id.as_deref() else {
+        tracing::error!("B24_CLIENT_ID is not configured: cannot verify Bitrix24 requests");
+        return Err(AppError::Unavailable(
+            "the app is not configured (B24_CLIENT_ID)".into(),
+        ));
+    };
+    let verified =
+        oauth::verify_access_token(&ctx.http, &s.b24_oauth_url, access_token, Some(client_id))
+            .await
+            .map_err(|e| verify_error(e, req, claimed_member_id))?;
+    if verified.member_id != claimed_member_id {
+        return Err(verify_error(
+            VerifyError::Mismatch("member_id does not match the verified token".into()),
+            req,
+            claimed_member_id,
+        ));
+    }
+    Ok(verified)
+}
+
+fn lang_of(req: &HttpRequest) -> Lang {
+    let q = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    Lang::parse(q.get("LANG").map(String::as_str).unwrap_or("ru"))
+}
+
+#[tracing::instrument(name = "install", skip_all, fields(portal))]
+pub async fn install_app(
+    req: HttpRequest,
+    body: web::Bytes,
+    ctx: web::Data<Context>,
+) -> Result<HttpResponse, AppError> {
+    let ev: EventForm = parse_form(&body)?;
+    if ev
+        .event
+        .as_deref()
+        .is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL"))
+    {
+        return on_app_install(&req, ev.auth.unwrap_or_default(), &ctx).await;
+    }
+    let form: HashMap<String, String> = parse_form(&body)?;
+    let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let member_id = get("member_id")
+        .ok_or_else(|| AppError::BadRequest("member_id is missing".into()))?
+        .to_owned();
+    tracing::Span::current().record("portal", member_id.as_str());
+    let auth_id = get("AUTH_ID")
+        .ok_or_else(|| AppError::Unauthorized("AUTH_ID is missing".into()))?
+        .to_owned();
+    let lang = lang_of(&req);
+    let verified = verify(&ctx, &req, &auth_id, &member_id).await?;
+
+    let is_admin = ctx
+        .bitrix
+        .call_with_token(
+            &member_id,
+            &verified.client_endpoint,
+            &auth_id,
+            "user.admin",
+            serde_json::json!({}),
+        )
+        .await
+        .map_err(|e| {
+            AppError::Unavailable(format!(
+                "could not ask the portal whether you are an administrator: {e}"
+            ))
+        })?;
+    if is_admin != serde_json::Value::Bool(true) {
+        tracing::warn!(peer = %peer(&req), "install refused: the user is not a portal administrator");
+        return Err(AppError::Forbidden(
+            lang.pick(
+                "Установить приложение может только администратор портала",
+                "Only a portal administrator can install the app",
+            )
+            .into(),
+        ));
+    }
+
+    let data = InstallData {
+        member_id: member_id.clone(),
+        domain: verified.domain.clone(),
+        client_endpoint: verified.client_endpoint.clone(),
+        server_endpoint: get("SERVER_ENDPOINT")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{}/rest/", ctx.shared.settings.b24_oauth_url)),
+        access_token: Some(auth_id),
+        refresh_token: get("REFRESH_ID").map(str::to_owned),
+        expires_in: get("AUTH_EXPIRES").and_then(|v| v.parse().ok()),
+        application_token: get("APPLICATION_TOKEN").map(str::to_owned),
+        scope: verified.scope.clone(),
+        status: verified.status.clone(),
+        lang: Some(lang.code().to_owned()),
+    };
+    let (cipher, now) = (ctx.shared.cipher.clone(), ctx.shared.clock.now());
+    ctx.shared
+        .db
+        .run(move |c| Ok(store::upsert_installed(c, &cipher, &data, now)?))
+        .await?;
+    tracing::info!(domain = %verified.domain, "portal stored from the installer");
+
+    let url = &ctx.shared.settings.public_url;
+    let steps = async {
+        register_robot(&ctx.bitrix, &member_id, url).await?;
+        bind_events(&ctx.bitrix, &member_id, url).await
+    };
+    let page = match steps.await {
+        Ok(()) => {
+            tracing::info!("robot registered and events bound; installer finishes");
+            InstallPage {
+                ru: lang == Lang::Ru,
+                ok: true,
+                message: String::new(),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "install step failed; the installer can be opened again");
+            InstallPage {
+                ru: lang == Lang::Ru,
+                ok: false,
+                message: e.to_string(),
+            }
+        }
+    };
+    let status = if page.ok {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::BAD_GATEWAY
+    };
+    let html = page.render().map_err(|e| AppError::Internal(e.into()))?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(html))
+}
+
+/// ONAPPINSTALL: nothing is stored yet, so its access token is verified through `app.info`
+/// before its application token is trusted and stored.
+async fn on_app_install(
+    req: &HttpRequest,
+    auth: AuthBlock,
+    ctx: &Context,
+) -> Result<HttpResponse, AppError> {
+    let member_id = auth
+        .member_id
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| AppError::BadRequest("auth[member_id] is missing".into()))?;
+    tracing::Span::current().record("portal", member_id.as_str());
+    let token = auth
+        .access_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AppError::Unauthorized("auth[access_token] is missing".into()))?;
+    let app_token = auth
+        .application_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
+    let verified = verify(ctx, req, &token, &member_id).await?;
+    let data = InstallData {
+        member_id: member_id.clone(),
+        domain: verified.domain,
+        client_endpoint: verified.client_endpoint,
+        server_endpoint: auth
+            .server_endpoint
+            .unwrap_or_else(|| format!("{}/rest/", ctx.shared.settings.b24_oauth_url)),
+        access_token: Some(token),
+        refresh_token: auth.refresh_token,
+        expires_in: auth.expires_in.and_then(|v| v.parse().ok()),
+        application_token: Some(app_token),
+        scope: verified.scope,
+        status: verified.status,
+        lang: None,
+    };
+    let (cipher, now) = (ctx.shared.cipher.clone(), ctx.shared.clock.now());
+    ctx.shared
+        .db
+        .run(move |c| {
+            crate::db::write_tx(c, |c| {
+                store::upsert_installed(c, &cipher, &data, now)?;
+                // Registering is idempotent; the installer page may do it first, this makes sure.
+                let job = RegisterRobot {
+                    member_id: data.member_id.clone(),
+                }
+                .to_new_job(Some(&data.member_id), None, now);
+                queue::enqueue(c, &job, now)?;
+                Ok(())
+            })
+        })
+        .await?;
+    ctx.shared.notify.notify_one();
+    tracing::info!("ONAPPINSTALL verified; portal and application token stored");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "installed" })))
+}

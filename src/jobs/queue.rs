@@ -1,0 +1,281 @@
+//! The only SQL for the `jobs` table: enqueue, claim by compare-and-set lease, finish, reap.
+//!
+//! Portable by design (STYLE §4): no row lock is held while a job runs, because on SQLite an open
+//! write transaction would block every other writer for the length of an HTTP call. A claim is an
+//! `UPDATE … WHERE id = ? AND status = 'queued'` that only one worker can win; a crashed worker's
+//! lease runs out and [`reap`] puts its job back.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::db::schema::jobs;
+use crate::db::{insert_if_absent, DbConnection};
+
+pub const QUEUED: &str = "queued";
+pub const RUNNING: &str = "running";
+pub const DONE: &str = "done";
+pub const DEAD: &str = "dead";
+
+/// A job to insert, usually in the same transaction as the domain row it acts on (outbox).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: &'static str,
+    pub payload: String,
+    pub member_id: Option<String>,
+    /// A second enqueue with the same key is a no-op ("already queued").
+    pub dedup_key: Option<String>,
+    pub run_at: NaiveDateTime,
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = jobs)]
+pub struct JobRow {
+    pub id: String,
+    pub member_id: Option<String>,
+    pub kind: String,
+    pub payload: String,
+    pub dedup_key: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: NaiveDateTime,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// Inserts the job; returns `false` when a job with the same dedup key already exists.
+pub fn enqueue(conn: &mut DbConnection, job: &NewJob, now: NaiveDateTime) -> QueryResult<bool> {
+    let id = uuid::Uuid::now_v7().to_string();
+    insert_if_absent(conn, |c| {
+        diesel::insert_into(jobs::table)
+            .values((
+                jobs::id.eq(&id),
+                jobs::member_id.eq(&job.member_id),
+                jobs::kind.eq(job.kind),
+                jobs::payload.eq(&job.payload),
+                jobs::dedup_key.eq(&job.dedup_key),
+                jobs::status.eq(QUEUED),
+                jobs::attempts.eq(0),
+                jobs::max_attempts.eq(job.max_attempts),
+                jobs::run_at.eq(job.run_at),
+                jobs::created_at.eq(now),
+                jobs::updated_at.eq(now),
+            ))
+            .execute(c)
+    })
+}
+
+/// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`.
+///
+/// Candidates are read without locks; each is then taken by a compare-and-set that succeeds
+/// for exactly one worker even across processes (PostgreSQL re-checks the `WHERE` of a
+/// concurrent `UPDATE` after the winner commits; SQLite serialises writers).
+pub fn claim(
+    conn: &mut DbConnection,
+    worker: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<JobRow>> {
+    let candidates: Vec<String> = jobs::table
+        .filter(jobs::status.eq(QUEUED))
+        .filter(jobs::run_at.le(now))
+        .order((jobs::run_at.asc(), jobs::id.asc()))
+        .limit(limit * 2)
+        .select(jobs::id)
+        .load(conn)?;
+    let mut claimed = Vec::new();
+    for id in candidates {
+        if claimed.len() as i64 >= limit {
+            break;
+        }
+        let won = diesel::update(
+            jobs::table
+                .filter(jobs::id.eq(&id))
+                .filter(jobs::status.eq(QUEUED)),
+        )
+        .set((
+            jobs::status.eq(RUNNING),
+            jobs::locked_by.eq(worker),
+            jobs::locked_until.eq(lease_until),
+            jobs::attempts.eq(jobs::attempts + 1),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+        if won == 1 {
+            let row = jobs::table
+                .find(&id)
+                .select(JobRow::as_select())
+                .first(conn)?;
+            claimed.push(row);
+        }
+    }
+    Ok(claimed)
+}
+
+// Only the lease holder may finish a job (every finishing update below filters on
+// `locked_by`): a worker whose lease was reaped and re-claimed must not overwrite the newer run.
+pub fn complete(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(id))
+            .filter(jobs::status.eq(RUNNING))
+            .filter(jobs::locked_by.eq(worker)),
+    )
+    .set((
+        jobs::status.eq(DONE),
+        jobs::locked_until.eq(None::<NaiveDateTime>),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// A transient failure: back to the queue at `run_at`, the error kept.
+pub fn retry(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    run_at: NaiveDateTime,
+    error: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(id))
+            .filter(jobs::status.eq(RUNNING))
+            .filter(jobs::locked_by.eq(worker)),
+    )
+    .set((
+        jobs::status.eq(QUEUED),
+        jobs::run_at.eq(run_at),
+        jobs::locked_by.eq(None::<String>),
+        jobs::locked_until.eq(None::<NaiveDateTime>),
+        jobs::last_error.eq(error),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Not a failure: the job asked to run again later (e.g. waiting for a contact to be linked);
+/// the attempt it used is given back.
+pub fn snooze(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    run_at: NaiveDateTime,
+    note: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(id))
+            .filter(jobs::status.eq(RUNNING))
+            .filter(jobs::locked_by.eq(worker)),
+    )
+    .set((
+        jobs::status.eq(QUEUED),
+        jobs::run_at.eq(run_at),
+        jobs::attempts.eq(jobs::attempts - 1),
+        jobs::locked_by.eq(None::<String>),
+        jobs::locked_until.eq(None::<NaiveDateTime>),
+        jobs::last_error.eq(note),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// A permanent failure: kept as `dead` with its error, never run again.
+pub fn bury(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    error: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(id))
+            .filter(jobs::status.eq(RUNNING))
+            .filter(jobs::locked_by.eq(worker)),
+    )
+    .set((
+        jobs::status.eq(DEAD),
+        jobs::locked_until.eq(None::<NaiveDateTime>),
+        jobs::last_error.eq(error),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Puts back jobs whose worker's lease ran out (the worker crashed or was killed).
+pub fn reap(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
+    diesel::update(
+        jobs::table
+            .filter(jobs::status.eq(RUNNING))
+            .filter(jobs::locked_until.lt(now)),
+    )
+    .set((
+        jobs::status.eq(QUEUED),
+        jobs::locked_by.eq(None::<String>),
+        jobs::locked_until.eq(None::<NaiveDateTime>),
+        jobs::last_error.eq("lease expired: the worker stopped before finishing"),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)
+}
+
+/// Stops a portal's pending jobs (uninstall): they stay visible as dead with the reason.
+pub fn cancel_for_portal(
+    conn: &mut DbConnection,
+    member_id: &str,
+    reason: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        jobs::table
+            .filter(jobs::member_id.eq(member_id))
+            .filter(jobs::status.eq(QUEUED)),
+    )
+    .set((
+        jobs::status.eq(DEAD),
+        jobs::last_error.eq(reason),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)
+}
+
+/// Earliest `run_at` of a queued job, so a worker can sleep exactly until then.
+pub fn next_due(conn: &mut DbConnection) -> QueryResult<Option<NaiveDateTime>> {
+    jobs::table
+        .filter(jobs::status.eq(QUEUED))
+        .select(diesel::dsl::min(jobs::run_at))
+        .first(conn)
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<JobRow>> {
+    jobs::table
+        .find(id)
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn all(conn: &mut DbConnection) -> QueryResult<Vec<JobRow>> {
+    jobs::table
+        .order(jobs::id.asc())
+        .select(JobRow::as_select())
+        .load(conn)
+}

@@ -1,0 +1,348 @@
+//! Portal storage: the only SQL for `portals` and `portal_settings`.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::{Portal, PortalSettings};
+use crate::crypto::Cipher;
+use crate::db::schema::{callbacks, deals, jobs, portal_settings, portals};
+use crate::db::{insert_if_absent, DbConnection};
+
+pub fn find(conn: &mut DbConnection, member_id: &str) -> QueryResult<Option<Portal>> {
+    portals::table
+        .find(member_id)
+        .select(Portal::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Verified facts and tokens from an installer POST, ONAPPINSTALL or ONAPPUPDATE.
+#[derive(Debug, Clone)]
+pub struct InstallData {
+    pub member_id: String,
+    pub domain: String,
+    pub client_endpoint: String,
+    pub server_endpoint: String,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<i64>,
+    /// None keeps the stored one (the installer POST may not carry it).
+    pub application_token: Option<String>,
+    pub scope: String,
+    pub status: String,
+    pub lang: Option<String>,
+}
+
+/// Inserts or updates the portal as installed; a second install updates, never duplicates.
+pub fn upsert_installed(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    d: &InstallData,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    let expires_at = d.expires_in.map(|s| now + chrono::Duration::seconds(s));
+    let inserted = insert_if_absent(conn, |c| {
+        diesel::insert_into(portals::table)
+            .values((
+                portals::member_id.eq(&d.member_id),
+                portals::domain.eq(&d.domain),
+                portals::client_endpoint.eq(&d.client_endpoint),
+                portals::server_endpoint.eq(&d.server_endpoint),
+                portals::access_token.eq(cipher.seal_opt(d.access_token.as_deref())),
+                portals::refresh_token.eq(cipher.seal_opt(d.refresh_token.as_deref())),
+                portals::application_token.eq(cipher.seal_opt(d.application_token.as_deref())),
+                portals::expires_at.eq(expires_at),
+                portals::scope.eq(&d.scope),
+                portals::status.eq(&d.status),
+                portals::lang.eq(d.lang.as_deref().unwrap_or("ru")),
+                portals::installed.eq(true),
+                portals::needs_reauth.eq(false),
+                portals::token_version.eq(1i64),
+                portals::refreshed_at.eq(now),
+                portals::created_at.eq(now),
+                portals::updated_at.eq(now),
+            ))
+            .execute(c)
+    })?;
+    if inserted {
+        return Ok(());
+    }
+    let target = portals::table.find(&d.member_id);
+    diesel::update(target)
+        .set((
+            portals::domain.eq(&d.domain),
+            portals::client_endpoint.eq(&d.client_endpoint),
+            portals::server_endpoint.eq(&d.server_endpoint),
+            portals::scope.eq(&d.scope),
+            portals::status.eq(&d.status),
+            portals::installed.eq(true),
+            portals::uninstalled_at.eq(None::<NaiveDateTime>),
+            portals::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    if let Some(lang) = &d.lang {
+        diesel::update(target)
+            .set(portals::lang.eq(lang))
+            .execute(conn)?;
+    }
+    if let Some(app_token) = &d.application_token {
+        diesel::update(target)
+            .set(portals::application_token.eq(cipher.seal(app_token)))
+            .execute(conn)?;
+    }
+    if let (Some(access), Some(refresh)) = (&d.access_token, &d.refresh_token) {
+        store_tokens(
+            conn,
+            cipher,
+            &d.member_id,
+            access,
+            refresh,
+            d.expires_in.unwrap_or(3600),
+            now,
+        )?;
+    }
+    Ok(())
+}
+
+/// Saves a fresh token pair (a new chain from a user, or a refresh) and bumps the version that
+/// the single-flight refresh compares.
+pub fn store_tokens(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    member_id: &str,
+    access: &str,
+    refresh: &str,
+    expires_in: i64,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(portals::table.find(member_id))
+        .set((
+            portals::access_token.eq(cipher.seal(access)),
+            portals::refresh_token.eq(cipher.seal(refresh)),
+            portals::expires_at.eq(now + chrono::Duration::seconds(expires_in)),
+            portals::token_version.eq(portals::token_version + 1),
+            portals::needs_reauth.eq(false),
+            portals::refreshed_at.eq(now),
+            portals::refresh_lock_until.eq(None::<NaiveDateTime>),
+            portals::refresh_lock_by.eq(None::<String>),
+            portals::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// Takes the refresh lease if the tokens are still at `version` and nobody holds it.
+pub fn try_lock_refresh(
+    conn: &mut DbConnection,
+    member_id: &str,
+    version: i64,
+    holder: &str,
+    until: NaiveDateTime,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        portals::table
+            .filter(portals::member_id.eq(member_id))
+            .filter(portals::token_version.eq(version))
+            .filter(
+                portals::refresh_lock_until
+                    .is_null()
+                    .or(portals::refresh_lock_until.lt(now)),
+            ),
+    )
+    .set((
+        portals::refresh_lock_until.eq(until),
+        portals::refresh_lock_by.eq(holder),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Saves refreshed tokens only if we still hold the lease on `version`.
+#[allow(clippy::too_many_arguments)]
+pub fn finish_refresh(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    member_id: &str,
+    version: i64,
+    holder: &str,
+    access: &str,
+    refresh: &str,
+    expires_in: i64,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        portals::table
+            .filter(portals::member_id.eq(member_id))
+            .filter(portals::token_version.eq(version))
+            .filter(portals::refresh_lock_by.eq(holder)),
+    )
+    .set((
+        portals::access_token.eq(cipher.seal(access)),
+        portals::refresh_token.eq(cipher.seal(refresh)),
+        portals::expires_at.eq(now + chrono::Duration::seconds(expires_in)),
+        portals::token_version.eq(version + 1),
+        portals::needs_reauth.eq(false),
+        portals::refreshed_at.eq(now),
+        portals::refresh_lock_until.eq(None::<NaiveDateTime>),
+        portals::refresh_lock_by.eq(None::<String>),
+        portals::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Gives the lease back without new tokens; `needs_reauth` when the grant is dead.
+pub fn release_refresh(
+    conn: &mut DbConnection,
+    member_id: &str,
+    holder: &str,
+    needs_reauth: bool,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    let target = portals::table
+        .filter(portals::member_id.eq(member_id))
+        .filter(portals::refresh_lock_by.eq(holder));
+    if needs_reauth {
+        diesel::update(target)
+            .set((
+                portals::refresh_lock_until.eq(None::<NaiveDateTime>),
+                portals::refresh_lock_by.eq(None::<String>),
+                portals::needs_reauth.eq(true),
+                portals::updated_at.eq(now),
+            ))
+            .execute(conn)
+    } else {
+        diesel::update(target)
+            .set((
+                portals::refresh_lock_until.eq(None::<NaiveDateTime>),
+                portals::refresh_lock_by.eq(None::<String>),
+            ))
+            .execute(conn)
+    }
+}
+
+/// A renamed portal: Bitrix24 answered 302 from the old domain.
+pub fn move_endpoint(
+    conn: &mut DbConnection,
+    member_id: &str,
+    domain: &str,
+    client_endpoint: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(portals::table.find(member_id))
+        .set((
+            portals::domain.eq(domain),
+            portals::client_endpoint.eq(client_endpoint),
+            portals::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+pub fn set_application_token(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    member_id: &str,
+    token: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(portals::table.find(member_id))
+        .set((
+            portals::application_token.eq(cipher.seal(token)),
+            portals::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// ONAPPUNINSTALL without CLEAN: the portal stays for its history but takes no more calls.
+pub fn mark_uninstalled(
+    conn: &mut DbConnection,
+    member_id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(portals::table.find(member_id))
+        .set((
+            portals::installed.eq(false),
+            portals::uninstalled_at.eq(now),
+            portals::access_token.eq(None::<String>),
+            portals::refresh_token.eq(None::<String>),
+            portals::updated_at.eq(now),
+        ))
+        .execute(conn)
+}
+
+/// ONAPPUNINSTALL with CLEAN=1: every row of this portal goes, and nothing of any other.
+pub fn delete_everything(conn: &mut DbConnection, member_id: &str) -> QueryResult<usize> {
+    // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite honours only with
+    // foreign_keys=ON on that very connection.
+    let mut n = diesel::delete(jobs::table.filter(jobs::member_id.eq(member_id))).execute(conn)?;
+    n += diesel::delete(callbacks::table.filter(callbacks::member_id.eq(member_id)))
+        .execute(conn)?;
+    n += diesel::delete(deals::table.filter(deals::member_id.eq(member_id))).execute(conn)?;
+    n += diesel::delete(portal_settings::table.filter(portal_settings::member_id.eq(member_id)))
+        .execute(conn)?;
+    n += diesel::delete(portals::table.find(member_id)).execute(conn)?;
+    Ok(n)
+}
+
+/// Installed portals whose last refresh is older than `before` (keep-alive candidates).
+pub fn stale_token_portals(
+    conn: &mut DbConnection,
+    before: NaiveDateTime,
+) -> QueryResult<Vec<(String, Option<NaiveDateTime>)>> {
+    portals::table
+        .filter(portals::installed.eq(true))
+        .filter(portals::needs_reauth.eq(false))
+        .filter(portals::refresh_token.is_not_null())
+        .filter(
+            portals::refreshed_at
+                .is_null()
+                .or(portals::refreshed_at.lt(before)),
+        )
+        .select((portals::member_id, portals::refreshed_at))
+        .load(conn)
+}
+
+pub fn settings(conn: &mut DbConnection, member_id: &str) -> QueryResult<Option<PortalSettings>> {
+    portal_settings::table
+        .find(member_id)
+        .select(PortalSettings::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Settings or their defaults when the admin has not saved any yet.
+pub fn settings_or_default(
+    conn: &mut DbConnection,
+    member_id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<PortalSettings> {
+    Ok(settings(conn, member_id)?.unwrap_or_else(|| PortalSettings::defaults(member_id, now)))
+}
+
+pub fn save_settings(conn: &mut DbConnection, s: &PortalSettings) -> QueryResult<()> {
+    let inserted = insert_if_absent(conn, |c| {
+        diesel::insert_into(portal_settings::table)
+            .values(s)
+            .execute(c)
+    })?;
+    if !inserted {
+        diesel::update(portal_settings::table.find(&s.member_id))
+            .set(s)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+pub fn record_mango_status(
+    conn: &mut DbConnection,
+    member_id: &str,
+    error: Option<&str>,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(portal_settings::table.find(member_id))
+        .set((
+            portal_settings::mango_last_error.eq(error),
+            portal_settings::mango_checked_at.eq(now),
+        ))
+        .execute(conn)
+}
