@@ -248,8 +248,9 @@ impl Settings {
     pub fn for_local(database_url: &str, oauth_url: &str, mango_url: &str) -> Settings {
         Settings {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            // Filled in with the bound port by Application::build.
             public_url: "http://127.0.0.1:0".into(),
-            public_url_explicit: true,
+            public_url_explicit: false,
             database_url: database_url.into(),
             b24_client_id: Some(crate::sandbox::bitrix::SANDBOX_CLIENT_ID.into()),
             b24_client_secret: Some(crate::sandbox::bitrix::SANDBOX_CLIENT_SECRET.into()),

@@ -1,1 +1,9 @@
+//! Black-box tests: the app on port 0 against a fresh database (SQLite and PostgreSQL) and the
+//! simulated Bitrix24 and Mango servers, asserting on what those servers received.
 
+mod helpers;
+
+mod callback;
+mod install;
+mod jobs;
+mod tokens;

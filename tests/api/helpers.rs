@@ -1,0 +1,178 @@
+//! `spawn_app()` and friends: one app per test with its own database and simulators.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use mango_callback::clock::Clock;
+use mango_callback::config::Settings;
+use mango_callback::context::{Context, Shared};
+use mango_callback::db::Backend;
+use mango_callback::portal::{store, PortalSettings};
+use mango_callback::sandbox::bitrix::{BitrixSim, BitrixSimOptions, SimPortal};
+use mango_callback::sandbox::mango::{MangoSim, MangoSimOptions};
+use mango_callback::startup::{Application, RunOptions};
+
+/// Runs the same async test body once per backend, as `<name>::on_sqlite` and `<name>::on_postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[actix_web::test]
+            async fn on_sqlite() {
+                $body(mango_callback::db::Backend::Sqlite).await
+            }
+            #[actix_web::test]
+            async fn on_postgres() {
+                $body(mango_callback::db::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+pub const MANGO_KEY: &str = "test-vpbx-key-0001";
+pub const MANGO_SALT: &str = "test-vpbx-salt-0001";
+pub const LINE: &str = "74951234567";
+pub const TRAINEES: &str = "002";
+pub const EXPERIENCED: &str = "001";
+
+pub struct TestApp {
+    pub base: String,
+    pub shared: Shared,
+    pub ctx: Rc<Context>,
+    pub b24: BitrixSim,
+    pub mango: MangoSim,
+    pub clock: Clock,
+    pub db_url: String,
+    pub http: awc::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh database URL: a temp SQLite file, or a throwaway PostgreSQL database.
+pub fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("test.db").display());
+            (url, Some(dir))
+        }
+        Backend::Postgres => {
+            let admin = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| panic!("PostgreSQL is required for these tests ({admin}): {e}"));
+            let name = format!("mango_test_{}", uuid::Uuid::new_v4().simple());
+            diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create test database");
+            let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin.clone());
+            (format!("{base}/{name}"), None)
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, BitrixSimOptions { drain_per_sec: 20.0, ..Default::default() }).await
+}
+
+pub async fn spawn_app_with(backend: Backend, b24_opts: BitrixSimOptions) -> TestApp {
+    mango_callback::telemetry::init("warn");
+    let (db_url, dir) = fresh_database(backend);
+    let b24 = BitrixSim::start(b24_opts.clone()).await.expect("bitrix sim");
+    let mango = MangoSim::start(MangoSimOptions::default()).await.expect("mango sim");
+    spawn_instance(&db_url, &b24, &mango, b24_opts.drain_per_sec, dir).await
+}
+
+/// Another app instance, e.g. a second one sharing the same PostgreSQL database.
+pub async fn spawn_instance(db_url: &str, b24: &BitrixSim, mango: &MangoSim, rate: f64, dir: Option<tempfile::TempDir>) -> TestApp {
+    let mut settings = Settings::for_local(db_url, &b24.url(), &mango.api_url());
+    settings.b24_requests_per_second = rate;
+    let clock = Clock::system();
+    let app = Application::build(settings, RunOptions { background_worker: false, clock: clock.clone(), http_workers: 1 }).await.expect("app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shared = app.shared().clone();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let ctx = Rc::new(Context::new(shared.clone()));
+    TestApp { base, shared, ctx, b24: b24.clone(), mango: mango.clone(), clock, db_url: db_url.to_owned(), http: awc::Client::default(), _dir: dir }
+}
+
+impl TestApp {
+    /// Runs every due job until none is left.
+    pub async fn drain(&self) -> usize {
+        mango_callback::jobs::worker::drain(&self.ctx, "test-worker").await
+    }
+
+    pub async fn post_form(&self, path_and_query: &str, body: String) -> (u16, String) {
+        let mut resp = self
+            .http
+            .post(format!("{}{}", self.base, path_and_query))
+            .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+            .send_body(body)
+            .await
+            .expect("request reaches the app");
+        let status = resp.status().as_u16();
+        let body = resp.body().limit(1 << 20).await.expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Opens the installer as the portal's admin would; returns status and page.
+    pub async fn open_installer(&self, portal: &SimPortal, user_id: u64) -> (u16, String) {
+        let req = self.b24.iframe_request(&portal.member_id, user_id, "DEFAULT", "ru");
+        self.post_form(&format!("/b24/install?{}", req.query_string()), req.to_form_body()).await
+    }
+
+    /// A portal with the app installed and Mango configured (trainees "002", experienced "001").
+    pub async fn installed_portal(&self, name: &str) -> SimPortal {
+        let portal = self.b24.create_portal(name);
+        let (status, page) = self.open_installer(&portal, portal.admin_user_id).await;
+        assert_eq!(status, 200, "installer failed: {page}");
+        self.configure_mango(&portal.member_id).await;
+        portal
+    }
+
+    pub async fn configure_mango(&self, member_id: &str) {
+        self.mango.add_account(MANGO_KEY, MANGO_SALT);
+        self.mango.add_group(MANGO_KEY, 1, "Стажёры", TRAINEES);
+        self.mango.add_group(MANGO_KEY, 2, "Опытные", EXPERIENCED);
+        self.mango.add_line(MANGO_KEY, LINE, "Main line");
+        let (cipher, now, mid) = (self.shared.cipher.clone(), self.clock.now(), member_id.to_owned());
+        self.shared
+            .db
+            .run(move |c| {
+                let mut s = PortalSettings::defaults(&mid, now);
+                s.mango_api_key = Some(MANGO_KEY.into());
+                s.mango_api_salt = Some(cipher.seal(MANGO_SALT));
+                s.line_number = LINE.into();
+                s.trainee_extension = TRAINEES.into();
+                s.experienced_extension = EXPERIENCED.into();
+                Ok(store::save_settings(c, &s)?)
+            })
+            .await
+            .expect("settings saved");
+    }
+
+    pub async fn portal_row(&self, member_id: &str) -> Option<mango_callback::portal::Portal> {
+        let mid = member_id.to_owned();
+        self.shared.db.run(move |c| Ok(store::find(c, &mid)?)).await.expect("db")
+    }
+
+    /// Every row of every table, as text: what an attacker with the database file would see.
+    pub async fn dump_text(&self) -> String {
+        let mid = String::new();
+        self.shared
+            .db
+            .run(move |c| {
+                let _ = mid;
+                let jobs = mango_callback::jobs::queue::all(c)?;
+                let mut out = format!("{jobs:?}");
+                use diesel::prelude::*;
+                use mango_callback::db::schema::{portal_settings, portals};
+                let p: Vec<mango_callback::portal::Portal> = portals::table.select(mango_callback::portal::Portal::as_select()).load(c)?;
+                let s: Vec<PortalSettings> = portal_settings::table.select(PortalSettings::as_select()).load(c)?;
+                out.push_str(&format!("{p:?}{s:?}"));
+                Ok(out)
+            })
+            .await
+            .expect("db")
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+}

@@ -1,0 +1,100 @@
+//! The durable queue: exactly-once claims, retries with growing delay, burial, crash recovery.
+
+use std::time::Duration;
+
+use mango_callback::db::{Backend, Db};
+use mango_callback::jobs::queue::{self, NewJob};
+use mango_callback::sandbox::bitrix::Fault;
+
+use crate::helpers::{fresh_database, spawn_app};
+use crate::on_both_backends;
+
+fn job(n: usize, now: chrono::NaiveDateTime) -> NewJob {
+    NewJob { kind: "noop", payload: format!("{{\"n\":{n}}}"), member_id: None, dedup_key: Some(format!("k{n}")), run_at: now, max_attempts: 3 }
+}
+
+async fn a_job_is_claimed_by_exactly_one_of_two_competing_workers(backend: Backend) {
+    let (url, _dir) = fresh_database(backend);
+    let db = Db::connect(&url, 8).expect("db");
+    let now = chrono::Utc::now().naive_utc();
+    let mut conn = db.get_blocking().expect("conn");
+    for n in 0..60 {
+        assert!(queue::enqueue(&mut conn, &job(n, now), now).expect("enqueue"));
+    }
+    assert!(!queue::enqueue(&mut conn, &job(0, now), now).expect("enqueue again"), "dedup key makes a second enqueue a no-op");
+    drop(conn);
+    let lease = now + chrono::Duration::minutes(5);
+    let workers: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|w| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let mut conn = db.get_blocking().expect("conn");
+                let mut mine = Vec::new();
+                loop {
+                    let got = queue::claim(&mut conn, w, now, lease, 3).expect("claim");
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|j| j.id));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = workers.into_iter().flat_map(|h| h.join().expect("worker thread")).collect();
+    let claimed = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(claimed, 60, "every job claimed once in total");
+    assert_eq!(all.len(), 60, "no job claimed twice");
+}
+on_both_backends!(a_job_is_claimed_by_exactly_one_of_two_competing_workers, a_job_is_claimed_by_exactly_one_of_two_competing_workers);
+
+async fn a_job_whose_worker_died_is_run_again_after_its_lease(backend: Backend) {
+    let (url, _dir) = fresh_database(backend);
+    let db = Db::connect(&url, 4).expect("db");
+    let now = chrono::Utc::now().naive_utc();
+    let mut conn = db.get_blocking().expect("conn");
+    queue::enqueue(&mut conn, &job(1, now), now).expect("enqueue");
+    let lease = now + chrono::Duration::minutes(5);
+    let first = queue::claim(&mut conn, "dead-worker", now, lease, 10).expect("claim");
+    assert_eq!(first.len(), 1);
+    // The worker "dies": nothing finishes the job. Before the lease ends nobody else gets it.
+    assert!(queue::claim(&mut conn, "w2", now, lease, 10).expect("claim").is_empty());
+    assert_eq!(queue::reap(&mut conn, now + chrono::Duration::minutes(1)).expect("reap"), 0);
+    let later = now + chrono::Duration::minutes(6);
+    assert_eq!(queue::reap(&mut conn, later).expect("reap"), 1);
+    let again = queue::claim(&mut conn, "w2", later, later + chrono::Duration::minutes(5), 10).expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2);
+    // The dead worker's late answer must not overwrite the new run.
+    assert!(!queue::complete(&mut conn, &again[0].id, "dead-worker", later).expect("complete"));
+    assert!(queue::complete(&mut conn, &again[0].id, "w2", later).expect("complete"));
+}
+on_both_backends!(a_job_whose_worker_died_is_run_again_after_its_lease, a_job_whose_worker_died_is_run_again_after_its_lease);
+
+async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let portal = app.installed_portal("retry").await;
+    let deal = app.b24.add_deal(&portal.member_id, None);
+    app.b24.fire_robot(&portal.member_id, "mango_callback", deal, &[("phone", "+7 900 123-45-67")]).await.expect("robot call");
+    app.b24.fail_next(&portal.member_id, 10_000, Fault::Internal);
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        app.drain().await;
+        let jobs = app.shared.db.run(|c| Ok(queue::all(c)?)).await.expect("db");
+        let report = jobs.iter().find(|j| j.kind == "report_callback").expect("report job exists");
+        if report.status == queue::DEAD {
+            assert!(report.last_error.as_deref().unwrap_or("").contains("INTERNAL_SERVER_ERROR") || report.last_error.as_deref().unwrap_or("").contains("500"), "{:?}", report.last_error);
+            assert_eq!(report.attempts, report.max_attempts);
+            break;
+        }
+        delays.push((report.run_at - app.clock.now()).num_milliseconds());
+        app.advance(Duration::from_secs(3600));
+    }
+    assert!(delays.len() >= 5, "retried several times before burial: {delays:?}");
+    assert!(delays.windows(2).take(4).all(|w| w[1] > w[0]), "delays grow: {delays:?}");
+    let jobs = app.shared.db.run(|c| Ok(queue::all(c)?)).await.expect("db");
+    assert!(jobs.iter().any(|j| j.kind == "report_callback" && j.status == queue::DEAD), "buried in the end");
+}
+on_both_backends!(a_failing_job_is_retried_with_growing_delay_then_buried, a_failing_job_is_retried_with_growing_delay_then_buried);
