@@ -185,6 +185,8 @@ struct AccessTok {
     user_id: u64,
     expires_at: i64,
     expired: bool,
+    /// Invalidated by a refresh of its chain or by uninstall: answers `invalid_token`.
+    revoked: bool,
 }
 
 struct RefreshTok {
@@ -279,6 +281,7 @@ struct Reply {
 enum TokenCheck {
     Valid { member_id: String, user_id: u64 },
     Expired { member_id: String },
+    Revoked,
     Unknown,
 }
 
@@ -347,6 +350,7 @@ impl State {
                 user_id,
                 expires_at: now_ts() + self.ttl,
                 expired: false,
+                revoked: false,
             },
         );
         self.refresh.insert(
@@ -368,6 +372,7 @@ impl State {
     fn check_token(&self, token: &str) -> TokenCheck {
         match self.access.get(token) {
             None => TokenCheck::Unknown,
+            Some(t) if t.revoked => TokenCheck::Revoked,
             Some(t) if t.expired || t.expires_at <= now_ts() => TokenCheck::Expired {
                 member_id: t.member_id.clone(),
             },
@@ -593,7 +598,9 @@ impl State {
             let r = self.error_reply(&api_err(400, "invalid_grant", "Invalid refresh token"));
             return (member, r);
         }
-        self.access.remove(&old_access);
+        if let Some(t) = self.access.get_mut(&old_access) {
+            t.revoked = true;
+        }
         let chain = self.issue_chain(&member_id, user_id);
         let p = self.portal_mut(&member_id);
         p.refreshes += 1;
@@ -624,7 +631,7 @@ impl State {
     fn oauth_app_info(&mut self, auth: Option<&str>) -> (Option<String>, Reply) {
         let token = auth.unwrap_or_default();
         match self.check_token(token) {
-            TokenCheck::Unknown => (
+            TokenCheck::Unknown | TokenCheck::Revoked => (
                 None,
                 self.error_reply(&api_err(
                     401,
@@ -1998,7 +2005,11 @@ impl BitrixSim {
                 let p = st.portal_mut(member_id);
                 p.robots.clear();
                 p.bindings.clear();
-                st.access.retain(|_, t| t.member_id != member_id);
+                for t in st.access.values_mut() {
+                    if t.member_id == member_id {
+                        t.revoked = true;
+                    }
+                }
                 for r in st.refresh.values_mut() {
                     if r.member_id == member_id {
                         r.used = true;
@@ -2254,8 +2265,11 @@ mod tests {
             (400, json!("invalid_grant"))
         );
         // and the access token issued with the used refresh token is dead
-        let (status, _) = rest(&p, "user.admin", &first.access_token, json!({})).await;
-        assert_eq!(status, 401);
+        let (status, body) = rest(&p, "user.admin", &first.access_token, json!({})).await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (401, json!("invalid_token"))
+        );
         let (status, body) = rest(&p, "user.admin", &second, json!({})).await;
         assert_eq!((status, body["result"].clone()), (200, json!(true)));
         assert_eq!(sim.refresh_count(&p.member_id), 1);
@@ -2602,6 +2616,39 @@ mod tests {
             (status, body),
             (400, json!({"error": "", "error_description": "Not found"}))
         );
+    }
+
+    #[actix_web::test]
+    async fn a_form_encoded_batch_keeps_its_command_order_and_substitutes_results() {
+        let sim = sim().await;
+        let p = sim.create_portal("acme");
+        let token = sim.login(&p.member_id, 1).access_token;
+        let contact = sim.add_contact(&p.member_id, &[("WORK", "+74950000000")]);
+        let deal = sim.add_deal(&p.member_id, Some(contact));
+        let pairs: Vec<(String, String)> = vec![
+            ("halt".into(), "1".into()),
+            (
+                "cmd[z]".into(),
+                format!("crm.deal.contact.items.get?id={deal}"),
+            ),
+            (
+                "cmd[a]".into(),
+                "crm.contact.get?id=$result[z][0][CONTACT_ID]".into(),
+            ),
+            ("cmd[b]".into(), "crm.contact.get?id=0".into()),
+            ("cmd[c]".into(), "user.admin".into()),
+        ];
+        let url = format!("{}batch.json?auth={token}", p.client_endpoint);
+        let (status, body) = post_form_body(&url, encode_pairs(&pairs, true)).await;
+        assert_eq!(status, 200, "{body}");
+        let r = &body["result"];
+        assert_eq!(r["result"]["a"]["PHONE"][0]["VALUE"], json!("+74950000000"));
+        assert_eq!(r["result_error"]["b"]["error"], json!(""));
+        // halt=1 stops after the first error
+        assert!(r["result"].get("c").is_none(), "{body}");
+        let calls = sim.calls_to("batch");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].auth.as_deref(), Some(token.as_str()));
     }
 
     #[actix_web::test]
