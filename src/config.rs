@@ -215,7 +215,7 @@ impl Settings {
                 ))
             }
         };
-        if !(a.b24_requests_per_second > 0.0) {
+        if a.b24_requests_per_second.is_nan() || a.b24_requests_per_second <= 0.0 {
             return Err(bad(
                 "B24_REQUESTS_PER_SECOND",
                 "must be a positive number such as 2",

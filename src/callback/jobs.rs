@@ -85,21 +85,23 @@ impl PlaceCall {
         member_id: &str,
         deal_id: &str,
     ) -> Result<PhoneLookup, BitrixError> {
+        // Keys sort in execution order: the JSON map is sorted, and the portal runs the commands
+        // in the order received, so `$result[a_items]` must come before its use.
         let cmds = vec![
             (
-                "items".to_owned(),
+                "a_items".to_owned(),
                 format!("crm.deal.contact.items.get?id={deal_id}"),
             ),
-            ("deal".to_owned(), format!("crm.deal.get?id={deal_id}")),
+            ("b_deal".to_owned(), format!("crm.deal.get?id={deal_id}")),
             (
-                "contact".to_owned(),
-                "crm.contact.get?id=$result[items][0][CONTACT_ID]".to_owned(),
+                "c_contact".to_owned(),
+                "crm.contact.get?id=$result[a_items][0][CONTACT_ID]".to_owned(),
             ),
         ];
         let batch = ctx.bitrix.batch(member_id, &cmds).await?;
         let items = batch
             .result
-            .get("items")
+            .get("a_items")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
@@ -125,7 +127,7 @@ impl PlaceCall {
             .and_then(|i| i.get("CONTACT_ID"))
             .and_then(as_id);
         // The batch fetched the first linked contact; the primary one may be another.
-        let contact = match batch.result.get("contact") {
+        let contact = match batch.result.get("c_contact") {
             Some(c) if first_item.as_deref() == Some(contact_id.as_str()) => c.clone(),
             _ => {
                 ctx.bitrix

@@ -109,7 +109,7 @@ pub async fn show_app(
             phone: cb
                 .phone
                 .as_deref()
-                .map(|p| crate::phone::mask(p))
+                .map(crate::phone::mask)
                 .unwrap_or_default(),
             group: cb.group_extension.unwrap_or_default(),
             status: cb.status,

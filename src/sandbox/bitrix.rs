@@ -925,7 +925,7 @@ impl State {
                 let portal = self.portal_mut(member_id);
                 let before = portal.bindings.len();
                 portal.bindings.retain(|b| {
-                    !(b.event == event && handler.as_ref().map_or(true, |h| *h == b.handler))
+                    !(b.event == event && handler.as_ref().is_none_or(|h| *h == b.handler))
                 });
                 Ok(json!({"count": before - portal.bindings.len()}))
             }
@@ -2045,7 +2045,7 @@ impl BitrixSim {
     pub fn fail_next(&self, member_id: &str, n: usize, fault: Fault) {
         let mut st = self.st();
         let p = st.portal_mut(member_id);
-        p.faults.extend(std::iter::repeat(fault).take(n));
+        p.faults.extend(std::iter::repeat_n(fault, n));
     }
 
     /// Renames the portal; its old endpoint answers 302 to the same method on the new one.

@@ -16,15 +16,15 @@ use mango_callback::startup::{Application, RunOptions};
 /// Runs the same async test body once per backend, as `<name>::on_sqlite` and `<name>::on_postgres`.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($name:ident, $body:path) => {
+    ($name:ident, $body:ident) => {
         mod $name {
             #[actix_web::test]
             async fn on_sqlite() {
-                $body(mango_callback::db::Backend::Sqlite).await
+                super::$body(mango_callback::db::Backend::Sqlite).await
             }
             #[actix_web::test]
             async fn on_postgres() {
-                $body(mango_callback::db::Backend::Postgres).await
+                super::$body(mango_callback::db::Backend::Postgres).await
             }
         }
     };
@@ -57,39 +57,83 @@ pub fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
             (url, Some(dir))
         }
         Backend::Postgres => {
-            let admin = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-            let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| panic!("PostgreSQL is required for these tests ({admin}): {e}"));
+            let admin = std::env::var("TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
+                panic!("PostgreSQL is required for these tests ({admin}): {e}")
+            });
             let name = format!("mango_test_{}", uuid::Uuid::new_v4().simple());
-            diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).expect("create test database");
-            let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin.clone());
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .expect("create test database");
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_owned())
+                .unwrap_or(admin.clone());
             (format!("{base}/{name}"), None)
         }
     }
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_with(backend, BitrixSimOptions { drain_per_sec: 20.0, ..Default::default() }).await
+    spawn_app_with(
+        backend,
+        BitrixSimOptions {
+            drain_per_sec: 20.0,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 pub async fn spawn_app_with(backend: Backend, b24_opts: BitrixSimOptions) -> TestApp {
     mango_callback::telemetry::init("warn");
     let (db_url, dir) = fresh_database(backend);
-    let b24 = BitrixSim::start(b24_opts.clone()).await.expect("bitrix sim");
-    let mango = MangoSim::start(MangoSimOptions::default()).await.expect("mango sim");
+    let b24 = BitrixSim::start(b24_opts.clone())
+        .await
+        .expect("bitrix sim");
+    let mango = MangoSim::start(MangoSimOptions::default())
+        .await
+        .expect("mango sim");
     spawn_instance(&db_url, &b24, &mango, b24_opts.drain_per_sec, dir).await
 }
 
 /// Another app instance, e.g. a second one sharing the same PostgreSQL database.
-pub async fn spawn_instance(db_url: &str, b24: &BitrixSim, mango: &MangoSim, rate: f64, dir: Option<tempfile::TempDir>) -> TestApp {
+pub async fn spawn_instance(
+    db_url: &str,
+    b24: &BitrixSim,
+    mango: &MangoSim,
+    rate: f64,
+    dir: Option<tempfile::TempDir>,
+) -> TestApp {
     let mut settings = Settings::for_local(db_url, &b24.url(), &mango.api_url());
     settings.b24_requests_per_second = rate;
     let clock = Clock::system();
-    let app = Application::build(settings, RunOptions { background_worker: false, clock: clock.clone(), http_workers: 1 }).await.expect("app builds");
+    let app = Application::build(
+        settings,
+        RunOptions {
+            background_worker: false,
+            clock: clock.clone(),
+            http_workers: 1,
+        },
+    )
+    .await
+    .expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let shared = app.shared().clone();
     actix_web::rt::spawn(app.run_until_stopped());
     let ctx = Rc::new(Context::new(shared.clone()));
-    TestApp { base, shared, ctx, b24: b24.clone(), mango: mango.clone(), clock, db_url: db_url.to_owned(), http: awc::Client::default(), _dir: dir }
+    TestApp {
+        base,
+        shared,
+        ctx,
+        b24: b24.clone(),
+        mango: mango.clone(),
+        clock,
+        db_url: db_url.to_owned(),
+        http: awc::Client::default(),
+        _dir: dir,
+    }
 }
 
 impl TestApp {
@@ -113,8 +157,14 @@ impl TestApp {
 
     /// Opens the installer as the portal's admin would; returns status and page.
     pub async fn open_installer(&self, portal: &SimPortal, user_id: u64) -> (u16, String) {
-        let req = self.b24.iframe_request(&portal.member_id, user_id, "DEFAULT", "ru");
-        self.post_form(&format!("/b24/install?{}", req.query_string()), req.to_form_body()).await
+        let req = self
+            .b24
+            .iframe_request(&portal.member_id, user_id, "DEFAULT", "ru");
+        self.post_form(
+            &format!("/b24/install?{}", req.query_string()),
+            req.to_form_body(),
+        )
+        .await
     }
 
     /// A portal with the app installed and Mango configured (trainees "002", experienced "001").
@@ -131,7 +181,11 @@ impl TestApp {
         self.mango.add_group(MANGO_KEY, 1, "Стажёры", TRAINEES);
         self.mango.add_group(MANGO_KEY, 2, "Опытные", EXPERIENCED);
         self.mango.add_line(MANGO_KEY, LINE, "Main line");
-        let (cipher, now, mid) = (self.shared.cipher.clone(), self.clock.now(), member_id.to_owned());
+        let (cipher, now, mid) = (
+            self.shared.cipher.clone(),
+            self.clock.now(),
+            member_id.to_owned(),
+        );
         self.shared
             .db
             .run(move |c| {
@@ -149,7 +203,11 @@ impl TestApp {
 
     pub async fn portal_row(&self, member_id: &str) -> Option<mango_callback::portal::Portal> {
         let mid = member_id.to_owned();
-        self.shared.db.run(move |c| Ok(store::find(c, &mid)?)).await.expect("db")
+        self.shared
+            .db
+            .run(move |c| Ok(store::find(c, &mid)?))
+            .await
+            .expect("db")
     }
 
     /// Every row of every table, as text: what an attacker with the database file would see.
@@ -163,8 +221,12 @@ impl TestApp {
                 let mut out = format!("{jobs:?}");
                 use diesel::prelude::*;
                 use mango_callback::db::schema::{portal_settings, portals};
-                let p: Vec<mango_callback::portal::Portal> = portals::table.select(mango_callback::portal::Portal::as_select()).load(c)?;
-                let s: Vec<PortalSettings> = portal_settings::table.select(PortalSettings::as_select()).load(c)?;
+                let p: Vec<mango_callback::portal::Portal> = portals::table
+                    .select(mango_callback::portal::Portal::as_select())
+                    .load(c)?;
+                let s: Vec<PortalSettings> = portal_settings::table
+                    .select(PortalSettings::as_select())
+                    .load(c)?;
                 out.push_str(&format!("{p:?}{s:?}"));
                 Ok(out)
             })

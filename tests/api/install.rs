@@ -10,9 +10,19 @@ async fn a_full_install_stores_the_portal_registers_the_robot_and_binds_events(b
     let portal = app.b24.create_portal("alpha");
     let (status, page) = app.open_installer(&portal, 1).await;
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("installFinish"), "the page finishes the install: {page}");
-    assert_eq!(app.b24.calls_to("oauth.app.info").len(), 1, "AUTH_ID verified with app.info on the OAuth server");
-    let row = app.portal_row(&portal.member_id).await.expect("portal stored");
+    assert!(
+        page.contains("installFinish"),
+        "the page finishes the install: {page}"
+    );
+    assert_eq!(
+        app.b24.calls_to("oauth.app.info").len(),
+        1,
+        "AUTH_ID verified with app.info on the OAuth server"
+    );
+    let row = app
+        .portal_row(&portal.member_id)
+        .await
+        .expect("portal stored");
     assert_eq!(row.domain, portal.domain);
     assert_eq!(row.client_endpoint, portal.client_endpoint);
     assert!(row.installed);
@@ -23,12 +33,23 @@ async fn a_full_install_stores_the_portal_registers_the_robot_and_binds_events(b
     assert_eq!(fields["HANDLER"], format!("{}/b24/robot", app.base));
     assert_eq!(fields["USE_SUBSCRIPTION"], "Y");
     for prop in ["phone", "group"] {
-        assert!(fields["PROPERTIES"].get(prop).is_some(), "property {prop}: {fields}");
+        assert!(
+            fields["PROPERTIES"].get(prop).is_some(),
+            "property {prop}: {fields}"
+        );
     }
     for ret in ["result", "group_extension", "command_id", "error"] {
-        assert!(fields["RETURN_PROPERTIES"].get(ret).is_some(), "return property {ret}");
+        assert!(
+            fields["RETURN_PROPERTIES"].get(ret).is_some(),
+            "return property {ret}"
+        );
     }
-    let mut events: Vec<_> = app.b24.bound_events(&portal.member_id).into_iter().map(|(e, _)| e).collect();
+    let mut events: Vec<_> = app
+        .b24
+        .bound_events(&portal.member_id)
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
     events.sort();
     assert_eq!(events, ["ONAPPUNINSTALL", "ONAPPUPDATE"]);
 
@@ -37,22 +58,36 @@ async fn a_full_install_stores_the_portal_registers_the_robot_and_binds_events(b
     assert_eq!(status, 200);
     assert_eq!(app.b24.robots(&portal.member_id).len(), 1);
     assert_eq!(app.b24.bound_events(&portal.member_id).len(), 2);
-    assert_eq!(app.b24.calls_to("bizproc.robot.update").len(), 1, "second install updates the robot");
+    assert_eq!(
+        app.b24.calls_to("bizproc.robot.update").len(),
+        1,
+        "second install updates the robot"
+    );
 }
-on_both_backends!(a_full_install_stores_the_portal_registers_the_robot_and_binds_events, a_full_install_stores_the_portal_registers_the_robot_and_binds_events);
+on_both_backends!(
+    a_full_install_stores_the_portal_registers_the_robot_and_binds_events,
+    a_full_install_stores_the_portal_registers_the_robot_and_binds_events
+);
 
 async fn a_forged_installer_post_is_refused_and_stores_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let portal = app.b24.create_portal("victim");
     let other = app.b24.create_portal("attacker");
     // An AUTH_ID the OAuth server does not know.
-    let mut req = app.b24.iframe_request(&portal.member_id, 1, "DEFAULT", "ru");
+    let mut req = app
+        .b24
+        .iframe_request(&portal.member_id, 1, "DEFAULT", "ru");
     for (k, v) in req.form.iter_mut() {
         if k == "AUTH_ID" {
             *v = "forged-token".into();
         }
     }
-    let (status, _) = app.post_form(&format!("/b24/install?{}", req.query_string()), req.to_form_body()).await;
+    let (status, _) = app
+        .post_form(
+            &format!("/b24/install?{}", req.query_string()),
+            req.to_form_body(),
+        )
+        .await;
     assert_eq!(status, 401);
     // A real token of another portal presented with the victim's member_id.
     let mut req = app.b24.iframe_request(&other.member_id, 1, "DEFAULT", "ru");
@@ -61,54 +96,104 @@ async fn a_forged_installer_post_is_refused_and_stores_nothing(backend: Backend)
             *v = portal.member_id.clone();
         }
     }
-    let (status, _) = app.post_form(&format!("/b24/install?{}", req.query_string()), req.to_form_body()).await;
+    let (status, _) = app
+        .post_form(
+            &format!("/b24/install?{}", req.query_string()),
+            req.to_form_body(),
+        )
+        .await;
     assert_eq!(status, 403);
     // A non-admin user.
     app.b24.add_user(&portal.member_id, 7, false);
     let (status, _) = app.open_installer(&portal, 7).await;
     assert_eq!(status, 403);
-    assert!(app.portal_row(&portal.member_id).await.is_none(), "nothing stored");
-    assert!(app.portal_row(&other.member_id).await.is_none(), "nothing stored");
+    assert!(
+        app.portal_row(&portal.member_id).await.is_none(),
+        "nothing stored"
+    );
+    assert!(
+        app.portal_row(&other.member_id).await.is_none(),
+        "nothing stored"
+    );
     assert!(app.b24.robots(&portal.member_id).is_empty());
 }
-on_both_backends!(a_forged_installer_post_is_refused_and_stores_nothing, a_forged_installer_post_is_refused_and_stores_nothing);
+on_both_backends!(
+    a_forged_installer_post_is_refused_and_stores_nothing,
+    a_forged_installer_post_is_refused_and_stores_nothing
+);
 
 async fn stored_tokens_and_the_mango_salt_are_not_readable_in_the_database(backend: Backend) {
     let app = spawn_app(backend).await;
     let portal = app.installed_portal("sealed").await;
     let dump = app.dump_text().await;
-    assert!(!dump.contains(crate::helpers::MANGO_SALT), "salt in plain text");
-    assert!(!dump.contains(&portal.application_token), "application token in plain text");
-    let req = app.b24.iframe_request(&portal.member_id, 1, "DEFAULT", "ru");
+    assert!(
+        !dump.contains(crate::helpers::MANGO_SALT),
+        "salt in plain text"
+    );
+    assert!(
+        !dump.contains(&portal.application_token),
+        "application token in plain text"
+    );
+    let req = app
+        .b24
+        .iframe_request(&portal.member_id, 1, "DEFAULT", "ru");
     let refresh = req.form_value("REFRESH_ID").expect("refresh").to_owned();
-    app.post_form(&format!("/b24/install?{}", req.query_string()), req.to_form_body()).await;
+    app.post_form(
+        &format!("/b24/install?{}", req.query_string()),
+        req.to_form_body(),
+    )
+    .await;
     let dump = app.dump_text().await;
     assert!(!dump.contains(&refresh), "refresh token in plain text");
     if let Some(path) = app.db_url.strip_prefix("sqlite://") {
         let bytes = std::fs::read(path).expect("db file");
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains(&refresh) && !text.contains(crate::helpers::MANGO_SALT), "secrets in the SQLite file");
+        assert!(
+            !text.contains(&refresh) && !text.contains(crate::helpers::MANGO_SALT),
+            "secrets in the SQLite file"
+        );
     }
 }
-on_both_backends!(stored_tokens_and_the_mango_salt_are_not_readable_in_the_database, stored_tokens_and_the_mango_salt_are_not_readable_in_the_database);
+on_both_backends!(
+    stored_tokens_and_the_mango_salt_are_not_readable_in_the_database,
+    stored_tokens_and_the_mango_salt_are_not_readable_in_the_database
+);
 
 async fn update_rotates_the_application_token_and_re_adds_the_robot(backend: Backend) {
     let app = spawn_app(backend).await;
     let portal = app.installed_portal("upd").await;
     let old = app.b24.application_token(&portal.member_id);
-    let statuses = app.b24.send_event(&portal.member_id, "ONAPPUPDATE", &[("VERSION", "2"), ("PREVIOUS_VERSION", "1")]).await.expect("event");
+    let statuses = app
+        .b24
+        .send_event(
+            &portal.member_id,
+            "ONAPPUPDATE",
+            &[("VERSION", "2"), ("PREVIOUS_VERSION", "1")],
+        )
+        .await
+        .expect("event");
     assert_eq!(statuses, [200]);
-    assert!(app.b24.robots(&portal.member_id).is_empty(), "the update removed the robot");
+    assert!(
+        app.b24.robots(&portal.member_id).is_empty(),
+        "the update removed the robot"
+    );
     app.drain().await;
     assert_eq!(app.b24.robots(&portal.member_id).len(), 1, "robot re-added");
     let new = app.b24.application_token(&portal.member_id);
     assert_ne!(old, new);
     // The new token is accepted on robot calls; (the old one is no longer).
     let deal = app.b24.add_deal(&portal.member_id, None);
-    let fired = app.b24.fire_robot(&portal.member_id, "mango_callback", deal, &[]).await.expect("robot");
+    let fired = app
+        .b24
+        .fire_robot(&portal.member_id, "mango_callback", deal, &[])
+        .await
+        .expect("robot");
     assert_eq!(fired.status, 200, "{}", fired.body);
 }
-on_both_backends!(update_rotates_the_application_token_and_re_adds_the_robot, update_rotates_the_application_token_and_re_adds_the_robot);
+on_both_backends!(
+    update_rotates_the_application_token_and_re_adds_the_robot,
+    update_rotates_the_application_token_and_re_adds_the_robot
+);
 
 async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -116,15 +201,30 @@ async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(back
     let b = app.installed_portal("stays").await;
     for p in [&a, &b] {
         let deal = app.b24.add_deal(&p.member_id, None);
-        app.b24.fire_robot(&p.member_id, "mango_callback", deal, &[("phone", "89001234567")]).await.expect("robot");
+        app.b24
+            .fire_robot(
+                &p.member_id,
+                "mango_callback",
+                deal,
+                &[("phone", "89001234567")],
+            )
+            .await
+            .expect("robot");
     }
     app.drain().await;
     // A forged uninstall (wrong token) changes nothing.
-    let body = format!("event=ONAPPUNINSTALL&data[CLEAN]=1&auth[member_id]={}&auth[application_token]=wrong", a.member_id);
+    let body = format!(
+        "event=ONAPPUNINSTALL&data[CLEAN]=1&auth[member_id]={}&auth[application_token]=wrong",
+        a.member_id
+    );
     let (status, _) = app.post_form("/b24/events", body).await;
     assert_eq!(status, 401);
     assert!(app.portal_row(&a.member_id).await.is_some());
-    let statuses = app.b24.send_event(&a.member_id, "ONAPPUNINSTALL", &[("CLEAN", "1")]).await.expect("event");
+    let statuses = app
+        .b24
+        .send_event(&a.member_id, "ONAPPUNINSTALL", &[("CLEAN", "1")])
+        .await
+        .expect("event");
     assert_eq!(statuses, [200]);
     assert!(app.portal_row(&a.member_id).await.is_none());
     assert!(app.portal_row(&b.member_id).await.is_some());
@@ -132,11 +232,26 @@ async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(back
     let (a_rows, b_rows) = app
         .shared
         .db
-        .run(move |c| Ok((mango_callback::callback::store::latest(c, &am, 50)?.len(), mango_callback::callback::store::latest(c, &bm, 50)?.len())))
+        .run(move |c| {
+            Ok((
+                mango_callback::callback::store::latest(c, &am, 50)?.len(),
+                mango_callback::callback::store::latest(c, &bm, 50)?.len(),
+            ))
+        })
         .await
         .expect("db");
     assert_eq!((a_rows, b_rows), (0, 1));
-    let jobs = app.shared.db.run(|c| Ok(mango_callback::jobs::queue::all(c)?)).await.expect("db");
-    assert!(jobs.iter().all(|j| j.member_id.as_deref() != Some(a.member_id.as_str())));
+    let jobs = app
+        .shared
+        .db
+        .run(|c| Ok(mango_callback::jobs::queue::all(c)?))
+        .await
+        .expect("db");
+    assert!(jobs
+        .iter()
+        .all(|j| j.member_id.as_deref() != Some(a.member_id.as_str())));
 }
-on_both_backends!(uninstall_with_clean_removes_every_row_of_that_portal_and_no_other, uninstall_with_clean_removes_every_row_of_that_portal_and_no_other);
+on_both_backends!(
+    uninstall_with_clean_removes_every_row_of_that_portal_and_no_other,
+    uninstall_with_clean_removes_every_row_of_that_portal_and_no_other
+);

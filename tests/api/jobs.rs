@@ -10,7 +10,14 @@ use crate::helpers::{fresh_database, spawn_app};
 use crate::on_both_backends;
 
 fn job(n: usize, now: chrono::NaiveDateTime) -> NewJob {
-    NewJob { kind: "noop", payload: format!("{{\"n\":{n}}}"), member_id: None, dedup_key: Some(format!("k{n}")), run_at: now, max_attempts: 3 }
+    NewJob {
+        kind: "noop",
+        payload: format!("{{\"n\":{n}}}"),
+        member_id: None,
+        dedup_key: Some(format!("k{n}")),
+        run_at: now,
+        max_attempts: 3,
+    }
 }
 
 async fn a_job_is_claimed_by_exactly_one_of_two_competing_workers(backend: Backend) {
@@ -21,7 +28,10 @@ async fn a_job_is_claimed_by_exactly_one_of_two_competing_workers(backend: Backe
     for n in 0..60 {
         assert!(queue::enqueue(&mut conn, &job(n, now), now).expect("enqueue"));
     }
-    assert!(!queue::enqueue(&mut conn, &job(0, now), now).expect("enqueue again"), "dedup key makes a second enqueue a no-op");
+    assert!(
+        !queue::enqueue(&mut conn, &job(0, now), now).expect("enqueue again"),
+        "dedup key makes a second enqueue a no-op"
+    );
     drop(conn);
     let lease = now + chrono::Duration::minutes(5);
     let workers: Vec<_> = ["w1", "w2"]
@@ -41,14 +51,20 @@ async fn a_job_is_claimed_by_exactly_one_of_two_competing_workers(backend: Backe
             })
         })
         .collect();
-    let mut all: Vec<String> = workers.into_iter().flat_map(|h| h.join().expect("worker thread")).collect();
+    let mut all: Vec<String> = workers
+        .into_iter()
+        .flat_map(|h| h.join().expect("worker thread"))
+        .collect();
     let claimed = all.len();
     all.sort();
     all.dedup();
     assert_eq!(claimed, 60, "every job claimed once in total");
     assert_eq!(all.len(), 60, "no job claimed twice");
 }
-on_both_backends!(a_job_is_claimed_by_exactly_one_of_two_competing_workers, a_job_is_claimed_by_exactly_one_of_two_competing_workers);
+on_both_backends!(
+    a_job_is_claimed_by_exactly_one_of_two_competing_workers,
+    a_job_is_claimed_by_exactly_one_of_two_competing_workers
+);
 
 async fn a_job_whose_worker_died_is_run_again_after_its_lease(backend: Backend) {
     let (url, _dir) = fresh_database(backend);
@@ -60,41 +76,90 @@ async fn a_job_whose_worker_died_is_run_again_after_its_lease(backend: Backend) 
     let first = queue::claim(&mut conn, "dead-worker", now, lease, 10).expect("claim");
     assert_eq!(first.len(), 1);
     // The worker "dies": nothing finishes the job. Before the lease ends nobody else gets it.
-    assert!(queue::claim(&mut conn, "w2", now, lease, 10).expect("claim").is_empty());
-    assert_eq!(queue::reap(&mut conn, now + chrono::Duration::minutes(1)).expect("reap"), 0);
+    assert!(queue::claim(&mut conn, "w2", now, lease, 10)
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        queue::reap(&mut conn, now + chrono::Duration::minutes(1)).expect("reap"),
+        0
+    );
     let later = now + chrono::Duration::minutes(6);
     assert_eq!(queue::reap(&mut conn, later).expect("reap"), 1);
-    let again = queue::claim(&mut conn, "w2", later, later + chrono::Duration::minutes(5), 10).expect("claim");
+    let again = queue::claim(
+        &mut conn,
+        "w2",
+        later,
+        later + chrono::Duration::minutes(5),
+        10,
+    )
+    .expect("claim");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 2);
     // The dead worker's late answer must not overwrite the new run.
     assert!(!queue::complete(&mut conn, &again[0].id, "dead-worker", later).expect("complete"));
     assert!(queue::complete(&mut conn, &again[0].id, "w2", later).expect("complete"));
 }
-on_both_backends!(a_job_whose_worker_died_is_run_again_after_its_lease, a_job_whose_worker_died_is_run_again_after_its_lease);
+on_both_backends!(
+    a_job_whose_worker_died_is_run_again_after_its_lease,
+    a_job_whose_worker_died_is_run_again_after_its_lease
+);
 
 async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backend) {
     let app = spawn_app(backend).await;
     let portal = app.installed_portal("retry").await;
     let deal = app.b24.add_deal(&portal.member_id, None);
-    app.b24.fire_robot(&portal.member_id, "mango_callback", deal, &[("phone", "+7 900 123-45-67")]).await.expect("robot call");
-    app.b24.fail_next(&portal.member_id, 10_000, Fault::Internal);
+    app.b24
+        .fire_robot(
+            &portal.member_id,
+            "mango_callback",
+            deal,
+            &[("phone", "+7 900 123-45-67")],
+        )
+        .await
+        .expect("robot call");
+    app.b24
+        .fail_next(&portal.member_id, 10_000, Fault::Internal);
     let mut delays = Vec::new();
     for _ in 0..20 {
         app.drain().await;
         let jobs = app.shared.db.run(|c| Ok(queue::all(c)?)).await.expect("db");
-        let report = jobs.iter().find(|j| j.kind == "report_callback").expect("report job exists");
+        let report = jobs
+            .iter()
+            .find(|j| j.kind == "report_callback")
+            .expect("report job exists");
         if report.status == queue::DEAD {
-            assert!(report.last_error.as_deref().unwrap_or("").contains("INTERNAL_SERVER_ERROR") || report.last_error.as_deref().unwrap_or("").contains("500"), "{:?}", report.last_error);
+            assert!(
+                report
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("INTERNAL_SERVER_ERROR")
+                    || report.last_error.as_deref().unwrap_or("").contains("500"),
+                "{:?}",
+                report.last_error
+            );
             assert_eq!(report.attempts, report.max_attempts);
             break;
         }
         delays.push((report.run_at - app.clock.now()).num_milliseconds());
         app.advance(Duration::from_secs(3600));
     }
-    assert!(delays.len() >= 5, "retried several times before burial: {delays:?}");
-    assert!(delays.windows(2).take(4).all(|w| w[1] > w[0]), "delays grow: {delays:?}");
+    assert!(
+        delays.len() >= 5,
+        "retried several times before burial: {delays:?}"
+    );
+    assert!(
+        delays.windows(2).take(4).all(|w| w[1] > w[0]),
+        "delays grow: {delays:?}"
+    );
     let jobs = app.shared.db.run(|c| Ok(queue::all(c)?)).await.expect("db");
-    assert!(jobs.iter().any(|j| j.kind == "report_callback" && j.status == queue::DEAD), "buried in the end");
+    assert!(
+        jobs.iter()
+            .any(|j| j.kind == "report_callback" && j.status == queue::DEAD),
+        "buried in the end"
+    );
 }
-on_both_backends!(a_failing_job_is_retried_with_growing_delay_then_buried, a_failing_job_is_retried_with_growing_delay_then_buried);
+on_both_backends!(
+    a_failing_job_is_retried_with_growing_delay_then_buried,
+    a_failing_job_is_retried_with_growing_delay_then_buried
+);

@@ -1,0 +1,419 @@
+//! The callback: robot call → Mango callback_group, with the predecessor's rules done right.
+
+use std::time::{Duration, Instant};
+
+use mango_callback::db::Backend;
+use mango_callback::sandbox::bitrix::RobotCallStyle;
+use mango_callback::sandbox::mango::Reply;
+
+use crate::helpers::{spawn_app, EXPERIENCED, LINE, MANGO_KEY, TRAINEES};
+use crate::on_both_backends;
+
+const ROBOT: &str = "mango_callback";
+
+async fn first_run_rings_trainees_and_a_later_run_the_experienced_group(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("groups").await;
+    let contact = app.b24.add_contact(
+        &p.member_id,
+        &[
+            ("WORK", "+7 (495) 540-44-44"),
+            ("MOBILE", "8 (900) 123-45-67"),
+        ],
+    );
+    let deal = app.b24.add_deal(&p.member_id, Some(contact));
+    let fired = app
+        .b24
+        .fire_robot(&p.member_id, ROBOT, deal, &[])
+        .await
+        .expect("robot");
+    assert_eq!(fired.status, 200, "{}", fired.body);
+    app.drain().await;
+    let calls = app.mango.callbacks();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["from"], TRAINEES, "\"002\" stays \"002\"");
+    assert_eq!(
+        calls[0]["to"], "79001234567",
+        "the MOBILE number, normalised"
+    );
+    assert_eq!(calls[0]["line_number"], LINE);
+    let cmd = calls[0]["command_id"].as_str().expect("command id");
+    assert!(
+        cmd.starts_with(&format!("b24:{}:{deal}:", p.member_id)),
+        "{cmd}"
+    );
+
+    app.advance(Duration::from_secs(11 * 60)); // past the duplicate window
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, deal, &[])
+        .await
+        .expect("robot");
+    app.drain().await;
+    let calls = app.mango.callbacks();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1]["from"], EXPERIENCED);
+
+    app.advance(Duration::from_secs(11 * 60));
+    app.b24
+        .fire_robot(
+            &p.member_id,
+            ROBOT,
+            deal,
+            &[("group", "trainee"), ("phone", "+7 911 000-00-01")],
+        )
+        .await
+        .expect("robot");
+    app.drain().await;
+    let calls = app.mango.callbacks();
+    assert_eq!(calls[2]["from"], TRAINEES, "the group property overrides");
+    assert_eq!(
+        calls[2]["to"], "79110000001",
+        "the phone property overrides"
+    );
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 3);
+    assert!(
+        sends
+            .iter()
+            .all(|s| s["RETURN_VALUES"]["result"] == "started"),
+        "{sends:?}"
+    );
+    assert_eq!(sends[0]["RETURN_VALUES"]["group_extension"], TRAINEES);
+}
+on_both_backends!(
+    first_run_rings_trainees_and_a_later_run_the_experienced_group,
+    first_run_rings_trainees_and_a_later_run_the_experienced_group
+);
+
+async fn ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("dups").await;
+    let deal = app.b24.add_deal(&p.member_id, None);
+    let calls = (0..10).map(|_| {
+        app.b24
+            .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
+    });
+    let fired = futures_util::future::join_all(calls).await;
+    assert!(
+        fired
+            .iter()
+            .all(|f| f.as_ref().map(|f| f.status) == Ok(200)),
+        "{fired:?}"
+    );
+    app.drain().await;
+    assert_eq!(app.mango.callbacks().len(), 1);
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 10, "every robot call is answered");
+    let dup = sends
+        .iter()
+        .filter(|s| s["RETURN_VALUES"]["result"] == "duplicate")
+        .count();
+    assert_eq!(dup, 9);
+    assert_eq!(app.b24.timeline_comments(&p.member_id, deal).len(), 10);
+}
+on_both_backends!(
+    ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call,
+    ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call
+);
+
+async fn two_instances_on_one_database_place_one_call_for_simultaneous_runs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let second =
+        crate::helpers::spawn_instance(&app.db_url, &app.b24, &app.mango, 20.0, None).await;
+    let p = app.installed_portal("twins").await;
+    let deal = app.b24.add_deal(&p.member_id, None);
+    // Same deal, two deliveries: one to each instance.
+    let (url1, body1, _) = app
+        .b24
+        .robot_call_body(
+            &p.member_id,
+            ROBOT,
+            deal,
+            &[("phone", "89001234567")],
+            RobotCallStyle::default(),
+        )
+        .expect("robot");
+    let (_, body2, _) = app
+        .b24
+        .robot_call_body(
+            &p.member_id,
+            ROBOT,
+            deal,
+            &[("phone", "89001234567")],
+            RobotCallStyle::default(),
+        )
+        .expect("robot");
+    assert!(url1.ends_with("/b24/robot"));
+    let (a, b) = tokio::join!(
+        app.post_form("/b24/robot", body1),
+        second.post_form("/b24/robot", body2)
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    tokio::join!(app.drain(), second.drain());
+    assert_eq!(app.mango.callbacks().len(), 1);
+}
+on_both_backends!(
+    two_instances_on_one_database_place_one_call_for_simultaneous_runs,
+    two_instances_on_one_database_place_one_call_for_simultaneous_runs
+);
+
+async fn the_same_event_token_delivered_twice_is_one_run(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("redeliver").await;
+    let deal = app.b24.add_deal(&p.member_id, None);
+    let (_, body, _) = app
+        .b24
+        .robot_call_body(
+            &p.member_id,
+            ROBOT,
+            deal,
+            &[("phone", "89001234567")],
+            RobotCallStyle {
+                percent_encoded_brackets: true,
+                old_core: false,
+            },
+        )
+        .expect("robot");
+    assert_eq!(app.post_form("/b24/robot", body.clone()).await.0, 200);
+    let (status, answer) = app.post_form("/b24/robot", body).await;
+    assert_eq!(status, 200);
+    assert!(answer.contains("redelivered"), "{answer}");
+    app.drain().await;
+    assert_eq!(app.mango.callbacks().len(), 1);
+    assert_eq!(app.b24.event_sends(&p.member_id).len(), 1);
+}
+on_both_backends!(
+    the_same_event_token_delivered_twice_is_one_run,
+    the_same_event_token_delivered_twice_is_one_run
+);
+
+async fn a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("late").await;
+    let late = app.b24.add_deal(&p.member_id, None);
+    let never = app.b24.add_deal(&p.member_id, None);
+    let old_core = RobotCallStyle {
+        percent_encoded_brackets: false,
+        old_core: true,
+    };
+    app.b24
+        .fire_robot_styled(&p.member_id, ROBOT, late, &[], old_core)
+        .await
+        .expect("robot");
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, never, &[])
+        .await
+        .expect("robot");
+    app.drain().await;
+    assert!(
+        app.mango.callbacks().is_empty(),
+        "no contact yet: nobody is rung"
+    );
+    app.advance(Duration::from_secs(5));
+    let contact = app
+        .b24
+        .add_contact(&p.member_id, &[("HOME", "+7 912 345 67 89")]);
+    app.b24.link_contact(&p.member_id, late, contact);
+    app.drain().await;
+    let calls = app.mango.callbacks();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["to"], "79123456789");
+    for _ in 0..13 {
+        app.advance(Duration::from_secs(5));
+        app.drain().await;
+    }
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    let no_phone = sends
+        .iter()
+        .find(|s| s["RETURN_VALUES"]["result"] == "no_phone")
+        .expect("no_phone reported");
+    assert!(
+        no_phone["RETURN_VALUES"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no contact"),
+        "{no_phone}"
+    );
+    assert_eq!(app.mango.callbacks().len(), 1);
+}
+on_both_backends!(
+    a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone,
+    a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone
+);
+
+async fn mango_3102_is_not_retried_and_429_then_1000_places_one_call(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("codes").await;
+    app.mango.push_reply(MANGO_KEY, Reply::Result(3102));
+    let d1 = app.b24.add_deal(&p.member_id, None);
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, d1, &[("phone", "89001234567")])
+        .await
+        .expect("robot");
+    app.drain().await;
+    app.advance(Duration::from_secs(600));
+    app.drain().await;
+    let cb_requests = app
+        .mango
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("callback_group"))
+        .count();
+    assert_eq!(cb_requests, 1, "3102 is never retried");
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends[0]["RETURN_VALUES"]["result"], "failed");
+    assert!(
+        sends[0]["RETURN_VALUES"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("3102"),
+        "{sends:?}"
+    );
+
+    app.mango.push_reply(MANGO_KEY, Reply::RateLimited);
+    let d2 = app.b24.add_deal(&p.member_id, None);
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, d2, &[("phone", "89001234568")])
+        .await
+        .expect("robot");
+    app.drain().await;
+    app.advance(Duration::from_secs(60));
+    app.drain().await;
+    let placed: Vec<_> = app
+        .mango
+        .callbacks()
+        .into_iter()
+        .filter(|c| c["to"] == "79001234568")
+        .collect();
+    assert_eq!(
+        placed.len(),
+        1,
+        "429 is retried, then exactly one call placed"
+    );
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends[1]["RETURN_VALUES"]["result"], "started");
+}
+on_both_backends!(
+    mango_3102_is_not_retried_and_429_then_1000_places_one_call,
+    mango_3102_is_not_retried_and_429_then_1000_places_one_call
+);
+
+async fn every_robot_call_gets_one_event_and_one_timeline_comment(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("report").await;
+    let no_contact = app.b24.add_deal(&p.member_id, None);
+    let bad_phone = app.b24.add_contact(&p.member_id, &[("WORK", "call me")]);
+    let d_bad = app.b24.add_deal(&p.member_id, Some(bad_phone));
+    let d_ok = app.b24.add_deal(&p.member_id, None);
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, d_bad, &[])
+        .await
+        .expect("robot");
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, d_ok, &[("phone", "+7 900 123 45 67")])
+        .await
+        .expect("robot");
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, d_ok, &[("phone", "+7 900 123 45 67")])
+        .await
+        .expect("robot");
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, no_contact, &[])
+        .await
+        .expect("robot");
+    for _ in 0..15 {
+        app.drain().await;
+        app.advance(Duration::from_secs(5));
+    }
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 4);
+    let mut results: Vec<_> = sends
+        .iter()
+        .map(|s| {
+            s["RETURN_VALUES"]["result"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    results.sort();
+    assert_eq!(results, ["duplicate", "no_phone", "no_phone", "started"]);
+    for deal in [d_bad, no_contact] {
+        assert_eq!(app.b24.timeline_comments(&p.member_id, deal).len(), 1);
+    }
+    let ok_comments = app.b24.timeline_comments(&p.member_id, d_ok);
+    assert_eq!(ok_comments.len(), 2);
+    assert!(
+        ok_comments
+            .iter()
+            .any(|c| c.contains("стажёров") && c.contains(TRAINEES)),
+        "{ok_comments:?}"
+    );
+}
+on_both_backends!(
+    every_robot_call_gets_one_event_and_one_timeline_comment,
+    every_robot_call_gets_one_event_and_one_timeline_comment
+);
+
+async fn the_robot_handler_answers_without_waiting_for_slow_peers(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("fast").await;
+    app.b24.set_latency(Duration::from_secs(2));
+    app.mango.set_latency(Duration::from_secs(2));
+    let deal = app.b24.add_deal(&p.member_id, None);
+    let (_, body, _) = app
+        .b24
+        .robot_call_body(
+            &p.member_id,
+            ROBOT,
+            deal,
+            &[("phone", "89001234567")],
+            RobotCallStyle::default(),
+        )
+        .expect("robot");
+    let started = Instant::now();
+    let (status, _) = app.post_form("/b24/robot", body).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_millis(1000),
+        "robot handler took {took:?} with 2 s peers"
+    );
+}
+on_both_backends!(
+    the_robot_handler_answers_without_waiting_for_slow_peers,
+    the_robot_handler_answers_without_waiting_for_slow_peers
+);
+
+async fn robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("bad").await;
+    let deal = app.b24.add_deal(&p.member_id, None);
+    let (_, body, _) = app
+        .b24
+        .robot_call_body(&p.member_id, ROBOT, deal, &[], RobotCallStyle::default())
+        .expect("robot");
+    let forged = body.replace(&p.application_token, "0000000000000000000000000000beef");
+    assert_eq!(app.post_form("/b24/robot", forged).await.0, 401);
+    let no_deal = body.replace(&format!("DEAL_{deal}"), "LEAD_5");
+    let (status, msg) = app.post_form("/b24/robot", no_deal).await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("document_id[2]"), "{msg}");
+    let bad_group = format!("{body}&properties%5Bgroup%5D=vip");
+    let (status, msg) = app.post_form("/b24/robot", bad_group).await;
+    assert_eq!(status, 400, "{msg}");
+    let mid = p.member_id.clone();
+    let rows = app
+        .shared
+        .db
+        .run(move |c| Ok(mango_callback::callback::store::latest(c, &mid, 50)?))
+        .await
+        .expect("db");
+    assert!(rows.is_empty(), "nothing stored: {rows:?}");
+}
+on_both_backends!(
+    robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing,
+    robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing
+);

@@ -1,0 +1,119 @@
+//! Tokens and limits: refresh once on expiry (single-flight), stay under the portal's rate limit.
+
+use mango_callback::db::Backend;
+use mango_callback::sandbox::bitrix::Fault;
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+use crate::on_both_backends;
+
+async fn an_expired_token_is_refreshed_once_and_the_call_retried(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("expiry").await;
+    app.b24.expire_access_tokens(&p.member_id);
+    let r = app
+        .ctx
+        .bitrix
+        .call(&p.member_id, "user.admin", json!({}))
+        .await
+        .expect("call succeeds after refresh");
+    assert_eq!(r, json!(true));
+    assert_eq!(app.b24.refresh_count(&p.member_id), 1);
+}
+on_both_backends!(
+    an_expired_token_is_refreshed_once_and_the_call_retried,
+    an_expired_token_is_refreshed_once_and_the_call_retried
+);
+
+async fn twenty_concurrent_calls_on_an_expired_token_cause_one_refresh(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let second =
+        crate::helpers::spawn_instance(&app.db_url, &app.b24, &app.mango, 20.0, None).await;
+    let p = app.installed_portal("stampede").await;
+    app.b24.expire_access_tokens(&p.member_id);
+    let calls = (0..20).map(|i| {
+        let client = if i % 2 == 0 {
+            &app.ctx.bitrix
+        } else {
+            &second.ctx.bitrix
+        };
+        client.call(&p.member_id, "user.admin", json!({}))
+    });
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        app.b24.refresh_count(&p.member_id),
+        1,
+        "exactly one refresh across two instances"
+    );
+    assert_eq!(app.b24.rejections("invalid_grant"), 0);
+}
+on_both_backends!(
+    twenty_concurrent_calls_on_an_expired_token_cause_one_refresh,
+    twenty_concurrent_calls_on_an_expired_token_cause_one_refresh
+);
+
+async fn two_hundred_calls_stay_under_the_portal_rate_limit(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("busy").await;
+    let calls = (0..200).map(|_| app.ctx.bitrix.call(&p.member_id, "user.admin", json!({})));
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    assert_eq!(app.b24.rejections("QUERY_LIMIT_EXCEEDED"), 0);
+    // A portal that answers 503 anyway is retried until it succeeds.
+    app.b24.fail_next(&p.member_id, 3, Fault::QueryLimit);
+    let r = app
+        .ctx
+        .bitrix
+        .call(&p.member_id, "user.admin", json!({}))
+        .await
+        .expect("retried");
+    assert_eq!(r, json!(true));
+    assert_eq!(app.b24.rejections("QUERY_LIMIT_EXCEEDED"), 3);
+}
+on_both_backends!(
+    two_hundred_calls_stay_under_the_portal_rate_limit,
+    two_hundred_calls_stay_under_the_portal_rate_limit
+);
+
+async fn a_refused_refresh_token_marks_the_portal_for_re_authorisation(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("dead-grant").await;
+    // Another chain refreshed our stored refresh token away: simulate by using it once out of band.
+    app.b24.expire_access_tokens(&p.member_id);
+    let row = app.portal_row(&p.member_id).await.expect("row");
+    let refresh = app
+        .shared
+        .cipher
+        .open(row.refresh_token.as_deref().expect("stored"))
+        .expect("opens");
+    let used = mango_callback::bitrix::oauth::refresh(
+        &app.ctx.http,
+        &app.b24.url(),
+        Some(mango_callback::sandbox::bitrix::SANDBOX_CLIENT_ID),
+        Some(mango_callback::sandbox::bitrix::SANDBOX_CLIENT_SECRET),
+        &refresh,
+    )
+    .await;
+    assert!(used.is_ok());
+    let err = app
+        .ctx
+        .bitrix
+        .call(&p.member_id, "user.admin", json!({}))
+        .await
+        .expect_err("grant is dead");
+    assert!(
+        matches!(err, mango_callback::bitrix::BitrixError::NeedsReauth { .. }),
+        "{err}"
+    );
+    assert!(
+        app.portal_row(&p.member_id)
+            .await
+            .expect("row")
+            .needs_reauth
+    );
+}
+on_both_backends!(
+    a_refused_refresh_token_marks_the_portal_for_re_authorisation,
+    a_refused_refresh_token_marks_the_portal_for_re_authorisation
+);
