@@ -7,8 +7,14 @@ use mango_callback::startup::{Application, RunOptions};
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let _ = dotenvy::dotenv();
-    mango_callback::telemetry::init("info");
     let cli = Cli::parse();
+    // The sandbox prints its own trace; only warnings from the app would interrupt it.
+    let default_filter = if matches!(cli.command, Some(Command::Sandbox { .. })) {
+        "warn"
+    } else {
+        "info"
+    };
+    mango_callback::telemetry::init(default_filter);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
         Command::Sandbox {

@@ -1,10 +1,244 @@
-//! `mango-callback sandbox`: the app against simulated Bitrix24 and Mango, with a scripted demo.
+//! `mango-callback sandbox`: the app against simulated Bitrix24 and Mango on local ports, with a
+//! scripted demo (install, settings, first and second run, a duplicate pair, a deal without a phone)
+//! and a readable trace of each callback. The same simulators serve the tests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::bitrix::{BitrixSim, BitrixSimOptions, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
+use super::mango::{MangoSim, MangoSimOptions};
+use crate::callback::{status, store as callback_store, Callback};
+use crate::config::{Settings, SettingsArgs};
+use crate::portal::{store, PortalSettings};
+use crate::startup::{Application, RunOptions};
+
+const KEY: &str = "sandbox-vpbx-api-key";
+const SALT: &str = "sandbox-vpbx-api-salt";
+const LINE: &str = "74951234567";
 
 pub async fn run(
-    _args: crate::config::SettingsArgs,
-    _bitrix_port: u16,
-    _mango_port: u16,
-    _exit: bool,
+    mut args: SettingsArgs,
+    bitrix_port: u16,
+    mango_port: u16,
+    exit: bool,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("the sandbox demo is not built yet")
+    let b24 = BitrixSim::start(BitrixSimOptions {
+        port: bitrix_port,
+        ..Default::default()
+    })
+    .await
+    .context("cannot start the simulated Bitrix24")?;
+    let mango = MangoSim::start(MangoSimOptions {
+        port: mango_port,
+        ..Default::default()
+    })
+    .await
+    .context("cannot start the simulated Mango")?;
+    mango.add_account(KEY, SALT);
+    mango.add_group(KEY, 1, "Стажёры / Trainees", "002");
+    mango.add_group(KEY, 2, "Опытные / Experienced", "001");
+    mango.add_line(KEY, LINE, "Main line");
+
+    // A database of its own, fresh each run, so the demo never touches the real one.
+    let db_path = std::path::Path::new("data/sandbox.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
+    }
+    args.database_url = format!("sqlite://{}", db_path.display());
+    args.b24_oauth_url = b24.url();
+    args.mango_api_url = mango.api_url();
+    args.b24_client_id = Some(SANDBOX_CLIENT_ID.into());
+    args.b24_client_secret = Some(SANDBOX_CLIENT_SECRET.into());
+    args.public_url = None;
+    let settings = Settings::from_args(args)?;
+    let app = Application::build(settings, RunOptions::default()).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shared = app.shared().clone();
+    let handle = app.server_handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    println!("\n== mango-callback sandbox");
+    println!("   app               {base}");
+    println!(
+        "   simulated Bitrix24 {} (OAuth server and portals)",
+        b24.url()
+    );
+    println!("   simulated Mango    {}", mango.api_url());
+
+    let portal = b24.create_portal("demo");
+    let http = awc::Client::default();
+    let install = b24.iframe_request(&portal.member_id, portal.admin_user_id, "DEFAULT", "ru");
+    let resp = http
+        .post(format!("{base}/b24/install?{}", install.query_string()))
+        .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+        .send_body(install.to_form_body())
+        .await
+        .map_err(|e| anyhow::anyhow!("installer request failed: {e}"))?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "the installer answered {}",
+        resp.status()
+    );
+    println!(
+        "\n-- installed into portal {} (member_id {})",
+        portal.domain, portal.member_id
+    );
+    for (code, fields) in b24.robots(&portal.member_id) {
+        println!(
+            "   robot {code} → {}",
+            fields["HANDLER"].as_str().unwrap_or("?")
+        );
+    }
+
+    let (cipher, now, mid) = (
+        shared.cipher.clone(),
+        shared.clock.now(),
+        portal.member_id.clone(),
+    );
+    shared
+        .db
+        .run(move |c| {
+            let mut s = PortalSettings::defaults(&mid, now);
+            s.mango_api_key = Some(KEY.into());
+            s.mango_api_salt = Some(cipher.seal(SALT));
+            s.line_number = LINE.into();
+            s.trainee_extension = "002".into();
+            s.experienced_extension = "001".into();
+            // Short windows so the demo's second run is not a duplicate and the missing contact
+            // gives up quickly.
+            s.duplicate_window_minutes = 0;
+            s.contact_wait_seconds = 6;
+            Ok(store::save_settings(c, &s)?)
+        })
+        .await?;
+    println!("-- settings saved: trainees 002, experienced 001, line {LINE}");
+
+    let m = &portal.member_id;
+    let client = b24.add_contact(
+        m,
+        &[
+            ("WORK", "+7 (495) 540-44-44"),
+            ("MOBILE", "8 (900) 123-45-67"),
+        ],
+    );
+    let deal_a = b24.add_deal(m, Some(client));
+    let client_b = b24.add_contact(m, &[("MOBILE", "+7 912 000 11 22")]);
+    let deal_b = b24.add_deal(m, Some(client_b));
+    let deal_c = b24.add_deal(m, None);
+
+    println!("\n-- deal {deal_a}: first run (rings the trainees)");
+    b24.fire_robot(m, "mango_callback", deal_a, &[])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    wait_until_reported(&shared, m, 1).await?;
+    println!("-- deal {deal_a}: second run (rings the experienced managers)");
+    b24.fire_robot(m, "mango_callback", deal_a, &[])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    wait_until_reported(&shared, m, 2).await?;
+    println!("-- deal {deal_b}: two runs at the same instant (one call, one duplicate)");
+    let (x, y) = tokio::join!(
+        b24.fire_robot(m, "mango_callback", deal_b, &[]),
+        b24.fire_robot(m, "mango_callback", deal_b, &[])
+    );
+    x.map_err(anyhow::Error::msg)?;
+    y.map_err(anyhow::Error::msg)?;
+    println!("-- deal {deal_c}: no contact linked (no call after the wait)");
+    b24.fire_robot(m, "mango_callback", deal_c, &[])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    wait_until_reported(&shared, m, 5).await?;
+
+    let mid = m.clone();
+    let mut log = shared
+        .db
+        .run(move |c| Ok(callback_store::latest(c, &mid, 50)?))
+        .await?;
+    log.reverse();
+    println!("\n== trace");
+    for cb in &log {
+        print_trace(cb, &b24, &mango);
+    }
+    println!("\n   Mango received {} callback_group command(s); Bitrix24 got {} bizproc.event.send call(s).", mango.callbacks().len(), b24.calls_to("bizproc.event.send").len());
+    if exit {
+        handle.stop(true).await;
+        return Ok(());
+    }
+    let page = b24.iframe_request(m, portal.admin_user_id, "DEFAULT", "ru");
+    println!(
+        "\nServing. The app page can be opened with a form POST to {base}/b24/app?{} (fields: {}).",
+        page.query_string(),
+        page.to_form_body()
+    );
+    println!("Ctrl+C stops.");
+    let _ = tokio::signal::ctrl_c().await;
+    handle.stop(true).await;
+    Ok(())
+}
+
+/// Waits until `n` callbacks of the portal are finished and reported back to Bitrix24.
+async fn wait_until_reported(
+    shared: &crate::context::Shared,
+    member_id: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let mid = member_id.to_owned();
+        let log = shared
+            .db
+            .run(move |c| Ok(callback_store::latest(c, &mid, 50)?))
+            .await?;
+        let done = log
+            .iter()
+            .filter(|c| c.comment_added_at.is_some() && c.event_sent_at.is_some())
+            .count();
+        if done >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "callbacks were not reported within 60 s ({done} of {n})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_trace(cb: &Callback, b24: &BitrixSim, mango: &MangoSim) {
+    let deal: u64 = cb.deal_id.parse().unwrap_or(0);
+    println!("\n   deal {} · callback {}", cb.deal_id, cb.id);
+    println!("     result        {}", cb.status);
+    if let Some(g) = &cb.group_kind {
+        println!(
+            "     group         {g} ({})",
+            cb.group_extension.as_deref().unwrap_or("not rung")
+        );
+    }
+    if let Some(p) = &cb.phone {
+        println!("     client phone  {}", crate::phone::mask(p));
+    }
+    if let Some(cmd) = &cb.command_id {
+        let sent = mango
+            .callbacks()
+            .iter()
+            .any(|c| c["command_id"] == cmd.as_str());
+        println!(
+            "     mango         command_id {cmd} · {}",
+            if sent {
+                "accepted (1000)"
+            } else {
+                "not accepted"
+            }
+        );
+    }
+    if let Some(e) = &cb.error {
+        if cb.status != status::STARTED {
+            println!("     why           {e}");
+        }
+    }
+    // The comment this callback wrote, if the simulated portal has it.
+    let ours = crate::callback::jobs::comment_text(cb, crate::portal::Lang::Ru);
+    if b24.timeline_comments(&cb.member_id, deal).contains(&ours) {
+        println!("     timeline      {ours}");
+    }
 }
