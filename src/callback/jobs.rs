@@ -15,7 +15,10 @@ use crate::phone;
 use crate::portal::{store as portal_store, Lang, PortalSettings};
 
 /// Mango's documented limit for callback commands per account and second.
-pub const MANGO_CALLBACKS_PER_SECOND: i32 = 4;
+pub const MANGO_CALLBACKS_PER_SECOND: i64 = 4;
+/// The window we count them in: a second plus a margin for the network's jitter, because Mango
+/// counts when the requests arrive, not when we sent them.
+const MANGO_RATE_WINDOW_US: i64 = 1_150_000;
 /// Mango attempts for one callback when it is surely not accepted (429, refused connection).
 const MAX_CALL_ATTEMPTS: i32 = 5;
 /// Delay between checks for a contact that a web form links a few seconds after the deal.
@@ -303,15 +306,23 @@ impl Job for PlaceCall {
             crate::crypto::sha256_hex(creds.api_key.as_bytes())
         );
         loop {
-            let second = ctx.shared.clock.now_utc().timestamp();
+            let now_us = ctx.shared.clock.now_utc().timestamp_micros();
             let b = bucket.clone();
             if db
-                .run(move |c| store::take_rate_slot(c, &b, second, MANGO_CALLBACKS_PER_SECOND))
+                .run(move |c| {
+                    store::take_rate_slot(
+                        c,
+                        &b,
+                        now_us,
+                        MANGO_CALLBACKS_PER_SECOND,
+                        MANGO_RATE_WINDOW_US,
+                    )
+                })
                 .await?
             {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
         let command_id = super::command_id(&cb.member_id, &cb.deal_id, &cb.id);

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use super::{status, Accepted, Callback, RobotRun};
 use crate::db::schema::{callbacks, deals};
-use crate::db::{insert_if_absent, is_unique_violation, write_tx, DbConnection, DbError};
+use crate::db::{insert_if_absent, write_tx, DbConnection, DbError};
 use crate::jobs::queue;
 use crate::jobs::Job;
 
@@ -281,45 +281,58 @@ pub fn mark_comment_added(
         .execute(conn)
 }
 
-/// Mango rate: at most `per_second` callback commands per account and second, counted in the
-/// shared database so that every portal and app instance using one key shares the budget.
+/// Mango rate: at most `limit` callback commands per account within any `window_us`, counted in
+/// the shared database so that every portal and app instance using one key shares the budget.
+///
+/// A sliding window (Mango's own limit behaves like one), not fixed seconds, which would allow
+/// twice the rate across a second boundary. The row at slot -1 is a lock: updating it first
+/// serialises concurrent takers on PostgreSQL as well as on SQLite. Each taken slot is a row keyed
+/// by its time in microseconds.
 pub fn take_rate_slot(
     conn: &mut DbConnection,
     bucket: &str,
-    second: i64,
-    per_second: i32,
+    now_us: i64,
+    limit: i64,
+    window_us: i64,
 ) -> Result<bool, DbError> {
+    use crate::db::schema::rate_slots;
     write_tx(conn, |c| {
-        use crate::db::schema::rate_slots;
-        let inserted = match diesel::insert_into(rate_slots::table)
-            .values((
-                rate_slots::bucket.eq(bucket),
-                rate_slots::slot.eq(second),
-                rate_slots::used.eq(1),
-            ))
-            .execute(c)
-        {
-            Ok(_) => true,
-            Err(e) if is_unique_violation(&e) => false,
-            Err(e) => return Err(e.into()),
-        };
-        if inserted {
-            // Old slots are useless; drop them while we hold the write lock anyway.
-            diesel::delete(
-                rate_slots::table
-                    .filter(rate_slots::bucket.eq(bucket))
-                    .filter(rate_slots::slot.lt(second - 60)),
-            )
+        insert_if_absent(c, |c| {
+            diesel::insert_into(rate_slots::table)
+                .values((
+                    rate_slots::bucket.eq(bucket),
+                    rate_slots::slot.eq(-1i64),
+                    rate_slots::used.eq(0),
+                ))
+                .execute(c)
+        })?;
+        diesel::update(rate_slots::table.find((bucket, -1i64)))
+            .set(rate_slots::used.eq(rate_slots::used + 1))
             .execute(c)?;
-            return Ok(true);
-        }
-        let n = diesel::update(
+        diesel::delete(
             rate_slots::table
-                .find((bucket, second))
-                .filter(rate_slots::used.lt(per_second)),
+                .filter(rate_slots::bucket.eq(bucket))
+                .filter(rate_slots::slot.ge(0i64))
+                .filter(rate_slots::slot.le(now_us - window_us)),
         )
-        .set(rate_slots::used.eq(rate_slots::used + 1))
         .execute(c)?;
-        Ok(n == 1)
+        let recent: i64 = rate_slots::table
+            .filter(rate_slots::bucket.eq(bucket))
+            .filter(rate_slots::slot.ge(0i64))
+            .count()
+            .get_result(c)?;
+        if recent >= limit {
+            return Ok(false);
+        }
+        let taken = insert_if_absent(c, |c| {
+            diesel::insert_into(rate_slots::table)
+                .values((
+                    rate_slots::bucket.eq(bucket),
+                    rate_slots::slot.eq(now_us),
+                    rate_slots::used.eq(1),
+                ))
+                .execute(c)
+        })?;
+        Ok(taken)
     })
 }

@@ -377,10 +377,12 @@ async fn the_robot_handler_answers_without_waiting_for_slow_peers(backend: Backe
     let (status, _) = app.post_form("/b24/robot", body).await;
     let took = started.elapsed();
     assert_eq!(status, 200);
+    // The point is independence from the peers (2 s each); the bound leaves room for a loaded CI.
     assert!(
-        took < Duration::from_millis(1000),
+        took < Duration::from_millis(500),
         "robot handler took {took:?} with 2 s peers"
     );
+    eprintln!("robot handler answered in {took:?} with 2 s simulator latency");
 }
 on_both_backends!(
     the_robot_handler_answers_without_waiting_for_slow_peers,
@@ -416,4 +418,37 @@ async fn robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing(b
 on_both_backends!(
     robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing,
     robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing
+);
+
+async fn mango_gets_at_most_four_callbacks_per_second_per_account(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("burst").await;
+    let deals: Vec<u64> = (0..9)
+        .map(|_| app.b24.add_deal(&p.member_id, None))
+        .collect();
+    for (i, deal) in deals.iter().enumerate() {
+        let phone = format!("8900123450{i}");
+        app.b24
+            .fire_robot(&p.member_id, ROBOT, *deal, &[("phone", phone.as_str())])
+            .await
+            .expect("robot");
+    }
+    app.drain().await;
+    let requests: Vec<_> = app
+        .mango
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("callback_group"))
+        .collect();
+    assert_eq!(requests.len(), 9, "one command per deal");
+    assert!(
+        requests.iter().all(|r| r.status == 200),
+        "Mango's limit was never hit: {:?}",
+        requests.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(app.mango.callbacks().len(), 9);
+}
+on_both_backends!(
+    mango_gets_at_most_four_callbacks_per_second_per_account,
+    mango_gets_at_most_four_callbacks_per_second_per_account
 );

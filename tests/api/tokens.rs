@@ -117,3 +117,34 @@ on_both_backends!(
     a_refused_refresh_token_marks_the_portal_for_re_authorisation,
     a_refused_refresh_token_marks_the_portal_for_re_authorisation
 );
+
+async fn a_renamed_portal_is_followed_once_and_its_new_domain_stored(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("oldname").await;
+    app.b24.rename_portal(&p.member_id, "newname");
+    let r = app
+        .ctx
+        .bitrix
+        .call(&p.member_id, "user.admin", json!({}))
+        .await
+        .expect("call follows the redirect");
+    assert_eq!(r, json!(true));
+    let row = app.portal_row(&p.member_id).await.expect("row");
+    let renamed = app.b24.portal(&p.member_id);
+    assert_eq!(row.client_endpoint, renamed.client_endpoint);
+    // The new domain is the redirect target's host (the simulator's portals share one host).
+    let host = url::Url::parse(&renamed.client_endpoint)
+        .expect("url")
+        .host_str()
+        .map(str::to_owned);
+    assert_eq!(Some(row.domain), host);
+    assert_eq!(
+        app.b24.calls().iter().filter(|c| c.status == 302).count(),
+        1,
+        "followed once"
+    );
+}
+on_both_backends!(
+    a_renamed_portal_is_followed_once_and_its_new_domain_stored,
+    a_renamed_portal_is_followed_once_and_its_new_domain_stored
+);
