@@ -35,11 +35,7 @@ pub async fn handle_event(
     let event = form.event.unwrap_or_default().to_ascii_uppercase();
     tracing::Span::current().record("event", event.as_str());
     let auth = form.auth.unwrap_or_default();
-    let member_id = auth
-        .member_id
-        .clone()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| AppError::Unauthorized("auth[member_id] is missing".into()))?;
+    let member_id = auth.require_member_id()?;
     tracing::Span::current().record("portal", member_id.as_str());
     let shared = &ctx.shared;
     let mid = member_id.clone();

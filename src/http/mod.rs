@@ -62,6 +62,16 @@ pub struct AuthBlock {
     pub user_id: Option<String>,
 }
 
+impl AuthBlock {
+    /// `auth[member_id]`, required by every event and robot call.
+    pub fn require_member_id(&self) -> Result<String, AppError> {
+        self.member_id
+            .clone()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| AppError::Unauthorized("auth[member_id] is missing".into()))
+    }
+}
+
 /// The caller's address for security log lines.
 pub fn peer(req: &HttpRequest) -> String {
     req.connection_info()

@@ -54,11 +54,7 @@ pub async fn handle_robot_call(
     let form: RobotForm = parse_form(&body)
         .inspect_err(|e| tracing::warn!(peer = %peer(&req), error = %e, "robot call refused"))?;
     let auth = form.auth.unwrap_or_default();
-    let member_id = auth
-        .member_id
-        .clone()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| AppError::Unauthorized("auth[member_id] is missing".into()))?;
+    let member_id = auth.require_member_id()?;
     tracing::Span::current().record("portal", member_id.as_str());
     let deal = deal_id(&form.document_id)
         .inspect_err(|e| tracing::warn!(error = %e, "robot call refused"))?;

@@ -117,26 +117,36 @@ pub fn claim(
     Ok(claimed)
 }
 
-// Only the lease holder may finish a job (every finishing update below filters on
-// `locked_by`): a worker whose lease was reaped and re-claimed must not overwrite the newer run.
+type Owned<'a> = diesel::dsl::Filter<
+    diesel::dsl::Filter<
+        diesel::dsl::Filter<jobs::table, diesel::dsl::Eq<jobs::id, &'a str>>,
+        diesel::dsl::Eq<jobs::status, &'static str>,
+    >,
+    diesel::dsl::Eq<jobs::locked_by, &'a str>,
+>;
+
+/// The job as long as `worker` still holds its lease. Every finishing update goes through this:
+/// a worker whose lease was reaped and re-claimed must not overwrite the newer run.
+fn owned<'a>(id: &'a str, worker: &'a str) -> Owned<'a> {
+    jobs::table
+        .filter(jobs::id.eq(id))
+        .filter(jobs::status.eq(RUNNING))
+        .filter(jobs::locked_by.eq(worker))
+}
+
 pub fn complete(
     conn: &mut DbConnection,
     id: &str,
     worker: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let n = diesel::update(
-        jobs::table
-            .filter(jobs::id.eq(id))
-            .filter(jobs::status.eq(RUNNING))
-            .filter(jobs::locked_by.eq(worker)),
-    )
-    .set((
-        jobs::status.eq(DONE),
-        jobs::locked_until.eq(None::<NaiveDateTime>),
-        jobs::updated_at.eq(now),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(owned(id, worker))
+        .set((
+            jobs::status.eq(DONE),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
     Ok(n == 1)
 }
 
@@ -149,21 +159,16 @@ pub fn retry(
     error: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let n = diesel::update(
-        jobs::table
-            .filter(jobs::id.eq(id))
-            .filter(jobs::status.eq(RUNNING))
-            .filter(jobs::locked_by.eq(worker)),
-    )
-    .set((
-        jobs::status.eq(QUEUED),
-        jobs::run_at.eq(run_at),
-        jobs::locked_by.eq(None::<String>),
-        jobs::locked_until.eq(None::<NaiveDateTime>),
-        jobs::last_error.eq(error),
-        jobs::updated_at.eq(now),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(owned(id, worker))
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::run_at.eq(run_at),
+            jobs::locked_by.eq(None::<String>),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::last_error.eq(error),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
     Ok(n == 1)
 }
 
@@ -177,22 +182,17 @@ pub fn snooze(
     note: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let n = diesel::update(
-        jobs::table
-            .filter(jobs::id.eq(id))
-            .filter(jobs::status.eq(RUNNING))
-            .filter(jobs::locked_by.eq(worker)),
-    )
-    .set((
-        jobs::status.eq(QUEUED),
-        jobs::run_at.eq(run_at),
-        jobs::attempts.eq(jobs::attempts - 1),
-        jobs::locked_by.eq(None::<String>),
-        jobs::locked_until.eq(None::<NaiveDateTime>),
-        jobs::last_error.eq(note),
-        jobs::updated_at.eq(now),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(owned(id, worker))
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::run_at.eq(run_at),
+            jobs::attempts.eq(jobs::attempts - 1),
+            jobs::locked_by.eq(None::<String>),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::last_error.eq(note),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
     Ok(n == 1)
 }
 
@@ -204,19 +204,14 @@ pub fn bury(
     error: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let n = diesel::update(
-        jobs::table
-            .filter(jobs::id.eq(id))
-            .filter(jobs::status.eq(RUNNING))
-            .filter(jobs::locked_by.eq(worker)),
-    )
-    .set((
-        jobs::status.eq(DEAD),
-        jobs::locked_until.eq(None::<NaiveDateTime>),
-        jobs::last_error.eq(error),
-        jobs::updated_at.eq(now),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(owned(id, worker))
+        .set((
+            jobs::status.eq(DEAD),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::last_error.eq(error),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
     Ok(n == 1)
 }
 
