@@ -182,7 +182,26 @@ impl Job for PlaceCall {
     const KIND: &'static str = "place_call";
     const MAX_ATTEMPTS: i32 = 12;
 
-    async fn run(self, ctx: &Context, _job_id: &str) -> Result<(), JobError> {
+    /// Whatever goes wrong, the callback ends in a terminal state with a report: a buried job
+    /// would leave the business process waiting and the deal blocked for new runs.
+    async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+        let id = self.callback_id.clone();
+        let give_up = |e: String| async move {
+            let Some(cb) = ctx.shared.db.run(move |c| Ok(store::find(c, &id)?)).await? else {
+                return Ok(());
+            };
+            finish(ctx, &cb, status::FAILED, None, None, None, Some(e)).await
+        };
+        match self.place(ctx).await {
+            Err(JobError::Permanent(e)) => give_up(e).await,
+            Err(JobError::Transient(e)) if job.attempts >= job.max_attempts => give_up(e).await,
+            other => other,
+        }
+    }
+}
+
+impl PlaceCall {
+    async fn place(&self, ctx: &Context) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
         let Some(cb) = db.run(move |c| Ok(store::find(c, &id)?)).await? else {
@@ -396,7 +415,7 @@ pub fn comment_text(cb: &Callback, lang: Lang) -> String {
     };
     let ext = cb.group_extension.as_deref().unwrap_or("-");
     let phone = cb.phone.as_deref().unwrap_or("-");
-    let error = cb.error.as_deref().unwrap_or("");
+    let error = localized_reason(cb, lang);
     match (cb.status.as_str(), lang) {
         (status::STARTED, Lang::Ru) => format!("Mango Office: звоним группе {group} (номер группы {ext}); когда менеджер ответит, наберём клиента +{phone}."),
         (status::STARTED, Lang::En) => format!("Mango Office: ringing the {group} group (extension {ext}); once a manager answers, the client +{phone} is dialed."),
@@ -409,10 +428,58 @@ pub fn comment_text(cb: &Callback, lang: Lang) -> String {
     }
 }
 
+/// The reason of a callback without a call, in the portal's language. `callbacks.error` is kept in
+/// English (logs, the business process's `error` value); the known reasons are translated here.
+fn localized_reason(cb: &Callback, lang: Lang) -> String {
+    let e = cb.error.as_deref().unwrap_or("");
+    if let Some(code) = cb
+        .mango_code
+        .filter(|c| *c != 1000)
+        .and_then(|c| u32::try_from(c).ok())
+    {
+        let (ru, en) = crate::mango::describe_code(code);
+        return format!("Mango {code}: {}", lang.pick(ru, en));
+    }
+    if lang == Lang::En {
+        return e.to_owned();
+    }
+    let ru = if e.starts_with("no contact linked") {
+        "к сделке не привязан контакт"
+    } else if e.starts_with("the deal's contact has no phone") {
+        "у контакта сделки нет телефона"
+    } else if e.starts_with("invalid phone number") {
+        "номер телефона клиента некорректен"
+    } else if e.contains("not set in the app's settings") {
+        "в настройках приложения не заданы ключи Mango, номер группы или линия"
+    } else if e.starts_with("interrupted while ordering") {
+        "заказ звонка прервался; повторно не заказываем, чтобы не позвонить дважды"
+    } else {
+        e
+    };
+    ru.to_owned()
+}
+
+/// How long a report waits for a portal to be re-authorised before it is given up.
+const REPORT_WAIT_FOR_REAUTH_DAYS: i64 = 3;
+
+/// Report errors: a portal that needs re-authorisation is waited for (an admin opening the app
+/// heals it), so the business process still gets its answer.
+fn report_error(ctx: &Context, cb: &Callback, e: BitrixError) -> JobError {
+    let now = ctx.shared.clock.now();
+    match e {
+        BitrixError::NeedsReauth { .. }
+            if now - cb.created_at < chrono::Duration::days(REPORT_WAIT_FOR_REAUTH_DAYS) =>
+        {
+            JobError::RetryAt(now + chrono::Duration::minutes(15), e.to_string())
+        }
+        e => bitrix_error(e),
+    }
+}
+
 impl Job for ReportCallback {
     const KIND: &'static str = "report_callback";
 
-    async fn run(self, ctx: &Context, _job_id: &str) -> Result<(), JobError> {
+    async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
         let Some(cb) = db.run(move |c| Ok(store::find(c, &id)?)).await? else {
@@ -444,7 +511,7 @@ impl Job for ReportCallback {
                     Err(e) if e.code() == Some("ACCESS_DENIED") => {
                         tracing::error!(callback = %cb.id, error = %e, "bizproc.event.send refused the event token")
                     }
-                    Err(e) => return Err(bitrix_error(e)),
+                    Err(e) => return Err(report_error(ctx, &cb, e)),
                 }
             }
             let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
@@ -457,7 +524,7 @@ impl Job for ReportCallback {
             ctx.bitrix
                 .call(&cb.member_id, "crm.timeline.comment.add", params)
                 .await
-                .map_err(bitrix_error)?;
+                .map_err(|e| report_error(ctx, &cb, e))?;
             let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
             db.run(move |c| Ok(store::mark_comment_added(c, &cid, now)?))
                 .await?;

@@ -44,7 +44,9 @@ pub trait Job: Serialize + DeserializeOwned {
     const KIND: &'static str;
     const MAX_ATTEMPTS: i32 = 8;
 
-    async fn run(self, ctx: &Context, job_id: &str) -> Result<(), JobError>;
+    /// `job` is the claimed row: its id, and `attempts`/`max_attempts` so a job can tell its last
+    /// try and finish its domain row cleanly instead of being buried half-done.
+    async fn run(self, ctx: &Context, job: &queue::JobRow) -> Result<(), JobError>;
 
     /// The row to insert for this job, due now.
     fn to_new_job(
@@ -89,7 +91,7 @@ pub async fn dispatch(ctx: &Context, row: &queue::JobRow) -> Result<(), JobError
 async fn run_typed<J: Job>(ctx: &Context, row: &queue::JobRow) -> Result<(), JobError> {
     let job: J = serde_json::from_str(&row.payload)
         .map_err(|e| JobError::Permanent(format!("payload of {} does not parse: {e}", J::KIND)))?;
-    job.run(ctx, &row.id).await
+    job.run(ctx, row).await
 }
 
 #[cfg(test)]

@@ -121,7 +121,7 @@ pub struct RegisterRobot {
 impl Job for RegisterRobot {
     const KIND: &'static str = "register_robot";
 
-    async fn run(self, ctx: &Context, _job_id: &str) -> Result<(), JobError> {
+    async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let url = &ctx.shared.settings.public_url;
         register_robot(&ctx.bitrix, &self.member_id, url)
             .await
@@ -147,7 +147,7 @@ pub const KEEP_ALIVE_AFTER_DAYS: i64 = 20;
 impl Job for KeepTokensAlive {
     const KIND: &'static str = "keep_tokens_alive";
 
-    async fn run(self, ctx: &Context, _job_id: &str) -> Result<(), JobError> {
+    async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let id = self.member_id.clone();
         let portal = ctx
             .shared

@@ -255,3 +255,47 @@ on_both_backends!(
     uninstall_with_clean_removes_every_row_of_that_portal_and_no_other,
     uninstall_with_clean_removes_every_row_of_that_portal_and_no_other
 );
+
+async fn onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let portal = app.b24.create_portal("event-install");
+    let body = app.b24.onappinstall_body(&portal.member_id);
+    // A forged copy: the access token is not one the OAuth server issued.
+    let forged = body
+        .split('&')
+        .map(|kv| {
+            if kv.starts_with("auth%5Baccess_token%5D=") || kv.starts_with("auth[access_token]=") {
+                "auth[access_token]=forged".to_owned()
+            } else {
+                kv.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    assert_eq!(app.post_form("/b24/install", forged).await.0, 401);
+    assert!(
+        app.portal_row(&portal.member_id).await.is_none(),
+        "nothing stored"
+    );
+    let (status, answer) = app.post_form("/b24/install", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let row = app.portal_row(&portal.member_id).await.expect("stored");
+    let stored = app
+        .shared
+        .cipher
+        .open(row.application_token.as_deref().expect("token"))
+        .expect("opens");
+    assert_eq!(stored, portal.application_token);
+    app.drain().await;
+    assert_eq!(
+        app.b24.robots(&portal.member_id).len(),
+        1,
+        "robot registered by the queued job"
+    );
+}
+on_both_backends!(
+    onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored,
+    onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored
+);

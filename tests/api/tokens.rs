@@ -148,3 +148,49 @@ on_both_backends!(
     a_renamed_portal_is_followed_once_and_its_new_domain_stored,
     a_renamed_portal_is_followed_once_and_its_new_domain_stored
 );
+
+async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("idle").await;
+    assert_eq!(
+        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+            .await
+            .expect("schedule"),
+        0,
+        "fresh tokens are left alone"
+    );
+    app.advance(std::time::Duration::from_secs(21 * 24 * 3600));
+    assert_eq!(
+        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+            .await
+            .expect("schedule"),
+        1
+    );
+    assert_eq!(
+        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+            .await
+            .expect("schedule"),
+        0,
+        "one job per idle stretch"
+    );
+    app.drain().await;
+    assert_eq!(app.b24.refresh_count(&p.member_id), 1);
+    assert_eq!(
+        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+            .await
+            .expect("schedule"),
+        0,
+        "just refreshed"
+    );
+    let r = app
+        .ctx
+        .bitrix
+        .call(&p.member_id, "user.admin", json!({}))
+        .await
+        .expect("new tokens work");
+    assert_eq!(r, json!(true));
+}
+on_both_backends!(
+    an_idle_portal_is_refreshed_after_twenty_days_and_only_once,
+    an_idle_portal_is_refreshed_after_twenty_days_and_only_once
+);
