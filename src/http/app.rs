@@ -741,16 +741,9 @@ pub async fn mango_options(
         .collect();
     let lines: Vec<_> = lines
         .into_iter()
-        .map(|l| {
-            // A SIP line is addressed by its name, every other line by its number (§2.4).
-            let sip = l.region.as_deref().is_some_and(|r| r.starts_with("sip"));
-            let value = if sip && !l.name.is_empty() {
-                l.name.clone()
-            } else {
-                l.number.clone()
-            };
-            json!({ "value": value, "number": l.number, "name": l.name })
-        })
+        // The number is what `line_number` takes for DID and 8-800 lines; a SIP line's name
+        // can still be typed by hand (the field is free text with suggestions).
+        .map(|l| json!({ "value": l.number, "name": l.name, "region": l.region }))
         .collect();
     let message = format!(
         "{} {}, {} {}",
