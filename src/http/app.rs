@@ -378,9 +378,9 @@ fn authorise(
     lang: Lang,
     reply: Reply,
     need_admin: bool,
-) -> Result<Authorised, HttpResponse> {
+) -> Result<Authorised, Box<HttpResponse>> {
     let form: HashMap<String, String> = parse_form(body)
-        .map_err(|e| reply.refuse(StatusCode::BAD_REQUEST, lang, &e.to_string()))?;
+        .map_err(|e| Box::new(reply.refuse(StatusCode::BAD_REQUEST, lang, &e.to_string())))?;
     let raw = req
         .headers()
         .get(PAGE_TOKEN_HEADER)
@@ -391,19 +391,19 @@ fn authorise(
     let now = ctx.shared.clock.now_utc().timestamp();
     let token = PageToken::decode(&ctx.shared.cipher, &raw, now).map_err(|e| {
         tracing::warn!(peer = %peer(req), path = req.path(), error = %e, "app request refused: bad page token");
-        reply.refuse(StatusCode::UNAUTHORIZED, lang, e.message(lang))
+        Box::new(reply.refuse(StatusCode::UNAUTHORIZED, lang, e.message(lang)))
     })?;
     tracing::Span::current().record("portal", token.member_id.as_str());
     if need_admin && !token.admin {
         tracing::warn!(peer = %peer(req), path = req.path(), user = token.user_id, "app request refused: not a portal administrator");
-        return Err(reply.refuse(
+        return Err(Box::new(reply.refuse(
             StatusCode::FORBIDDEN,
             lang,
             lang.pick(
                 "Изменять настройки может только администратор портала.",
                 "Only a portal administrator can change the settings.",
             ),
-        ));
+        )));
     }
     Ok(Authorised { token, form })
 }
@@ -422,7 +422,7 @@ pub async fn save_settings(
     let lang = lang_of(&req);
     let auth = match authorise(&req, &body, &ctx, lang, Reply::Html, true) {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let Some((portal, stored, log)) = load_view(&ctx, &auth.token.member_id).await? else {
         return Ok(error_html(
@@ -658,7 +658,7 @@ pub async fn check_mango(
     let lang = lang_of(&req);
     let auth = match authorise(&req, &body, &ctx, lang, Reply::Json, true) {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let Some((portal, stored, _)) = load_view(&ctx, &auth.token.member_id).await? else {
         return Ok(Reply::Json.refuse(StatusCode::NOT_FOUND, lang, "unknown portal"));
@@ -688,7 +688,7 @@ pub async fn mango_options(
     let lang = lang_of(&req);
     let auth = match authorise(&req, &body, &ctx, lang, Reply::Json, true) {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let Some((portal, stored, _)) = load_view(&ctx, &auth.token.member_id).await? else {
         return Ok(Reply::Json.refuse(StatusCode::NOT_FOUND, lang, "unknown portal"));

@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn valid_form_keeps_leading_zeros_and_needs_a_salt_only_once() {
-        let e = validate(&good(), "", &stored(), Lang::En).unwrap_err();
+        let e = validate(&good(), "", &stored(), Lang::En).expect_err("no salt");
         assert!(e.mango_api_salt.is_some());
         assert_eq!(e.names(), vec!["mango_api_salt"]);
         let v = validate(&good(), "salt1", &stored(), Lang::En).expect("valid");
@@ -429,7 +429,7 @@ mod tests {
             duplicate_window_minutes: "1441".into(),
             contact_wait_seconds: "-1".into(),
         };
-        let e = validate(&bad, "ok", &stored(), Lang::Ru).unwrap_err();
+        let e = validate(&bad, "ok", &stored(), Lang::Ru).expect_err("all bad");
         assert_eq!(e.names().len(), 6, "{e:?}");
         for (w, ok) in [("0", true), ("1440", true), ("10.5", false), ("+3", false)] {
             let mut i = good();
