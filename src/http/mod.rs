@@ -4,6 +4,7 @@ pub mod app;
 pub mod events;
 pub mod install;
 pub mod robot;
+pub mod settings;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
@@ -21,6 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/b24/events", web::post().to(events::handle_event))
         .route("/b24/robot", web::post().to(robot::handle_robot_call))
         .route("/b24/app", web::post().to(app::show_app))
+        .route("/b24/app/settings", web::post().to(app::save_settings))
+        .route("/b24/app/mango/check", web::post().to(app::check_mango))
+        .route("/b24/app/mango/options", web::post().to(app::mango_options))
         .service(actix_files::Files::new(
             "/static",
             concat!(env!("CARGO_MANIFEST_DIR"), "/static"),

@@ -6,4 +6,5 @@ mod helpers;
 mod callback;
 mod install;
 mod jobs;
+mod settings;
 mod tokens;

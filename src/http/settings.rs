@@ -1,0 +1,445 @@
+//! The settings page's two pure parts: the signed page token that replaces a session cookie, and
+//! the server-side validation of the settings form.
+//!
+//! Kept free of I/O so that forging, expiry and every validation rule are unit-tested here; the
+//! handlers in [`super::app`] only glue them to the database and Mango.
+
+use std::collections::HashMap;
+
+use crate::crypto::Cipher;
+use crate::portal::{Lang, PortalSettings};
+
+/// How long a page token lets the opened page save and ask Mango: the access token Bitrix24
+/// hands the iframe lives an hour too, so a page older than that should be reopened anyway.
+pub const PAGE_TOKEN_TTL_SECS: i64 = 3600;
+
+/// Form field and header that carry the page token. Cookies are not an option: inside the
+/// portal's iframe our page is a third-party context where browsers drop them.
+pub const PAGE_TOKEN_FIELD: &str = "page_token";
+pub const PAGE_TOKEN_HEADER: &str = "X-Page-Token";
+
+/// Who opened the page, as vouched for by Bitrix24 (`app.info` + `user.admin`) when it was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageToken {
+    pub member_id: String,
+    pub user_id: u64,
+    pub admin: bool,
+    /// Unix seconds after which the token is refused.
+    pub expires_at: i64,
+}
+
+/// Why a presented page token is refused; both mean "reopen the app".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PageTokenError {
+    #[error("the page token is missing, malformed or forged")]
+    Invalid,
+    #[error("the page token has expired")]
+    Expired,
+}
+
+impl PageTokenError {
+    /// The user-facing text: the only remedy is reopening the app from the portal.
+    pub fn message(self, lang: Lang) -> &'static str {
+        match self {
+            PageTokenError::Expired => lang.pick(
+                "Страница открыта слишком давно. Откройте приложение в Битрикс24 заново.",
+                "This page has been open too long. Please reopen the app in Bitrix24.",
+            ),
+            PageTokenError::Invalid => lang.pick(
+                "Не удалось подтвердить, что запрос пришёл со страницы приложения. Откройте приложение в Битрикс24 заново.",
+                "Could not confirm that this request came from the app page. Please reopen the app in Bitrix24.",
+            ),
+        }
+    }
+}
+
+impl PageToken {
+    pub fn new(member_id: &str, user_id: u64, admin: bool, now_unix: i64) -> PageToken {
+        PageToken {
+            member_id: member_id.to_owned(),
+            user_id,
+            admin,
+            expires_at: now_unix + PAGE_TOKEN_TTL_SECS,
+        }
+    }
+
+    /// What the MAC covers. A label and version keep it from ever verifying as another MAC made
+    /// with the same key.
+    fn payload(&self) -> String {
+        format!(
+            "page-token|v1|{}|{}|{}|{}",
+            self.member_id,
+            self.user_id,
+            u8::from(self.admin),
+            self.expires_at
+        )
+    }
+
+    /// `member_id.user_id.admin.expires.mac` — every part is URL- and header-safe.
+    pub fn encode(&self, cipher: &Cipher) -> String {
+        format!(
+            "{}.{}.{}.{}.{}",
+            self.member_id,
+            self.user_id,
+            u8::from(self.admin),
+            self.expires_at,
+            cipher.mac(self.payload().as_bytes())
+        )
+    }
+
+    /// Parses and checks a presented token: the MAC first (in constant time), then the expiry.
+    pub fn decode(cipher: &Cipher, raw: &str, now_unix: i64) -> Result<PageToken, PageTokenError> {
+        let parts: Vec<&str> = raw.trim().split('.').collect();
+        let [member_id, user_id, admin, expires_at, mac] = parts[..] else {
+            return Err(PageTokenError::Invalid);
+        };
+        let valid_member = !member_id.is_empty()
+            && member_id.len() <= 64
+            && member_id.bytes().all(|b| b.is_ascii_alphanumeric());
+        let token = PageToken {
+            member_id: member_id.to_owned(),
+            user_id: user_id.parse().map_err(|_| PageTokenError::Invalid)?,
+            admin: match admin {
+                "1" => true,
+                "0" => false,
+                _ => return Err(PageTokenError::Invalid),
+            },
+            expires_at: expires_at.parse().map_err(|_| PageTokenError::Invalid)?,
+        };
+        if !valid_member || !cipher.verify_mac(token.payload().as_bytes(), mac) {
+            return Err(PageTokenError::Invalid);
+        }
+        if now_unix >= token.expires_at {
+            return Err(PageTokenError::Expired);
+        }
+        Ok(token)
+    }
+}
+
+/// The settings form as typed, echoed back on errors. The salt is deliberately absent: it is
+/// write-only and never rendered, not even the value the admin just typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsInput {
+    pub mango_api_key: String,
+    pub line_number: String,
+    pub trainee_extension: String,
+    pub experienced_extension: String,
+    pub duplicate_window_minutes: String,
+    pub contact_wait_seconds: String,
+}
+
+impl SettingsInput {
+    /// What the form shows for stored settings.
+    pub fn from_settings(s: &PortalSettings) -> SettingsInput {
+        SettingsInput {
+            mango_api_key: s.mango_api_key.clone().unwrap_or_default(),
+            line_number: s.line_number.clone(),
+            trainee_extension: s.trainee_extension.clone(),
+            experienced_extension: s.experienced_extension.clone(),
+            duplicate_window_minutes: s.duplicate_window_minutes.to_string(),
+            contact_wait_seconds: s.contact_wait_seconds.to_string(),
+        }
+    }
+
+    pub fn from_form(form: &HashMap<String, String>) -> SettingsInput {
+        let get = |k: &str| form.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+        SettingsInput {
+            mango_api_key: get("mango_api_key"),
+            line_number: get("line_number"),
+            trainee_extension: get("trainee_extension"),
+            experienced_extension: get("experienced_extension"),
+            duplicate_window_minutes: get("duplicate_window_minutes"),
+            contact_wait_seconds: get("contact_wait_seconds"),
+        }
+    }
+}
+
+/// Messages next to the fields that are wrong; empty means the form is valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldErrors {
+    pub mango_api_key: Option<String>,
+    pub mango_api_salt: Option<String>,
+    pub line_number: Option<String>,
+    pub trainee_extension: Option<String>,
+    pub experienced_extension: Option<String>,
+    pub duplicate_window_minutes: Option<String>,
+    pub contact_wait_seconds: Option<String>,
+}
+
+impl FieldErrors {
+    pub fn is_empty(&self) -> bool {
+        self.names().is_empty()
+    }
+
+    /// Names of the wrong fields, for the log line (never their values).
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("mango_api_key", &self.mango_api_key),
+            ("mango_api_salt", &self.mango_api_salt),
+            ("line_number", &self.line_number),
+            ("trainee_extension", &self.trainee_extension),
+            ("experienced_extension", &self.experienced_extension),
+            ("duplicate_window_minutes", &self.duplicate_window_minutes),
+            ("contact_wait_seconds", &self.contact_wait_seconds),
+        ]
+        .into_iter()
+        .filter(|(_, e)| e.is_some())
+        .map(|(n, _)| n)
+        .collect()
+    }
+}
+
+/// A Mango key or salt as typed: printable ASCII without spaces, at most 128 characters.
+fn valid_secret(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A group's short number: 1–10 digits, kept as a string so "002" stays "002".
+fn valid_extension(s: &str) -> bool {
+    (1..=10).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A Mango line: a number, or a SIP line's name, e.g. `74951234567` or `sip.line-1`.
+fn valid_line(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn bounded_int(s: &str, max: i32) -> Option<i32> {
+    // Only plain digits: "+5", "1e3" or "10.0" are rejected rather than guessed at.
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|n| (0..=max).contains(n))
+}
+
+/// Checks the form against the stored settings and returns the settings to save, or the errors.
+///
+/// `salt` is the typed salt (empty keeps the stored one); the result carries it unsealed, so the
+/// caller seals it before saving. Nothing is half-applied: either every field is valid or none
+/// is used.
+pub fn validate(
+    input: &SettingsInput,
+    salt: &str,
+    stored: &PortalSettings,
+    lang: Lang,
+) -> Result<ValidSettings, Box<FieldErrors>> {
+    let mut e = FieldErrors::default();
+    let msg = |ru: &str, en: &str| Some(lang.pick(ru, en).to_owned());
+    if input.mango_api_key.is_empty() {
+        e.mango_api_key = msg(
+            "Укажите ключ API из личного кабинета Mango Office",
+            "Enter the API key from your Mango Office account",
+        );
+    } else if !valid_secret(&input.mango_api_key) {
+        e.mango_api_key = msg(
+            "Ключ — до 128 латинских букв, цифр и знаков, без пробелов",
+            "The key is up to 128 Latin letters, digits and symbols, without spaces",
+        );
+    }
+    let salt = salt.trim();
+    if salt.is_empty() {
+        if stored.mango_api_salt.is_none() {
+            e.mango_api_salt = msg(
+                "Укажите ключ для подписи (соль) из личного кабинета Mango Office",
+                "Enter the signing key (salt) from your Mango Office account",
+            );
+        }
+    } else if !valid_secret(salt) {
+        e.mango_api_salt = msg(
+            "Ключ для подписи — до 128 латинских букв, цифр и знаков, без пробелов",
+            "The signing key is up to 128 Latin letters, digits and symbols, without spaces",
+        );
+    }
+    if input.line_number.is_empty() {
+        e.line_number = msg(
+            "Укажите линию, с которой Mango будет звонить",
+            "Enter the line Mango calls from",
+        );
+    } else if !valid_line(&input.line_number) {
+        e.line_number = msg(
+            "Линия — до 64 символов: цифры, латинские буквы, точка, дефис, подчёркивание",
+            "A line is up to 64 characters: digits, Latin letters, dot, dash, underscore",
+        );
+    }
+    let ext_msg = || {
+        msg(
+            "Внутренний номер группы — от 1 до 10 цифр",
+            "A group extension is 1 to 10 digits",
+        )
+    };
+    if !valid_extension(&input.trainee_extension) {
+        e.trainee_extension = ext_msg();
+    }
+    if !valid_extension(&input.experienced_extension) {
+        e.experienced_extension = ext_msg();
+    }
+    let window = bounded_int(&input.duplicate_window_minutes, 1440);
+    if window.is_none() {
+        e.duplicate_window_minutes = msg(
+            "Целое число минут от 0 до 1440",
+            "A whole number of minutes from 0 to 1440",
+        );
+    }
+    let wait = bounded_int(&input.contact_wait_seconds, 600);
+    if wait.is_none() {
+        e.contact_wait_seconds = msg(
+            "Целое число секунд от 0 до 600",
+            "A whole number of seconds from 0 to 600",
+        );
+    }
+    match (window, wait) {
+        (Some(window), Some(wait)) if e.is_empty() => Ok(ValidSettings {
+            mango_api_key: input.mango_api_key.clone(),
+            new_salt: (!salt.is_empty()).then(|| salt.to_owned()),
+            line_number: input.line_number.clone(),
+            trainee_extension: input.trainee_extension.clone(),
+            experienced_extension: input.experienced_extension.clone(),
+            duplicate_window_minutes: window,
+            contact_wait_seconds: wait,
+        }),
+        _ => Err(Box::new(e)),
+    }
+}
+
+/// A form that passed [`validate`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ValidSettings {
+    pub mango_api_key: String,
+    /// `None` keeps the stored salt.
+    pub new_salt: Option<String>,
+    pub line_number: String,
+    pub trainee_extension: String,
+    pub experienced_extension: String,
+    pub duplicate_window_minutes: i32,
+    pub contact_wait_seconds: i32,
+}
+
+impl std::fmt::Debug for ValidSettings {
+    // Hand-written so that the salt cannot reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidSettings")
+            .field("line_number", &self.line_number)
+            .field("trainee_extension", &self.trainee_extension)
+            .field("experienced_extension", &self.experienced_extension)
+            .field("new_salt", &self.new_salt.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ValidSettings {
+    /// The row to save: the stored one with the form applied. Changed keys forget the last Mango
+    /// status, which described the old keys.
+    pub fn apply(
+        self,
+        mut stored: PortalSettings,
+        cipher: &Cipher,
+        now: chrono::NaiveDateTime,
+    ) -> PortalSettings {
+        let keys_changed =
+            stored.mango_api_key.as_deref() != Some(&self.mango_api_key) || self.new_salt.is_some();
+        if keys_changed {
+            stored.mango_last_error = None;
+            stored.mango_checked_at = None;
+        }
+        stored.mango_api_key = Some(self.mango_api_key);
+        if let Some(salt) = &self.new_salt {
+            stored.mango_api_salt = Some(cipher.seal(salt));
+        }
+        stored.line_number = self.line_number;
+        stored.trainee_extension = self.trainee_extension;
+        stored.experienced_extension = self.experienced_extension;
+        stored.duplicate_window_minutes = self.duplicate_window_minutes;
+        stored.contact_wait_seconds = self.contact_wait_seconds;
+        stored.updated_at = now;
+        stored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> PortalSettings {
+        PortalSettings::defaults("m1", chrono::NaiveDateTime::default())
+    }
+
+    fn good() -> SettingsInput {
+        SettingsInput {
+            mango_api_key: "key1".into(),
+            line_number: "74951234567".into(),
+            trainee_extension: "002".into(),
+            experienced_extension: "001".into(),
+            duplicate_window_minutes: "10".into(),
+            contact_wait_seconds: "60".into(),
+        }
+    }
+
+    #[test]
+    fn page_token_round_trips_and_refuses_tampering_and_expiry() {
+        let c = Cipher::new("secret-key-0123456789");
+        let t = PageToken::new("abc123", 7, true, 1000);
+        let raw = t.encode(&c);
+        assert_eq!(PageToken::decode(&c, &raw, 1001), Ok(t.clone()));
+        let forged = raw
+            .replacen(".1.", ".0.", 1)
+            .replacen("abc123", "abc124", 1);
+        assert_eq!(
+            PageToken::decode(&c, &forged, 1001),
+            Err(PageTokenError::Invalid)
+        );
+        let other_key = Cipher::new("another-secret-0123456789");
+        assert_eq!(
+            PageToken::decode(&other_key, &raw, 1001),
+            Err(PageTokenError::Invalid)
+        );
+        assert_eq!(
+            PageToken::decode(&c, &raw, 1000 + PAGE_TOKEN_TTL_SECS),
+            Err(PageTokenError::Expired)
+        );
+        for junk in ["", "a.b", "x.y.z.w.v.u", "abc123.x.1.2000.mac"] {
+            assert_eq!(
+                PageToken::decode(&c, junk, 0),
+                Err(PageTokenError::Invalid),
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_form_keeps_leading_zeros_and_needs_a_salt_only_once() {
+        let e = validate(&good(), "", &stored(), Lang::En).expect_err("no salt");
+        assert!(e.mango_api_salt.is_some());
+        assert_eq!(e.names(), vec!["mango_api_salt"]);
+        let v = validate(&good(), "salt1", &stored(), Lang::En).expect("valid");
+        assert_eq!(v.trainee_extension, "002");
+        let c = Cipher::new("secret-key-0123456789");
+        let saved = v.apply(stored(), &c, chrono::NaiveDateTime::default());
+        assert!(validate(&good(), "", &saved, Lang::En).is_ok());
+    }
+
+    #[test]
+    fn every_bad_field_gets_its_own_message() {
+        let bad = SettingsInput {
+            mango_api_key: "has space".into(),
+            line_number: String::new(),
+            trainee_extension: "12345678901".into(),
+            experienced_extension: "1a".into(),
+            duplicate_window_minutes: "1441".into(),
+            contact_wait_seconds: "-1".into(),
+        };
+        let e = validate(&bad, "ok", &stored(), Lang::Ru).expect_err("all bad");
+        assert_eq!(e.names().len(), 6, "{e:?}");
+        for (w, ok) in [("0", true), ("1440", true), ("10.5", false), ("+3", false)] {
+            let mut i = good();
+            i.duplicate_window_minutes = w.into();
+            assert_eq!(validate(&i, "s", &stored(), Lang::En).is_ok(), ok, "{w}");
+        }
+        let mut i = good();
+        i.line_number = "sip.line_1-a".into();
+        assert!(validate(&i, "s", &stored(), Lang::En).is_ok());
+        i.line_number = "a/b".into();
+        assert!(validate(&i, "s", &stored(), Lang::En).is_err());
+    }
+}

@@ -1,0 +1,794 @@
+//! The app page (`/b24/app`): verification, the page token, settings validation, the Mango
+//! helpers and the call log — over HTTP on both databases, and once in a real Chromium.
+
+use std::time::Duration;
+
+use mango_callback::db::Backend;
+use mango_callback::http::settings::PageToken;
+use mango_callback::portal::{store, PortalSettings};
+use mango_callback::sandbox::bitrix::SimPortal;
+
+use crate::helpers::{spawn_app, TestApp, LINE, MANGO_KEY, MANGO_SALT};
+use crate::on_both_backends;
+
+const ROBOT: &str = "mango_callback";
+
+/// An answer of the app: status, the headers we assert on, and the body.
+struct Page {
+    status: u16,
+    csp: Option<String>,
+    body: String,
+}
+
+fn enc(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).expect("encodable form")
+}
+
+async fn post(app: &TestApp, path: &str, token: Option<&str>, body: String) -> Page {
+    let mut req = app
+        .http
+        .post(format!("{}{}", app.base, path))
+        .insert_header(("Content-Type", "application/x-www-form-urlencoded"));
+    if let Some(t) = token {
+        req = req.insert_header(("X-Page-Token", t));
+    }
+    let mut resp = req.send_body(body).await.expect("request reaches the app");
+    let status = resp.status().as_u16();
+    let csp = resp
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.body().limit(1 << 20).await.expect("body");
+    Page {
+        status,
+        csp,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Opens the app page the way the portal's iframe does: a form POST with a fresh token chain.
+async fn open_app(app: &TestApp, portal: &SimPortal, user_id: u64, lang: &str) -> Page {
+    let req = app
+        .b24
+        .iframe_request(&portal.member_id, user_id, "DEFAULT", lang);
+    post(
+        app,
+        &format!("/b24/app?{}", req.query_string()),
+        None,
+        req.to_form_body(),
+    )
+    .await
+}
+
+fn page_token(body: &str) -> String {
+    let start = body
+        .find("name=\"page_token\" value=\"")
+        .expect("the page carries a page token")
+        + "name=\"page_token\" value=\"".len();
+    let len = body[start..].find('"').expect("closing quote");
+    body[start..start + len].to_owned()
+}
+
+/// A portal with the app installed but nothing configured yet.
+async fn bare_portal(app: &TestApp, name: &str) -> SimPortal {
+    let portal = app.b24.create_portal(name);
+    let (status, page) = app.open_installer(&portal, portal.admin_user_id).await;
+    assert_eq!(status, 200, "installer failed: {page}");
+    portal
+}
+
+async fn stored_settings(app: &TestApp, member_id: &str) -> Option<PortalSettings> {
+    let mid = member_id.to_owned();
+    app.shared
+        .db
+        .run(move |c| Ok(store::settings(c, &mid)?))
+        .await
+        .expect("db")
+}
+
+fn good_form<'a>(token: &'a str, trainee: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("page_token", token),
+        ("mango_api_key", MANGO_KEY),
+        ("mango_api_salt", MANGO_SALT),
+        ("line_number", LINE),
+        ("trainee_extension", trainee),
+        ("experienced_extension", "001"),
+        ("duplicate_window_minutes", "15"),
+        ("contact_wait_seconds", "30"),
+    ]
+}
+
+async fn an_unverified_auth_id_is_refused_and_nothing_is_shown(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("forged").await;
+    let mut req = app.b24.iframe_request(&p.member_id, 1, "DEFAULT", "en");
+    for (k, v) in req.form.iter_mut() {
+        if k == "AUTH_ID" {
+            *v = "made-up-access-token".into();
+        }
+    }
+    let page = post(
+        &app,
+        &format!("/b24/app?{}", req.query_string()),
+        None,
+        req.to_form_body(),
+    )
+    .await;
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert!(page.body.contains("reopen the app"), "{}", page.body);
+    for secret in [MANGO_KEY, LINE, "page_token", "call-log", p.domain.as_str()] {
+        assert!(
+            !page.body.contains(secret),
+            "{secret} leaked: {}",
+            page.body
+        );
+    }
+}
+on_both_backends!(
+    an_unverified_auth_id_is_refused_and_nothing_is_shown,
+    an_unverified_auth_id_is_refused_and_nothing_is_shown
+);
+
+async fn a_non_admin_sees_a_read_only_page_and_cannot_save_with_its_token(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("readonly").await;
+    app.b24.add_user(&p.member_id, 5, false);
+    let page = open_app(&app, &p, 5, "ru").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("id=\"readonly\""), "{}", page.body);
+    assert!(!page.body.contains("<form"), "no form for a non-admin");
+    assert!(!page.body.contains(MANGO_KEY), "the key is for admins only");
+    assert!(!page.body.contains("page_token"));
+
+    // The token such a page would hold: genuine, but without the admin flag.
+    let now = app.clock.now_utc().timestamp();
+    let token = PageToken::new(&p.member_id, 5, false, now).encode(&app.shared.cipher);
+    let before = stored_settings(&app, &p.member_id).await;
+    let saved = post(
+        &app,
+        "/b24/app/settings?LANG=en",
+        None,
+        enc(&good_form(&token, "777")),
+    )
+    .await;
+    assert_eq!(saved.status, 403, "{}", saved.body);
+    assert!(saved.body.contains("Only a portal administrator"));
+    for path in ["/b24/app/mango/check", "/b24/app/mango/options"] {
+        let r = post(&app, path, Some(&token), String::new()).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    let after = stored_settings(&app, &p.member_id).await;
+    assert_eq!(
+        before.map(|s| s.trainee_extension),
+        after.map(|s| s.trainee_extension)
+    );
+    assert!(app.mango.requests().is_empty(), "Mango was not asked");
+}
+on_both_backends!(
+    a_non_admin_sees_a_read_only_page_and_cannot_save_with_its_token,
+    a_non_admin_sees_a_read_only_page_and_cannot_save_with_its_token
+);
+
+async fn an_admin_page_is_framed_only_by_its_portal_and_keeps_leading_zeros(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("framed").await;
+    let page = open_app(&app, &p, 1, "en").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csp = page.csp.expect("CSP header");
+    assert!(
+        csp.contains(&format!("frame-ancestors https://{}", p.domain)),
+        "{csp}"
+    );
+    assert!(page.body.contains("value=\"002\""), "\"002\" stays \"002\"");
+    assert!(page.body.contains(&format!("{}/mango", app.base)));
+    assert!(page.body.contains("Check connection"));
+    let ru = open_app(&app, &p, 1, "ru").await;
+    assert!(ru.body.contains("Проверить подключение"));
+}
+on_both_backends!(
+    an_admin_page_is_framed_only_by_its_portal_and_keeps_leading_zeros,
+    an_admin_page_is_framed_only_by_its_portal_and_keeps_leading_zeros
+);
+
+async fn saving_a_bad_extension_or_an_empty_line_shows_the_error_and_stores_nothing(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let p = bare_portal(&app, "invalid").await;
+    let page = open_app(&app, &p, 1, "en").await;
+    let token = page_token(&page.body);
+
+    let mut form = good_form(&token, "12a");
+    form.retain(|(k, _)| *k != "line_number");
+    form.push(("line_number", ""));
+    let r = post(&app, "/b24/app/settings?LANG=en", None, enc(&form)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("id=\"error-trainee_extension\""),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("id=\"error-line_number\""));
+    assert!(!r.body.contains("id=\"error-experienced_extension\""));
+    assert!(r.body.contains("value=\"12a\""), "the typed value is kept");
+    assert!(stored_settings(&app, &p.member_id).await.is_none());
+
+    let mut form = good_form(&token, "002");
+    form.retain(|(k, _)| *k != "contact_wait_seconds");
+    form.push(("contact_wait_seconds", "601"));
+    let r = post(&app, "/b24/app/settings?LANG=en", None, enc(&form)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"error-contact_wait_seconds\""));
+    assert!(stored_settings(&app, &p.member_id).await.is_none());
+
+    let r = post(
+        &app,
+        "/b24/app/settings?LANG=en",
+        None,
+        enc(&good_form(&token, "002")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Settings saved"));
+    let s = stored_settings(&app, &p.member_id).await.expect("saved");
+    assert_eq!(
+        (s.trainee_extension.as_str(), s.duplicate_window_minutes),
+        ("002", 15)
+    );
+    assert_eq!(s.contact_wait_seconds, 30);
+}
+on_both_backends!(
+    saving_a_bad_extension_or_an_empty_line_shows_the_error_and_stores_nothing,
+    saving_a_bad_extension_or_an_empty_line_shows_the_error_and_stores_nothing
+);
+
+async fn the_salt_never_appears_in_any_response(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("salty").await;
+    let new_salt = "brand-new-salt-9f3a";
+    app.mango.add_account("second-key", new_salt);
+    app.mango.add_group("second-key", 1, "G", "002");
+    app.mango.add_line("second-key", LINE, "L");
+    let page = open_app(&app, &p, 1, "en").await;
+    let token = page_token(&page.body);
+    assert!(page.body.contains("id=\"salt-set\""), "shown as set");
+
+    let mut bodies = vec![page.body.clone()];
+    // The stored salt, used when the field is empty.
+    bodies.push(
+        post(&app, "/b24/app/mango/check", Some(&token), String::new())
+            .await
+            .body,
+    );
+    bodies.push(
+        post(&app, "/b24/app/mango/options", Some(&token), String::new())
+            .await
+            .body,
+    );
+    // A typed salt: checked, then saved; a rejected form does not echo it either.
+    let typed = enc(&[
+        ("mango_api_key", "second-key"),
+        ("mango_api_salt", new_salt),
+    ]);
+    bodies.push(
+        post(&app, "/b24/app/mango/check", Some(&token), typed)
+            .await
+            .body,
+    );
+    let mut bad = good_form(&token, "x");
+    bad.retain(|(k, _)| *k != "mango_api_salt");
+    bad.push(("mango_api_salt", new_salt));
+    bodies.push(post(&app, "/b24/app/settings", None, enc(&bad)).await.body);
+    let mut good = good_form(&token, "002");
+    good.retain(|(k, _)| !matches!(*k, "mango_api_salt" | "mango_api_key"));
+    good.push(("mango_api_salt", new_salt));
+    good.push(("mango_api_key", "second-key"));
+    let saved = post(&app, "/b24/app/settings", None, enc(&good)).await;
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    bodies.push(saved.body);
+    let mut check = good_form(&token, "002");
+    check.push(("action", "check"));
+    bodies.push(
+        post(&app, "/b24/app/settings", None, enc(&check))
+            .await
+            .body,
+    );
+    bodies.push(open_app(&app, &p, 1, "ru").await.body);
+
+    for (i, body) in bodies.iter().enumerate() {
+        assert!(!body.contains(MANGO_SALT), "response {i} has the old salt");
+        assert!(!body.contains(new_salt), "response {i} has the new salt");
+    }
+    let s = stored_settings(&app, &p.member_id).await.expect("saved");
+    let sealed = s.mango_api_salt.expect("salt");
+    assert!(!sealed.contains(new_salt), "stored sealed");
+    assert_eq!(
+        app.shared.cipher.open(&sealed).ok().as_deref(),
+        Some(new_salt)
+    );
+}
+on_both_backends!(
+    the_salt_never_appears_in_any_response,
+    the_salt_never_appears_in_any_response
+);
+
+async fn a_token_from_portal_a_cannot_read_or_change_portal_b(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let a = app.installed_portal("alpha").await;
+    let b = app.installed_portal("beta").await;
+    let token_a = page_token(&open_app(&app, &a, 1, "en").await.body);
+
+    // A's token with B's member_id in the form: the token decides, B is untouched.
+    let mut form = good_form(&token_a, "555");
+    form.push(("member_id", &b.member_id));
+    let r = post(&app, "/b24/app/settings", None, enc(&form)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(&a.domain) && !r.body.contains(&b.domain));
+    let sb = stored_settings(&app, &b.member_id).await.expect("b");
+    assert_eq!(sb.trainee_extension, "002", "B unchanged");
+    let sa = stored_settings(&app, &a.member_id).await.expect("a");
+    assert_eq!(sa.trainee_extension, "555");
+
+    // A's token re-labelled for B: the signature no longer matches.
+    let forged = token_a.replacen(&a.member_id, &b.member_id, 1);
+    let r = post(
+        &app,
+        "/b24/app/settings",
+        None,
+        enc(&good_form(&forged, "666")),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(!r.body.contains(&b.domain));
+    let r = post(&app, "/b24/app/mango/options", Some(&forged), String::new()).await;
+    assert_eq!(r.status, 401);
+    let sb = stored_settings(&app, &b.member_id).await.expect("b");
+    assert_eq!(sb.trainee_extension, "002");
+}
+on_both_backends!(
+    a_token_from_portal_a_cannot_read_or_change_portal_b,
+    a_token_from_portal_a_cannot_read_or_change_portal_b
+);
+
+async fn an_expired_page_token_is_refused_with_a_reopen_message(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("expiry").await;
+    let token = page_token(&open_app(&app, &p, 1, "ru").await.body);
+    app.advance(Duration::from_secs(59 * 60));
+    let r = post(&app, "/b24/app/mango/check", Some(&token), String::new()).await;
+    assert_eq!(r.status, 200, "still valid before the hour: {}", r.body);
+    app.advance(Duration::from_secs(2 * 60));
+    let r = post(
+        &app,
+        "/b24/app/settings?LANG=ru",
+        None,
+        enc(&good_form(&token, "444")),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("Откройте приложение"), "{}", r.body);
+    let r = post(
+        &app,
+        "/b24/app/mango/check?LANG=en",
+        Some(&token),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("reopen the app"), "{}", r.body);
+    let s = stored_settings(&app, &p.member_id).await.expect("settings");
+    assert_eq!(s.trainee_extension, "002", "nothing saved");
+}
+on_both_backends!(
+    an_expired_page_token_is_refused_with_a_reopen_message,
+    an_expired_page_token_is_refused_with_a_reopen_message
+);
+
+async fn check_connection_reports_ok_for_good_keys_and_the_error_for_a_bad_salt_with_one_request(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("check").await;
+    let token = page_token(&open_app(&app, &p, 1, "en").await.body);
+
+    let r = post(
+        &app,
+        "/b24/app/mango/check?LANG=en",
+        Some(&token),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(app.mango.requests().len(), 1, "exactly one request");
+    let s = stored_settings(&app, &p.member_id).await.expect("settings");
+    assert!(s.mango_checked_at.is_some() && s.mango_last_error.is_none());
+    let page = open_app(&app, &p, 1, "en").await;
+    assert!(page.body.contains("Mango: keys OK"), "{}", page.body);
+
+    let typed = enc(&[
+        ("mango_api_key", MANGO_KEY),
+        ("mango_api_salt", "wrong-salt"),
+    ]);
+    let r = post(&app, "/b24/app/mango/check?LANG=en", Some(&token), typed).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["ok"], false, "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("3102") && msg.contains("salt"), "{msg}");
+    assert!(msg.contains("2 minutes"), "warns about the lockout: {msg}");
+    assert_eq!(app.mango.requests().len(), 2, "one more request, no retry");
+    // Keys typed but not saved do not change the stored health line.
+    let s = stored_settings(&app, &p.member_id).await.expect("settings");
+    assert!(s.mango_last_error.is_none());
+
+    // The no-JS path renders the same answer into the page.
+    app.mango.reset_lockout(MANGO_KEY);
+    let mut form = good_form(&token, "002");
+    form.push(("action", "check"));
+    let r = post(&app, "/b24/app/settings?LANG=en", None, enc(&form)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("The keys work"), "{}", r.body);
+    assert_eq!(app.mango.requests().len(), 3);
+
+    // Pickers: groups and lines of the stored account.
+    let r = post(&app, "/b24/app/mango/options", Some(&token), String::new()).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["ok"], true, "{v}");
+    let exts: Vec<&str> = v["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(|g| g["extension"].as_str())
+        .collect();
+    assert_eq!(exts, vec!["002", "001"]);
+    assert_eq!(v["lines"][0]["value"], LINE);
+}
+on_both_backends!(
+    check_connection_reports_ok_for_good_keys_and_the_error_for_a_bad_salt,
+    check_connection_reports_ok_for_good_keys_and_the_error_for_a_bad_salt_with_one_request
+);
+
+async fn the_call_log_shows_the_robots_callbacks_newest_first_and_saved_settings_apply_next_run(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("log").await;
+    let first = app.b24.add_deal(&p.member_id, None);
+    let second = app.b24.add_deal(&p.member_id, None);
+    for deal in [first, second] {
+        let fired = app
+            .b24
+            .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
+            .await
+            .expect("robot");
+        assert_eq!(fired.status, 200, "{}", fired.body);
+        app.drain().await;
+        app.advance(Duration::from_secs(1));
+    }
+    let page = open_app(&app, &p, 1, "en").await;
+    let link = |deal: u64| format!("/crm/deal/details/{deal}/");
+    let (at_first, at_second) = (
+        page.body.find(&link(first)).expect("first deal in the log"),
+        page.body
+            .find(&link(second))
+            .expect("second deal in the log"),
+    );
+    assert!(at_second < at_first, "newest first");
+    assert!(page.body.contains("*******4567"), "masked phone");
+    assert!(!page.body.contains("79001234567") && !page.body.contains("89001234567"));
+    assert!(page.body.contains("call started"));
+
+    // A changed group applies to the next robot run.
+    app.mango.add_group(MANGO_KEY, 9, "New", "009");
+    let token = page_token(&page.body);
+    let mut form = good_form(&token, "009");
+    form.retain(|(k, _)| *k != "mango_api_salt");
+    let r = post(&app, "/b24/app/settings", None, enc(&form)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let third = app.b24.add_deal(&p.member_id, None);
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, third, &[("phone", "89001234567")])
+        .await
+        .expect("robot");
+    app.drain().await;
+    let calls = app.mango.callbacks();
+    assert_eq!(calls.last().expect("a call")["from"], "009");
+}
+on_both_backends!(
+    the_call_log_shows_the_robots_callbacks_newest_first,
+    the_call_log_shows_the_robots_callbacks_newest_first_and_saved_settings_apply_next_run
+);
+
+/// The browser test: Debian's `chromium` driven through `chromedriver` (WebDriver) by fantoccini.
+mod browser {
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use base64::Engine as _;
+    use fantoccini::{Client, ClientBuilder, Locator};
+    use mango_callback::db::Backend;
+    use mango_callback::sandbox::bitrix::SimPortal;
+
+    use super::{bare_portal, ROBOT};
+    use crate::helpers::{spawn_app, TestApp, LINE, MANGO_KEY, MANGO_SALT};
+
+    /// chromedriver on a free port, killed (by its own handle) when the test ends.
+    struct Driver {
+        child: Child,
+        port: u16,
+    }
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn find_in_path(name: &str) -> Option<PathBuf> {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    }
+
+    fn start_driver() -> Driver {
+        // CI installs these; a missing browser is a failure, never a skip.
+        let driver = std::env::var_os("CHROMEDRIVER")
+            .map(PathBuf::from)
+            .or_else(|| find_in_path("chromedriver"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "chromedriver not found: install Debian's `chromium` and `chromium-driver` \
+                     (apt-get install -y chromium chromium-driver) or set CHROMEDRIVER"
+                )
+            });
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver.display()));
+        let d = Driver { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on port {port} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    async fn browser(driver: &Driver, profile: &Path) -> Client {
+        let binary = find_in_path("chromium").map(|p| p.display().to_string());
+        let mut opts = serde_json::json!({
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1200,1700",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        });
+        if let Some(b) = binary {
+            opts["binary"] = serde_json::Value::String(b);
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), "chrome".into());
+        caps.insert("goog:chromeOptions".into(), opts);
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", driver.port))
+            .await
+            .unwrap_or_else(|e| panic!("chromium did not start through chromedriver: {e}"))
+    }
+
+    fn attr_escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+
+    /// A `data:` page whose form auto-submits the iframe fields to the app, as Bitrix24 does.
+    fn launcher(app: &TestApp, portal: &SimPortal, user: u64, lang: &str) -> String {
+        let req = app
+            .b24
+            .iframe_request(&portal.member_id, user, "DEFAULT", lang);
+        let mut html = format!(
+            "<!doctype html><form id=\"f\" method=\"post\" action=\"{}\">",
+            attr_escape(&format!("{}/b24/app?{}", app.base, req.query_string()))
+        );
+        for (k, v) in &req.form {
+            html.push_str(&format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                attr_escape(k),
+                attr_escape(v)
+            ));
+        }
+        html.push_str("</form><script>document.getElementById('f').submit()</script>");
+        format!(
+            "data:text/html;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(html)
+        )
+    }
+
+    async fn fill(c: &Client, id: &str, value: &str) {
+        let e = c
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"));
+        e.clear().await.expect("clear");
+        if !value.is_empty() {
+            e.send_keys(value).await.expect("type");
+        }
+    }
+
+    async fn value_of(c: &Client, id: &str) -> String {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .prop("value")
+            .await
+            .expect("value")
+            .unwrap_or_default()
+    }
+
+    async fn wait_for(c: &Client, id: &str) -> fantoccini::elements::Element {
+        c.wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id} did not appear: {e}"))
+    }
+
+    /// Waits until an element's text contains `needle` (for answers filled in by the script).
+    async fn wait_text(c: &Client, id: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = wait_for(c, id).await.text().await.unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "#{id} never said {needle:?}; it says {text:?}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(c: &Client, name: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-output");
+        std::fs::create_dir_all(&dir).expect("test-output dir");
+        let png = c.screenshot().await.expect("screenshot");
+        std::fs::write(dir.join(name), png).expect("screenshot written");
+    }
+
+    async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
+        // Russian: fill the keys, load the pickers from Mango, then save with a bad extension.
+        c.goto(&launcher(app, p, 1, "ru")).await.expect("open");
+        wait_for(c, "settings").await;
+        fill(c, "mango_api_key", MANGO_KEY).await;
+        fill(c, "mango_api_salt", MANGO_SALT).await;
+        c.find(Locator::Id("load"))
+            .await
+            .expect("load")
+            .click()
+            .await
+            .expect("click");
+        wait_text(c, "load-result", "Загружено групп: 2").await;
+        let options = c
+            .execute(
+                "return document.querySelectorAll('#groups-list option').length",
+                vec![],
+            )
+            .await
+            .expect("script");
+        assert_eq!(options, serde_json::json!(2), "the group picker is filled");
+        fill(c, "line_number", LINE).await;
+        fill(c, "trainee_extension", "12a").await;
+        fill(c, "experienced_extension", "001").await;
+        fill(c, "duplicate_window_minutes", "20").await;
+        c.find(Locator::Id("save"))
+            .await
+            .expect("save")
+            .click()
+            .await
+            .expect("click");
+        let err = wait_for(c, "error-trainee_extension").await;
+        assert!(err.text().await.expect("text").contains("от 1 до 10 цифр"));
+        assert_eq!(value_of(c, "trainee_extension").await, "12a");
+        assert_eq!(
+            value_of(c, "mango_api_salt").await,
+            "",
+            "the salt is never echoed"
+        );
+        screenshot(c, "settings-ru-validation.png").await;
+
+        // Fixed: the salt has to be typed again (nothing was stored), then it saves.
+        fill(c, "trainee_extension", "002").await;
+        fill(c, "mango_api_salt", MANGO_SALT).await;
+        c.find(Locator::Id("save"))
+            .await
+            .expect("save")
+            .click()
+            .await
+            .expect("click");
+        wait_text(c, "notice", "Настройки сохранены").await;
+
+        // Check connection with the stored keys (the salt field is empty again).
+        c.find(Locator::Id("check"))
+            .await
+            .expect("check")
+            .click()
+            .await
+            .expect("click");
+        wait_text(c, "check-result", "Ключи работают").await;
+
+        // Reopened: the saved state, the salt only as "set".
+        c.goto(&launcher(app, p, 1, "ru")).await.expect("reopen");
+        wait_for(c, "settings").await;
+        assert_eq!(value_of(c, "trainee_extension").await, "002");
+        assert_eq!(value_of(c, "experienced_extension").await, "001");
+        assert_eq!(value_of(c, "line_number").await, LINE);
+        assert_eq!(value_of(c, "duplicate_window_minutes").await, "20");
+        wait_for(c, "salt-set").await;
+        let health = wait_for(c, "health").await.text().await.expect("text");
+        assert!(health.contains("Mango: ключи работают"), "{health}");
+        screenshot(c, "settings-ru.png").await;
+
+        // English, with a few calls in the log.
+        for phone in ["89001234567", "+7 911 000-00-01"] {
+            let deal = app.b24.add_deal(&p.member_id, None);
+            app.b24
+                .fire_robot(&p.member_id, ROBOT, deal, &[("phone", phone)])
+                .await
+                .expect("robot");
+            app.drain().await;
+            app.advance(Duration::from_secs(2));
+        }
+        c.goto(&launcher(app, p, 1, "en")).await.expect("open en");
+        wait_for(c, "call-log").await;
+        let log = wait_for(c, "call-log").await.text().await.expect("text");
+        assert!(
+            log.contains("*******4567") && log.contains("call started"),
+            "{log}"
+        );
+        let body = c.source().await.expect("source");
+        assert!(!body.contains(MANGO_SALT), "no salt in the page");
+        screenshot(c, "settings-en.png").await;
+    }
+
+    #[actix_web::test]
+    async fn a_real_browser_fills_saves_and_reopens_the_settings_in_russian_and_english() {
+        let driver = start_driver();
+        let profile = tempfile::tempdir().expect("profile dir");
+        let app = spawn_app(Backend::Sqlite).await;
+        let p = bare_portal(&app, "browser").await;
+        app.mango.add_account(MANGO_KEY, MANGO_SALT);
+        app.mango.add_group(MANGO_KEY, 1, "Стажёры", "002");
+        app.mango.add_group(MANGO_KEY, 2, "Опытные", "001");
+        app.mango.add_line(MANGO_KEY, LINE, "Main line");
+        let c = browser(&driver, profile.path()).await;
+        // Close the session even when an assertion fails, so Chromium does not linger.
+        let outcome =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&c, &app, &p)))
+                .await;
+        let _ = c.close().await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
