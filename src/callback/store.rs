@@ -261,6 +261,36 @@ pub fn finish(
     })
 }
 
+/// Mango's asynchronous `result/callback_group` for one of `member_ids`' callbacks. A failure
+/// after the synchronous 1000 (billing, bad number) is kept as the outcome shown in the call log.
+pub fn record_mango_result(
+    conn: &mut DbConnection,
+    member_ids: &[String],
+    command_id: &str,
+    code: i32,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    let outcome = if code == 1000 {
+        "mango accepted the command".to_owned()
+    } else {
+        format!(
+            "mango result {code}: {}",
+            crate::mango::describe_code(u32::try_from(code).unwrap_or(0)).1
+        )
+    };
+    diesel::update(
+        callbacks::table
+            .filter(callbacks::command_id.eq(command_id))
+            .filter(callbacks::member_id.eq_any(member_ids)),
+    )
+    .set((
+        callbacks::mango_code.eq(code),
+        callbacks::outcome.eq(outcome),
+        callbacks::updated_at.eq(now),
+    ))
+    .execute(conn)
+}
+
 pub fn mark_event_sent(
     conn: &mut DbConnection,
     id: &str,

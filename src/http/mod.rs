@@ -3,6 +3,7 @@
 pub mod app;
 pub mod events;
 pub mod install;
+pub mod mango;
 pub mod robot;
 pub mod settings;
 
@@ -25,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/b24/app/settings", web::post().to(app::save_settings))
         .route("/b24/app/mango/check", web::post().to(app::check_mango))
         .route("/b24/app/mango/options", web::post().to(app::mango_options))
+        .route("/mango/{tail:.*}", web::post().to(mango::receive))
         .service(actix_files::Files::new(
             "/static",
             concat!(env!("CARGO_MANIFEST_DIR"), "/static"),

@@ -319,6 +319,17 @@ pub fn settings_or_default(
     Ok(settings(conn, member_id)?.unwrap_or_else(|| PortalSettings::defaults(member_id, now)))
 }
 
+/// Settings of every portal that uses this Mango account (a key may serve several portals).
+pub fn settings_by_mango_key(
+    conn: &mut DbConnection,
+    api_key: &str,
+) -> QueryResult<Vec<PortalSettings>> {
+    portal_settings::table
+        .filter(portal_settings::mango_api_key.eq(api_key))
+        .select(PortalSettings::as_select())
+        .load(conn)
+}
+
 pub fn save_settings(conn: &mut DbConnection, s: &PortalSettings) -> QueryResult<()> {
     let inserted = insert_if_absent(conn, |c| {
         diesel::insert_into(portal_settings::table)

@@ -452,3 +452,63 @@ on_both_backends!(
     mango_gets_at_most_four_callbacks_per_second_per_account,
     mango_gets_at_most_four_callbacks_per_second_per_account
 );
+
+async fn mango_results_are_verified_and_recorded_on_their_callback(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("results").await;
+    let deal = app.b24.add_deal(&p.member_id, None);
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
+        .await
+        .expect("robot");
+    app.drain().await;
+    let command_id = app.mango.callbacks()[0]["command_id"]
+        .as_str()
+        .expect("command id")
+        .to_owned();
+    let mango_url = format!("{}/mango", app.base);
+
+    // Signed with another salt: refused, nothing recorded.
+    let stranger = mango_callback::sandbox::mango::MangoSim::start(Default::default())
+        .await
+        .expect("sim");
+    stranger.add_account(MANGO_KEY, "another-salt");
+    assert_eq!(
+        stranger
+            .post_result(&mango_url, MANGO_KEY, &command_id, 2240)
+            .await,
+        Ok(401)
+    );
+
+    assert_eq!(
+        app.mango
+            .post_result(&mango_url, MANGO_KEY, &command_id, 2240)
+            .await,
+        Ok(200)
+    );
+    let mid = p.member_id.clone();
+    let log = app
+        .shared
+        .db
+        .run(move |c| Ok(mango_callback::callback::store::latest(c, &mid, 1)?))
+        .await
+        .expect("db");
+    assert_eq!(log[0].mango_code, Some(2240));
+    assert!(
+        log[0].outcome.as_deref().unwrap_or("").contains("2240"),
+        "{:?}",
+        log[0].outcome
+    );
+    // Call events are verified and acknowledged.
+    let event = serde_json::json!({ "entry_id": "MzUyODbvczkxMjo0MDE=", "call_id": "x", "seq": 1, "call_state": "Appeared", "command_id": command_id });
+    assert_eq!(
+        app.mango
+            .post_call_event(&mango_url, MANGO_KEY, event)
+            .await,
+        Ok(200)
+    );
+}
+on_both_backends!(
+    mango_results_are_verified_and_recorded_on_their_callback,
+    mango_results_are_verified_and_recorded_on_their_callback
+);

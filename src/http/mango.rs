@@ -1,0 +1,120 @@
+//! `POST /mango/...`: what Mango Office posts to the "external system" URL shown on the settings
+//! page. Every request is verified (key + SHA-256 signature over the `json` field as received)
+//! against the portals that use that key; the asynchronous `result/callback_group` is recorded on
+//! its callback. Call events (`events/call`, `events/summary`) are verified and acknowledged; the
+//! call-outcome loop that reads them is a later capability.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::peer;
+use crate::callback::store as callback_store;
+use crate::context::Context;
+use crate::error::AppError;
+use crate::mango::Credentials;
+use crate::portal::store;
+
+/// Mango reads only the status of our answer, so every accepted notification is a plain 200.
+fn ok() -> HttpResponse {
+    HttpResponse::Ok().finish()
+}
+
+/// A code that may come as a number or a string (`"1000"` in Mango's own example).
+fn code_of(v: &serde_json::Value) -> Option<i32> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[tracing::instrument(name = "mango_notification", skip_all, fields(path = %tail))]
+pub async fn receive(
+    req: HttpRequest,
+    tail: web::Path<String>,
+    body: web::Bytes,
+    ctx: web::Data<Context>,
+) -> Result<HttpResponse, AppError> {
+    let tail = tail.into_inner();
+    if body.is_empty() || tail == "ping" {
+        // The personal account's "check connection" may post nothing at all.
+        return Ok(ok());
+    }
+    let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))?;
+    let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let (Some(key), Some(sign), Some(json)) = (field("vpbx_api_key"), field("sign"), field("json"))
+    else {
+        return Err(AppError::BadRequest(
+            "vpbx_api_key, sign and json are required".into(),
+        ));
+    };
+
+    // Several portals may share one Mango account; the notification belongs to those whose
+    // stored salt verifies its signature.
+    let (k, cipher) = (key.to_owned(), ctx.shared.cipher.clone());
+    let candidates = ctx
+        .shared
+        .db
+        .run(move |c| Ok(store::settings_by_mango_key(c, &k)?))
+        .await?;
+    let verified: Vec<String> = candidates
+        .into_iter()
+        .filter(|s| {
+            let salt = s
+                .mango_api_salt
+                .as_deref()
+                .and_then(|x| cipher.open(x).ok());
+            salt.is_some_and(|salt| {
+                crate::mango::verify(
+                    &Credentials {
+                        api_key: key.to_owned(),
+                        api_salt: salt,
+                    },
+                    key,
+                    json,
+                    sign,
+                )
+            })
+        })
+        .map(|s| s.member_id)
+        .collect();
+    if verified.is_empty() {
+        tracing::warn!(peer = %peer(&req), "Mango notification with an unknown key or a bad signature refused");
+        return Err(AppError::Unauthorized(
+            "unknown vpbx_api_key or bad sign".into(),
+        ));
+    }
+    let payload: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| AppError::BadRequest(format!("json field is not JSON: {e}")))?;
+
+    if tail == "result/callback_group" {
+        let command_id = payload
+            .get("command_id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let Some(code) = payload.get("result").and_then(code_of) else {
+            return Err(AppError::BadRequest("result is missing".into()));
+        };
+        let now = ctx.shared.clock.now();
+        let updated = ctx
+            .shared
+            .db
+            .run(move |c| {
+                Ok(callback_store::record_mango_result(
+                    c,
+                    &verified,
+                    &command_id,
+                    code,
+                    now,
+                )?)
+            })
+            .await?;
+        tracing::info!(code, updated, "Mango reported the callback_group result");
+    } else {
+        tracing::debug!("Mango notification verified and acknowledged");
+    }
+    Ok(ok())
+}
