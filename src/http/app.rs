@@ -20,6 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde_json::json;
 
+use super::lang_of;
 use super::settings::{
     validate, FieldErrors, PageToken, SettingsInput, PAGE_TOKEN_FIELD, PAGE_TOKEN_HEADER,
 };
@@ -96,13 +97,6 @@ pub struct ErrorPage<'a> {
     pub ru: bool,
     pub title: &'a str,
     pub message: &'a str,
-}
-
-fn lang_of(req: &HttpRequest) -> Lang {
-    let q = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default();
-    Lang::parse(q.get("LANG").map(String::as_str).unwrap_or("ru"))
 }
 
 /// `frame-ancestors` names exactly the portal that may frame the page (never X-Frame-Options,

@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 
+use super::lang_of;
 use super::{parse_form, peer, AuthBlock};
 use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
 use crate::context::Context;
@@ -67,13 +68,6 @@ pub async fn verify(
         ));
     }
     Ok(verified)
-}
-
-fn lang_of(req: &HttpRequest) -> Lang {
-    let q = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default();
-    Lang::parse(q.get("LANG").map(String::as_str).unwrap_or("ru"))
 }
 
 #[tracing::instrument(name = "install", skip_all, fields(portal))]

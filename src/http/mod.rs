@@ -78,6 +78,14 @@ impl AuthBlock {
     }
 }
 
+/// The user's Bitrix24 language from the `LANG` query parameter that Bitrix24 adds to page URLs.
+pub fn lang_of(req: &HttpRequest) -> crate::portal::Lang {
+    let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    crate::portal::Lang::parse(q.get("LANG").map(String::as_str).unwrap_or("ru"))
+}
+
 /// The caller's address for security log lines.
 pub fn peer(req: &HttpRequest) -> String {
     req.connection_info()

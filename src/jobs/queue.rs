@@ -159,17 +159,7 @@ pub fn retry(
     error: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let n = diesel::update(owned(id, worker))
-        .set((
-            jobs::status.eq(QUEUED),
-            jobs::run_at.eq(run_at),
-            jobs::locked_by.eq(None::<String>),
-            jobs::locked_until.eq(None::<NaiveDateTime>),
-            jobs::last_error.eq(error),
-            jobs::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(n == 1)
+    requeue(conn, id, worker, run_at, error, false, now)
 }
 
 /// Not a failure: the job asked to run again later (e.g. waiting for a contact to be linked);
@@ -182,11 +172,23 @@ pub fn snooze(
     note: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
+    requeue(conn, id, worker, run_at, note, true, now)
+}
+
+fn requeue(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    run_at: NaiveDateTime,
+    note: &str,
+    refund_attempt: bool,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
     let n = diesel::update(owned(id, worker))
         .set((
             jobs::status.eq(QUEUED),
             jobs::run_at.eq(run_at),
-            jobs::attempts.eq(jobs::attempts - 1),
+            jobs::attempts.eq(jobs::attempts - i32::from(refund_attempt)),
             jobs::locked_by.eq(None::<String>),
             jobs::locked_until.eq(None::<NaiveDateTime>),
             jobs::last_error.eq(note),
