@@ -642,6 +642,39 @@ async fn run_check(
     }
 }
 
+/// The common start of the page's JSON endpoints: an admin's valid page token, its portal and
+/// the stored settings (no call log: these answers do not show it).
+async fn json_request(
+    req: &HttpRequest,
+    body: &[u8],
+    ctx: &Context,
+    lang: Lang,
+) -> Result<Result<(Authorised, Portal, PortalSettings), Box<HttpResponse>>, AppError> {
+    let auth = match authorise(req, body, ctx, lang, Reply::Json, true) {
+        Ok(a) => a,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let (mid, now) = (auth.token.member_id.clone(), ctx.shared.clock.now());
+    let (portal, stored) = ctx
+        .shared
+        .db
+        .run(move |c| {
+            Ok((
+                store::find(c, &mid)?,
+                store::settings_or_default(c, &mid, now)?,
+            ))
+        })
+        .await?;
+    match portal.filter(Portal::is_active) {
+        Some(p) => Ok(Ok((auth, p, stored))),
+        None => Ok(Err(Box::new(Reply::Json.refuse(
+            StatusCode::NOT_FOUND,
+            lang,
+            "unknown portal",
+        )))),
+    }
+}
+
 /// `POST /b24/app/mango/check` (JSON): are these keys (or the stored ones) accepted by Mango?
 #[tracing::instrument(name = "app_mango_check", skip_all, fields(portal))]
 pub async fn check_mango(
@@ -650,12 +683,9 @@ pub async fn check_mango(
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
     let lang = lang_of(&req);
-    let auth = match authorise(&req, &body, &ctx, lang, Reply::Json, true) {
-        Ok(a) => a,
+    let (auth, portal, stored) = match json_request(&req, &body, &ctx, lang).await? {
+        Ok(r) => r,
         Err(refused) => return Ok(*refused),
-    };
-    let Some((portal, stored, _)) = load_view(&ctx, &auth.token.member_id).await? else {
-        return Ok(Reply::Json.refuse(StatusCode::NOT_FOUND, lang, "unknown portal"));
     };
     let checked = run_check(
         &ctx,
@@ -680,12 +710,9 @@ pub async fn mango_options(
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
     let lang = lang_of(&req);
-    let auth = match authorise(&req, &body, &ctx, lang, Reply::Json, true) {
-        Ok(a) => a,
+    let (auth, portal, stored) = match json_request(&req, &body, &ctx, lang).await? {
+        Ok(r) => r,
         Err(refused) => return Ok(*refused),
-    };
-    let Some((portal, stored, _)) = load_view(&ctx, &auth.token.member_id).await? else {
-        return Ok(Reply::Json.refuse(StatusCode::NOT_FOUND, lang, "unknown portal"));
     };
     let domain = Some(portal.domain.as_str());
     let creds = match credentials(

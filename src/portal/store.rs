@@ -117,17 +117,45 @@ pub fn store_tokens(
 ) -> QueryResult<usize> {
     diesel::update(portals::table.find(member_id))
         .set((
-            portals::access_token.eq(cipher.seal(access)),
-            portals::refresh_token.eq(cipher.seal(refresh)),
-            portals::expires_at.eq(now + chrono::Duration::seconds(expires_in)),
+            TokenChange::new(cipher, access, refresh, expires_in, now),
             portals::token_version.eq(portals::token_version + 1),
-            portals::needs_reauth.eq(false),
-            portals::refreshed_at.eq(now),
-            portals::refresh_lock_until.eq(None::<NaiveDateTime>),
-            portals::refresh_lock_by.eq(None::<String>),
-            portals::updated_at.eq(now),
         ))
         .execute(conn)
+}
+
+/// The columns every token save writes: the sealed pair, its expiry, and a released lease.
+#[derive(AsChangeset)]
+#[diesel(table_name = portals, treat_none_as_null = true)]
+struct TokenChange {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_at: Option<NaiveDateTime>,
+    needs_reauth: bool,
+    refreshed_at: Option<NaiveDateTime>,
+    refresh_lock_until: Option<NaiveDateTime>,
+    refresh_lock_by: Option<String>,
+    updated_at: NaiveDateTime,
+}
+
+impl TokenChange {
+    fn new(
+        cipher: &Cipher,
+        access: &str,
+        refresh: &str,
+        expires_in: i64,
+        now: NaiveDateTime,
+    ) -> TokenChange {
+        TokenChange {
+            access_token: Some(cipher.seal(access)),
+            refresh_token: Some(cipher.seal(refresh)),
+            expires_at: Some(now + chrono::Duration::seconds(expires_in)),
+            needs_reauth: false,
+            refreshed_at: Some(now),
+            refresh_lock_until: None,
+            refresh_lock_by: None,
+            updated_at: now,
+        }
+    }
 }
 
 /// Takes the refresh lease if the tokens are still at `version` and nobody holds it.
@@ -177,15 +205,8 @@ pub fn finish_refresh(
             .filter(portals::refresh_lock_by.eq(holder)),
     )
     .set((
-        portals::access_token.eq(cipher.seal(access)),
-        portals::refresh_token.eq(cipher.seal(refresh)),
-        portals::expires_at.eq(now + chrono::Duration::seconds(expires_in)),
+        TokenChange::new(cipher, access, refresh, expires_in, now),
         portals::token_version.eq(version + 1),
-        portals::needs_reauth.eq(false),
-        portals::refreshed_at.eq(now),
-        portals::refresh_lock_until.eq(None::<NaiveDateTime>),
-        portals::refresh_lock_by.eq(None::<String>),
-        portals::updated_at.eq(now),
     ))
     .execute(conn)?;
     Ok(n == 1)
