@@ -45,16 +45,35 @@ pub struct TestApp {
     pub clock: Clock,
     pub db_url: String,
     pub http: awc::Client,
-    _dir: Option<tempfile::TempDir>,
+    _db: Option<DatabaseGuard>,
+}
+
+/// Removes a test's database when the test ends: the temp folder of its SQLite file, or its
+/// throwaway PostgreSQL database (CI machines are reused, so nothing may pile up there).
+pub enum DatabaseGuard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin: String, name: String },
+}
+
+impl Drop for DatabaseGuard {
+    fn drop(&mut self) {
+        if let DatabaseGuard::Postgres { admin, name } = self {
+            // FORCE closes the connections the test's app still holds.
+            if let Ok(mut conn) = PgConnection::establish(admin) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn);
+            }
+        }
+    }
 }
 
 /// A fresh database URL: a temp SQLite file, or a throwaway PostgreSQL database.
-pub fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+pub fn fresh_database(backend: Backend) -> (String, Option<DatabaseGuard>) {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite://{}", dir.path().join("test.db").display());
-            (url, Some(dir))
+            (url, Some(DatabaseGuard::Sqlite(dir)))
         }
         Backend::Postgres => {
             let admin = std::env::var("TEST_POSTGRES_URL")
@@ -70,7 +89,10 @@ pub fn fresh_database(backend: Backend) -> (String, Option<tempfile::TempDir>) {
                 .rsplit_once('/')
                 .map(|(b, _)| b.to_owned())
                 .unwrap_or(admin.clone());
-            (format!("{base}/{name}"), None)
+            (
+                format!("{base}/{name}"),
+                Some(DatabaseGuard::Postgres { admin, name }),
+            )
         }
     }
 }
@@ -104,7 +126,7 @@ pub async fn spawn_instance(
     b24: &BitrixSim,
     mango: &MangoSim,
     rate: f64,
-    dir: Option<tempfile::TempDir>,
+    db_guard: Option<DatabaseGuard>,
 ) -> TestApp {
     let mut settings = Settings::for_local(db_url, &b24.url(), &mango.api_url());
     settings.b24_requests_per_second = rate;
@@ -132,7 +154,7 @@ pub async fn spawn_instance(
         clock,
         db_url: db_url.to_owned(),
         http: awc::Client::default(),
-        _dir: dir,
+        _db: db_guard,
     }
 }
 
