@@ -49,7 +49,11 @@ impl ResponseError for AppError {
                 tracing::error!(error.cause_chain = ?e, "internal error");
                 "internal error; see the application log".to_owned()
             }
-            other => other.to_string(),
+            other => {
+                // Every refused request leaves a line, whatever the handler logged itself.
+                tracing::warn!(status = self.status_code().as_u16(), error = %other, "request refused");
+                other.to_string()
+            }
         };
         HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": message }))
     }
