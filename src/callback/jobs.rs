@@ -478,6 +478,9 @@ fn report_error(ctx: &Context, cb: &Callback, e: BitrixError) -> JobError {
 
 impl Job for ReportCallback {
     const KIND: &'static str = "report_callback";
+    /// A waiting business process depends on this answer: with backoff capped at 10 minutes,
+    /// 20 attempts ride out a Bitrix24 outage of about two and a half hours.
+    const MAX_ATTEMPTS: i32 = 20;
 
     async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;

@@ -234,6 +234,17 @@ pub fn reap(conn: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
     .execute(conn)
 }
 
+/// Forgets finished jobs older than `before` (their callbacks keep the history); dead jobs stay
+/// for inspection.
+pub fn purge_done(conn: &mut DbConnection, before: NaiveDateTime) -> QueryResult<usize> {
+    diesel::delete(
+        jobs::table
+            .filter(jobs::status.eq(DONE))
+            .filter(jobs::updated_at.lt(before)),
+    )
+    .execute(conn)
+}
+
 /// Stops a portal's pending jobs (uninstall): they stay visible as dead with the reason.
 pub fn cancel_for_portal(
     conn: &mut DbConnection,

@@ -16,6 +16,8 @@ pub const LEASE: Duration = Duration::from_secs(300);
 /// Poll fallback when no wake-up arrives (another instance enqueued, or a retry came due).
 const POLL: Duration = Duration::from_secs(2);
 const REAP_EVERY: Duration = Duration::from_secs(30);
+/// Finished jobs are kept this long for debugging, then deleted.
+const DONE_JOBS_KEPT_DAYS: i64 = 7;
 
 pub struct Worker {
     ctx: Rc<Context>,
@@ -44,13 +46,12 @@ impl Worker {
             if last_reap.is_none_or(|t| t.elapsed() >= REAP_EVERY) {
                 last_reap = Some(std::time::Instant::now());
                 let now = self.ctx.shared.clock.now();
-                match self
-                    .ctx
-                    .shared
-                    .db
-                    .run(move |c| Ok(queue::reap(c, now)?))
-                    .await
-                {
+                let keep_until = now - chrono::Duration::days(DONE_JOBS_KEPT_DAYS);
+                let reaped = self.ctx.shared.db.run(move |c| {
+                    queue::purge_done(c, keep_until)?;
+                    Ok(queue::reap(c, now)?)
+                });
+                match reaped.await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         jobs = n,

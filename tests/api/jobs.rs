@@ -120,7 +120,7 @@ async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backen
     app.b24
         .fail_next(&portal.member_id, 10_000, Fault::Internal);
     let mut delays = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..40 {
         app.drain().await;
         let jobs = app.shared.db.run(|c| Ok(queue::all(c)?)).await.expect("db");
         let report = jobs
@@ -162,4 +162,34 @@ async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backen
 on_both_backends!(
     a_failing_job_is_retried_with_growing_delay_then_buried,
     a_failing_job_is_retried_with_growing_delay_then_buried
+);
+
+async fn finished_jobs_are_purged_after_a_week_and_dead_ones_kept(backend: Backend) {
+    let (url, _dir) = fresh_database(backend);
+    let db = Db::connect(&url, 4).expect("db");
+    let t0 = chrono::Utc::now().naive_utc();
+    let mut conn = db.get_blocking().expect("conn");
+    for n in 0..3 {
+        queue::enqueue(&mut conn, &job(n, t0), t0).expect("enqueue");
+    }
+    let claimed =
+        queue::claim(&mut conn, "w", t0, t0 + chrono::Duration::minutes(5), 3).expect("claim");
+    assert_eq!(claimed.len(), 3);
+    assert!(queue::complete(&mut conn, &claimed[0].id, "w", t0).expect("complete"));
+    assert!(queue::bury(&mut conn, &claimed[1].id, "w", "broken", t0).expect("bury"));
+    let later = t0 + chrono::Duration::days(1);
+    assert!(queue::complete(&mut conn, &claimed[2].id, "w", later).expect("complete"));
+    let purged = queue::purge_done(&mut conn, t0 + chrono::Duration::hours(12)).expect("purge");
+    assert_eq!(purged, 1, "only the old finished job goes");
+    let left: Vec<String> = queue::all(&mut conn)
+        .expect("all")
+        .into_iter()
+        .map(|j| j.status)
+        .collect();
+    assert_eq!(left.iter().filter(|s| *s == queue::DEAD).count(), 1);
+    assert_eq!(left.iter().filter(|s| *s == queue::DONE).count(), 1);
+}
+on_both_backends!(
+    finished_jobs_are_purged_after_a_week_and_dead_ones_kept,
+    finished_jobs_are_purged_after_a_week_and_dead_ones_kept
 );
