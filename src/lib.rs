@@ -5,6 +5,10 @@
 //!
 //! # Layout
 //! - [`config`]: typed settings from environment variables.
+//! - [`context`]: shared state and the per-thread HTTP clients handlers and jobs use.
+//! - [`clock`]: "now", movable by tests instead of sleeping.
+//! - [`crypto`]: secrets sealed at rest, signed page tokens, constant-time comparison.
+//! - [`error`]: HTTP-facing errors.
 //! - [`db`]: one diesel connection type over SQLite and PostgreSQL, pool, migrations.
 //! - [`jobs`]: the durable job queue (outbox) and its worker.
 //! - [`portal`]: the tenant — one Bitrix24 portal, its tokens and settings.
