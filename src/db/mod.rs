@@ -101,13 +101,6 @@ pub enum DbError {
     Cancelled,
 }
 
-impl DbError {
-    /// True for a unique-constraint violation (used as "already exists" instead of `ON CONFLICT`).
-    pub fn is_unique_violation(&self) -> bool {
-        matches!(self, DbError::Query(e) if is_unique_violation(e))
-    }
-}
-
 pub fn is_unique_violation(e: &DieselError) -> bool {
     matches!(
         e,

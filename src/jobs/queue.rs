@@ -265,22 +265,6 @@ pub fn cancel_for_portal(
     .execute(conn)
 }
 
-/// Earliest `run_at` of a queued job, so a worker can sleep exactly until then.
-pub fn next_due(conn: &mut DbConnection) -> QueryResult<Option<NaiveDateTime>> {
-    jobs::table
-        .filter(jobs::status.eq(QUEUED))
-        .select(diesel::dsl::min(jobs::run_at))
-        .first(conn)
-}
-
-pub fn find(conn: &mut DbConnection, id: &str) -> QueryResult<Option<JobRow>> {
-    jobs::table
-        .find(id)
-        .select(JobRow::as_select())
-        .first(conn)
-        .optional()
-}
-
 pub fn all(conn: &mut DbConnection) -> QueryResult<Vec<JobRow>> {
     jobs::table
         .order(jobs::id.asc())

@@ -34,10 +34,6 @@ impl Worker {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Runs until the process stops; spawn it with `actix_web::rt::spawn` (awc is !Send).
     pub async fn run(self) {
         tracing::info!(worker = %self.id, "job worker started");
@@ -62,7 +58,7 @@ impl Worker {
             }
             let free = self.slots.available_permits();
             let claimed = if free > 0 {
-                self.claim(free).await
+                claim_due(&self.ctx, &self.id, free).await
             } else {
                 Vec::new()
             };
@@ -89,10 +85,6 @@ impl Worker {
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
-    }
-
-    async fn claim(&self, limit: usize) -> Vec<queue::JobRow> {
-        claim_due(&self.ctx, &self.id, limit).await
     }
 }
 

@@ -72,12 +72,6 @@ pub struct MangoClient {
     timeout: Duration,
 }
 
-/// An `awc::Client` suitable for [`MangoClient`]: redirects disabled, TLS from awc's
-/// rustls/webpki-roots feature (TLS 1.2, which Mango requires, is enabled in Cargo.toml).
-pub fn http_client() -> awc::Client {
-    awc::Client::builder().disable_redirects().finish()
-}
-
 impl MangoClient {
     /// `base_url` is normally `https://app.mango-office.ru/vpbx/`; a missing trailing '/' is added.
     pub fn new(http: awc::Client, base_url: &str, timeout: Duration) -> Self {

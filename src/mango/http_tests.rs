@@ -80,7 +80,7 @@ fn command() -> CallbackGroup {
 async fn callback_group_posts_the_signed_form_and_returns_the_uuid() {
     let (base, seen, handle) = spawn_fake();
     let client = MangoClient::new(
-        http_client(),
+        crate::context::http_client(),
         &format!("{base}/vpbx/"),
         Duration::from_secs(5),
     );
@@ -112,7 +112,7 @@ async fn callback_group_posts_the_signed_form_and_returns_the_uuid() {
 async fn groups_and_lines_are_listed() {
     let (base, _seen, handle) = spawn_fake();
     let client = MangoClient::new(
-        http_client(),
+        crate::context::http_client(),
         &format!("{base}/vpbx"),
         Duration::from_secs(5),
     );
@@ -142,7 +142,7 @@ async fn groups_and_lines_are_listed() {
 async fn a_redirect_is_not_followed() {
     let (base, seen, handle) = spawn_fake();
     let client = MangoClient::new(
-        http_client(),
+        crate::context::http_client(),
         &format!("{base}/moved/"),
         Duration::from_secs(5),
     );
@@ -169,7 +169,7 @@ async fn a_refused_connection_is_safe_to_retry() {
         .port();
     // The listener is dropped here, so the port refuses connections.
     let client = MangoClient::new(
-        http_client(),
+        crate::context::http_client(),
         &format!("http://127.0.0.1:{port}/vpbx/"),
         Duration::from_secs(5),
     );
@@ -194,7 +194,7 @@ async fn a_refused_connection_is_safe_to_retry() {
 async fn a_timeout_after_sending_may_have_been_accepted() {
     let (base, seen, handle) = spawn_fake();
     let client = MangoClient::new(
-        http_client(),
+        crate::context::http_client(),
         &format!("{base}/slow/"),
         Duration::from_millis(300),
     );

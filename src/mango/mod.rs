@@ -16,7 +16,7 @@ pub mod codes;
 pub mod sign;
 
 pub use answer::{interpret, Answer, MangoError};
-pub use client::{http_client, Accepted, CallbackGroup, Group, Line, MangoClient};
+pub use client::{Accepted, CallbackGroup, Group, Line, MangoClient};
 pub use codes::describe_code;
 pub use sign::{form_body, sign, verify, Credentials};
 
