@@ -485,16 +485,18 @@ impl Job for ReportCallback {
     async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
-        let Some(cb) = db.run(move |c| Ok(store::find(c, &id)?)).await? else {
+        let found = db
+            .run(move |c| {
+                let Some(cb) = store::find(c, &id)? else {
+                    return Ok(None);
+                };
+                let portal = portal_store::find(c, &cb.member_id)?;
+                Ok(portal.map(|p| (cb, p)))
+            })
+            .await?;
+        let Some((cb, portal)) = found.filter(|(_, p)| p.is_active()) else {
             return Ok(());
         };
-        let mid = cb.member_id.clone();
-        let Some(portal) = db.run(move |c| Ok(portal_store::find(c, &mid)?)).await? else {
-            return Ok(());
-        };
-        if !portal.is_active() {
-            return Ok(());
-        }
         if cb.event_sent_at.is_none() {
             if let Some(token) = &cb.event_token {
                 let values = json!({

@@ -17,7 +17,6 @@ use crate::jobs::Job;
 pub fn accept(
     conn: &mut DbConnection,
     run: &RobotRun,
-    duplicate_window_minutes: i32,
     now: NaiveDateTime,
 ) -> Result<Accepted, DbError> {
     write_tx(conn, |c| {
@@ -66,8 +65,10 @@ pub fn accept(
                 ))
                 .execute(c)
         })?;
-        let window_start =
-            now - chrono::Duration::minutes(i64::from(duplicate_window_minutes.max(0)));
+        // Read inside the transaction: a just-saved setting applies to this very call.
+        let window = crate::portal::store::settings_or_default(c, &run.member_id, now)?
+            .duplicate_window_minutes;
+        let window_start = now - chrono::Duration::minutes(i64::from(window.max(0)));
         let won = diesel::update(
             deals::table
                 .filter(deals::member_id.eq(&run.member_id))

@@ -140,7 +140,9 @@ pub async fn install_app(
     let (cipher, now) = (ctx.shared.cipher.clone(), ctx.shared.clock.now());
     ctx.shared
         .db
-        .run(move |c| Ok(store::upsert_installed(c, &cipher, &data, now)?))
+        .run(move |c| {
+            crate::db::write_tx(c, |c| Ok(store::upsert_installed(c, &cipher, &data, now)?))
+        })
         .await?;
     tracing::info!(domain = %verified.domain, "portal stored from the installer");
 

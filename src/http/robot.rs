@@ -78,48 +78,36 @@ pub async fn handle_robot_call(
         )));
     }
 
-    let shared = &ctx.shared;
-    let mid = member_id.clone();
-    let portal = shared
-        .db
-        .run(move |c| Ok(portal_store::find(c, &mid)?))
-        .await?;
-    let portal = match portal {
-        Some(p)
-            if p.is_active()
-                && application_token_matches(
-                    &shared.cipher,
-                    &p,
-                    auth.application_token.as_deref(),
-                ) =>
-        {
-            p
-        }
-        _ => {
-            tracing::warn!(peer = %peer(&req), portal = %member_id, "robot call with an unknown portal or a wrong application token refused");
-            return Err(AppError::Unauthorized(
-                "unknown portal or wrong application token".into(),
-            ));
-        }
-    };
-
     let run = RobotRun {
-        member_id: portal.member_id.clone(),
+        member_id: member_id.clone(),
         deal_id: deal,
         event_token: form.event_token.filter(|t| !t.is_empty()),
         workflow_id: form.workflow_id,
         requested,
         phone_override: form.properties.phone.filter(|p| !p.trim().is_empty()),
     };
-    let (mid, now) = (portal.member_id.clone(), shared.clock.now());
-    let window = shared
-        .db
-        .run(move |c| Ok(portal_store::settings_or_default(c, &mid, now)?.duplicate_window_minutes))
-        .await?;
+    let shared = &ctx.shared;
+    let (cipher, now) = (shared.cipher.clone(), shared.clock.now());
+    // One trip to the blocking pool: this is the hot path Bitrix24 waits on.
     let accepted = shared
         .db
-        .run(move |c| store::accept(c, &run, window, now))
+        .run(move |c| {
+            let trusted = portal_store::find(c, &run.member_id)?.is_some_and(|p| {
+                p.is_active()
+                    && application_token_matches(&cipher, &p, auth.application_token.as_deref())
+            });
+            if !trusted {
+                return Ok(None);
+            }
+            store::accept(c, &run, now).map(Some)
+        })
         .await?;
+    let Some(accepted) = accepted else {
+        tracing::warn!(peer = %peer(&req), portal = %member_id, "robot call with an unknown portal or a wrong application token refused");
+        return Err(AppError::Unauthorized(
+            "unknown portal or wrong application token".into(),
+        ));
+    };
     shared.notify.notify_one();
     let (callback_id, outcome) = match &accepted {
         Accepted::Queued { callback_id, group } => {

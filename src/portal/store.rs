@@ -33,7 +33,24 @@ pub struct InstallData {
     pub lang: Option<String>,
 }
 
+/// The columns a repeated install changes.
+#[derive(AsChangeset)]
+#[diesel(table_name = portals)]
+struct Reinstall<'a> {
+    domain: &'a str,
+    client_endpoint: &'a str,
+    server_endpoint: &'a str,
+    scope: &'a str,
+    status: &'a str,
+    lang: Option<&'a str>,
+    application_token: Option<String>,
+    installed: bool,
+    uninstalled_at: Option<Option<NaiveDateTime>>,
+    updated_at: NaiveDateTime,
+}
+
 /// Inserts or updates the portal as installed; a second install updates, never duplicates.
+/// Callers run it inside a transaction ([`crate::db::write_tx`]) so a crash leaves no half-update.
 pub fn upsert_installed(
     conn: &mut DbConnection,
     cipher: &Cipher,
@@ -67,29 +84,22 @@ pub fn upsert_installed(
     if inserted {
         return Ok(());
     }
-    let target = portals::table.find(&d.member_id);
-    diesel::update(target)
-        .set((
-            portals::domain.eq(&d.domain),
-            portals::client_endpoint.eq(&d.client_endpoint),
-            portals::server_endpoint.eq(&d.server_endpoint),
-            portals::scope.eq(&d.scope),
-            portals::status.eq(&d.status),
-            portals::installed.eq(true),
-            portals::uninstalled_at.eq(None::<NaiveDateTime>),
-            portals::updated_at.eq(now),
-        ))
+    // A repeated install: one update; `None` fields (no LANG, no APPLICATION_TOKEN in this
+    // request) keep what is stored.
+    diesel::update(portals::table.find(&d.member_id))
+        .set(&Reinstall {
+            domain: &d.domain,
+            client_endpoint: &d.client_endpoint,
+            server_endpoint: &d.server_endpoint,
+            scope: &d.scope,
+            status: &d.status,
+            lang: d.lang.as_deref(),
+            application_token: d.application_token.as_deref().map(|t| cipher.seal(t)),
+            installed: true,
+            uninstalled_at: Some(None),
+            updated_at: now,
+        })
         .execute(conn)?;
-    if let Some(lang) = &d.lang {
-        diesel::update(target)
-            .set(portals::lang.eq(lang))
-            .execute(conn)?;
-    }
-    if let Some(app_token) = &d.application_token {
-        diesel::update(target)
-            .set(portals::application_token.eq(cipher.seal(app_token)))
-            .execute(conn)?;
-    }
     if let (Some(access), Some(refresh)) = (&d.access_token, &d.refresh_token) {
         store_tokens(
             conn,
