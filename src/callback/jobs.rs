@@ -88,23 +88,23 @@ impl PlaceCall {
         member_id: &str,
         deal_id: &str,
     ) -> Result<PhoneLookup, BitrixError> {
-        // Keys sort in execution order: the JSON map is sorted, and the portal runs the commands
-        // in the order received, so `$result[a_items]` must come before its use.
+        // The portal runs the commands in the order sent (serde_json keeps it: `preserve_order`),
+        // so `items` must come before the `$result[items]` that uses it.
         let cmds = vec![
             (
-                "a_items".to_owned(),
+                "items".to_owned(),
                 format!("crm.deal.contact.items.get?id={deal_id}"),
             ),
-            ("b_deal".to_owned(), format!("crm.deal.get?id={deal_id}")),
+            ("deal".to_owned(), format!("crm.deal.get?id={deal_id}")),
             (
-                "c_contact".to_owned(),
-                "crm.contact.get?id=$result[a_items][0][CONTACT_ID]".to_owned(),
+                "contact".to_owned(),
+                "crm.contact.get?id=$result[items][0][CONTACT_ID]".to_owned(),
             ),
         ];
         let batch = ctx.bitrix.batch(member_id, &cmds).await?;
         let items = batch
             .result
-            .get("a_items")
+            .get("items")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
@@ -130,7 +130,7 @@ impl PlaceCall {
             .and_then(|i| i.get("CONTACT_ID"))
             .and_then(as_id);
         // The batch fetched the first linked contact; the primary one may be another.
-        let contact = match batch.result.get("c_contact") {
+        let contact = match batch.result.get("contact") {
             Some(c) if first_item.as_deref() == Some(contact_id.as_str()) => c.clone(),
             _ => {
                 ctx.bitrix

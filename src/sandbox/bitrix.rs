@@ -1390,79 +1390,6 @@ fn request_params(query: &str, ctype: &str, body: &[u8]) -> Result<Map<String, V
     Ok(params)
 }
 
-/// Keys of a JSON object in document order (`serde_json::Map` sorts them).
-struct OrderedKeys(Vec<String>);
-
-impl<'de> serde::Deserialize<'de> for OrderedKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = OrderedKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object or array")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<OrderedKeys, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(k) = m.next_key::<String>()? {
-                    m.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
-                }
-                Ok(OrderedKeys(keys))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut s: A,
-            ) -> Result<OrderedKeys, A::Error> {
-                let mut keys = Vec::new();
-                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    keys.push(keys.len().to_string());
-                }
-                Ok(OrderedKeys(keys))
-            }
-            fn visit_unit<E>(self) -> Result<OrderedKeys, E> {
-                Ok(OrderedKeys(Vec::new()))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<OrderedKeys, E> {
-                Ok(OrderedKeys(Vec::new()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The request's top-level JSON body, keeping only the order of the `cmd` keys.
-struct BatchBody(Vec<String>);
-
-impl<'de> serde::Deserialize<'de> for BatchBody {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = BatchBody;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<BatchBody, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(k) = m.next_key::<String>()? {
-                    if k.eq_ignore_ascii_case("cmd") {
-                        keys = m.next_value::<OrderedKeys>()?.0;
-                    } else {
-                        m.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                Ok(BatchBody(keys))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// Order of the batch commands as sent: PHP runs them in insertion order, so `$result[...]`
 /// references depend on it.
 fn batch_order(query: &str, ctype: &str, body: &[u8]) -> Vec<String> {
@@ -1484,14 +1411,11 @@ fn batch_order(query: &str, ctype: &str, body: &[u8]) -> Vec<String> {
         }
     };
     scan(query);
-    if ctype.starts_with("application/json") {
-        if let Ok(BatchBody(keys)) = serde_json::from_slice::<BatchBody>(body) {
-            if !keys.is_empty() {
-                return keys;
-            }
+    // A JSON body needs no scan: serde_json's `preserve_order` keeps the `cmd` keys as sent.
+    if !ctype.starts_with("application/json") {
+        if let Ok(s) = std::str::from_utf8(body) {
+            scan(s);
         }
-    } else if let Ok(s) = std::str::from_utf8(body) {
-        scan(s);
     }
     order
 }

@@ -42,6 +42,13 @@ async fn first_run_rings_trainees_and_a_later_run_the_experienced_group(backend:
         cmd.starts_with(&format!("b24:{}:{deal}:", p.member_id)),
         "{cmd}"
     );
+    // Deal → contact → phone in one batch call, which only works if the portal receives the
+    // commands in the order they depend on each other.
+    assert_eq!(app.b24.calls_to("batch").len(), 1);
+    assert!(
+        app.b24.calls_to("crm.contact.get").is_empty(),
+        "no second lookup was needed"
+    );
 
     app.advance(Duration::from_secs(11 * 60)); // past the duplicate window
     app.b24
