@@ -194,23 +194,7 @@ pub async fn show_app(
         }
         Err(e) => return Err(e),
     };
-    let admin = ctx
-        .bitrix
-        .call_with_token(
-            &member_id,
-            &verified.client_endpoint,
-            &auth_id,
-            "user.admin",
-            json!({}),
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "user.admin failed; cannot tell whether the user may edit settings");
-            AppError::Unavailable(format!(
-                "could not ask the portal whether you are an administrator: {e}"
-            ))
-        })?
-        == serde_json::Value::Bool(true);
+    let admin = super::install::is_admin(&ctx, &verified, &auth_id).await?;
 
     let now = ctx.shared.clock.now();
     let Some((portal, settings, log)) = load_view(&ctx, &member_id).await? else {

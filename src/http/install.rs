@@ -70,6 +70,24 @@ pub async fn verify(
     Ok(verified)
 }
 
+/// Asks the portal, with the user's own verified token, whether the user is an administrator.
+/// A portal that cannot answer is a 503: we cannot tell, and must not guess either way.
+pub async fn is_admin(
+    ctx: &Context,
+    verified: &VerifiedAuth,
+    auth_id: &str,
+) -> Result<bool, AppError> {
+    let answer = ctx
+        .bitrix
+        .call_with_token(&verified.member_id, &verified.client_endpoint, auth_id, "user.admin", serde_json::json!({}))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "user.admin failed; cannot tell whether the user is an administrator");
+            AppError::Unavailable(format!("could not ask the portal whether you are an administrator: {e}"))
+        })?;
+    Ok(answer == serde_json::Value::Bool(true))
+}
+
 #[tracing::instrument(name = "install", skip_all, fields(portal))]
 pub async fn install_app(
     req: HttpRequest,
@@ -96,22 +114,8 @@ pub async fn install_app(
     let lang = lang_of(&req);
     let verified = verify(&ctx, &req, &auth_id, &member_id).await?;
 
-    let is_admin = ctx
-        .bitrix
-        .call_with_token(
-            &member_id,
-            &verified.client_endpoint,
-            &auth_id,
-            "user.admin",
-            serde_json::json!({}),
-        )
-        .await
-        .map_err(|e| {
-            AppError::Unavailable(format!(
-                "could not ask the portal whether you are an administrator: {e}"
-            ))
-        })?;
-    if is_admin != serde_json::Value::Bool(true) {
+    let is_admin = is_admin(&ctx, &verified, &auth_id).await?;
+    if !is_admin {
         tracing::warn!(peer = %peer(&req), "install refused: the user is not a portal administrator");
         return Err(AppError::Forbidden(
             lang.pick(

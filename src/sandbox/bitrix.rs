@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use hmac::{Hmac, Mac};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -1563,23 +1563,12 @@ impl BitrixSim {
             rejections: HashMap::new(),
         }));
         let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+        let server = super::serve(listener, move |cfg| {
+            cfg.app_data(data.clone())
                 .app_data(web::PayloadConfig::new(8 << 20))
-                .default_service(web::to(handle))
-        })
-        .workers(1)
-        .listen(listener)?
-        .disable_signals()
-        .run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
-        Ok(BitrixSim {
-            state,
-            url,
-            server: handle,
-        })
+                .default_service(web::to(handle));
+        })?;
+        Ok(BitrixSim { state, url, server })
     }
 
     /// Stops the server (state stays readable).
@@ -2132,9 +2121,9 @@ mod tests {
         let sink = got.clone();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let server = HttpServer::new(move || {
+        super::super::serve(listener, move |cfg| {
             let sink = sink.clone();
-            App::new().default_service(web::to(move |body: web::Bytes| {
+            cfg.default_service(web::to(move |body: web::Bytes| {
                 let sink = sink.clone();
                 async move {
                     sink.lock()
@@ -2142,14 +2131,9 @@ mod tests {
                         .push(String::from_utf8_lossy(&body).into_owned());
                     HttpResponse::Ok().body("OK")
                 }
-            }))
+            }));
         })
-        .workers(1)
-        .listen(listener)
-        .expect("listen")
-        .disable_signals()
-        .run();
-        actix_web::rt::spawn(server);
+        .expect("listen");
         (format!("http://127.0.0.1:{port}"), got)
     }
 

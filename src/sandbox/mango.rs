@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -135,21 +135,14 @@ impl MangoSim {
         let port = listener.local_addr()?.port();
         let state = Arc::new(Mutex::new(State::new(opts)));
         let shared = web::Data::new(Arc::clone(&state));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .default_service(web::to(handle_request))
-        })
-        .workers(1)
-        .listen(listener)?
-        .disable_signals()
-        .run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+        let server = super::serve(listener, move |cfg| {
+            cfg.app_data(shared.clone())
+                .default_service(web::to(handle_request));
+        })?;
         Ok(MangoSim {
             port,
             state,
-            server: handle,
+            server,
         })
     }
 

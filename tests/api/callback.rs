@@ -140,16 +140,12 @@ async fn two_instances_on_one_database_place_one_call_for_simultaneous_runs(back
             RobotCallStyle::default(),
         )
         .expect("robot");
-    let (_, body2, _) = app
-        .b24
-        .robot_call_body(
-            &p.member_id,
-            ROBOT,
-            deal,
-            &[("phone", "89001234567")],
-            RobotCallStyle::default(),
-        )
-        .expect("robot");
+    let body2 = app.robot_body(
+        &p,
+        deal,
+        &[("phone", "89001234567")],
+        RobotCallStyle::default(),
+    );
     assert!(url1.ends_with("/b24/robot"));
     let (a, b) = tokio::join!(
         app.post_form("/b24/robot", body1),
@@ -168,19 +164,15 @@ async fn the_same_event_token_delivered_twice_is_one_run(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("redeliver").await;
     let deal = app.b24.add_deal(&p.member_id, None);
-    let (_, body, _) = app
-        .b24
-        .robot_call_body(
-            &p.member_id,
-            ROBOT,
-            deal,
-            &[("phone", "89001234567")],
-            RobotCallStyle {
-                percent_encoded_brackets: true,
-                old_core: false,
-            },
-        )
-        .expect("robot");
+    let body = app.robot_body(
+        &p,
+        deal,
+        &[("phone", "89001234567")],
+        RobotCallStyle {
+            percent_encoded_brackets: true,
+            old_core: false,
+        },
+    );
     assert_eq!(app.post_form("/b24/robot", body.clone()).await.0, 200);
     let (status, answer) = app.post_form("/b24/robot", body).await;
     assert_eq!(status, 200);
@@ -370,16 +362,12 @@ async fn the_robot_handler_answers_without_waiting_for_slow_peers(backend: Backe
     app.b24.set_latency(Duration::from_secs(2));
     app.mango.set_latency(Duration::from_secs(2));
     let deal = app.b24.add_deal(&p.member_id, None);
-    let (_, body, _) = app
-        .b24
-        .robot_call_body(
-            &p.member_id,
-            ROBOT,
-            deal,
-            &[("phone", "89001234567")],
-            RobotCallStyle::default(),
-        )
-        .expect("robot");
+    let body = app.robot_body(
+        &p,
+        deal,
+        &[("phone", "89001234567")],
+        RobotCallStyle::default(),
+    );
     let started = Instant::now();
     let (status, _) = app.post_form("/b24/robot", body).await;
     let took = started.elapsed();
@@ -400,10 +388,7 @@ async fn robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing(b
     let app = spawn_app(backend).await;
     let p = app.installed_portal("bad").await;
     let deal = app.b24.add_deal(&p.member_id, None);
-    let (_, body, _) = app
-        .b24
-        .robot_call_body(&p.member_id, ROBOT, deal, &[], RobotCallStyle::default())
-        .expect("robot");
+    let body = app.robot_body(&p, deal, &[], RobotCallStyle::default());
     let forged = body.replace(&p.application_token, "0000000000000000000000000000beef");
     assert_eq!(app.post_form("/b24/robot", forged).await.0, 401);
     let no_deal = body.replace(&format!("DEAL_{deal}"), "LEAD_5");

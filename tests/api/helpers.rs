@@ -9,7 +9,7 @@ use mango_callback::config::Settings;
 use mango_callback::context::{Context, Shared};
 use mango_callback::db::Backend;
 use mango_callback::portal::{store, PortalSettings};
-use mango_callback::sandbox::bitrix::{BitrixSim, BitrixSimOptions, SimPortal};
+use mango_callback::sandbox::bitrix::{BitrixSim, BitrixSimOptions, RobotCallStyle, SimPortal};
 use mango_callback::sandbox::mango::{MangoSim, MangoSimOptions};
 use mango_callback::startup::{Application, RunOptions};
 
@@ -221,6 +221,21 @@ impl TestApp {
             })
             .await
             .expect("settings saved");
+    }
+
+    /// The form body Bitrix24 would POST to our robot handler for this deal.
+    pub fn robot_body(
+        &self,
+        portal: &SimPortal,
+        deal: u64,
+        properties: &[(&str, &str)],
+        style: RobotCallStyle,
+    ) -> String {
+        let (_, body, _) = self
+            .b24
+            .robot_call_body(&portal.member_id, "mango_callback", deal, properties, style)
+            .expect("the robot is registered");
+        body
     }
 
     pub async fn portal_row(&self, member_id: &str) -> Option<mango_callback::portal::Portal> {
