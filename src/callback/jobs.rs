@@ -142,6 +142,16 @@ impl PlaceCall {
     }
 }
 
+/// Ends a callback that never reached Mango (no phone, not configured, given up) with its reason.
+async fn end_without_call(
+    ctx: &Context,
+    cb: &Callback,
+    st: &'static str,
+    reason: impl Into<String>,
+) -> Result<(), JobError> {
+    finish(ctx, cb, st, None, None, None, Some(reason.into())).await
+}
+
 /// Ends the callback with a terminal status and queues its report.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
@@ -190,7 +200,7 @@ impl Job for PlaceCall {
             let Some(cb) = ctx.shared.db.run(move |c| Ok(store::find(c, &id)?)).await? else {
                 return Ok(());
             };
-            finish(ctx, &cb, status::FAILED, None, None, None, Some(e)).await
+            end_without_call(ctx, &cb, status::FAILED, e).await
         };
         match self.place(ctx).await {
             Err(JobError::Permanent(e)) => give_up(e).await,
@@ -212,7 +222,7 @@ impl PlaceCall {
             // answer. Mango does not deduplicate command_id, so sending again could ring twice.
             let msg = "interrupted while ordering the call; not repeated so nobody is rung twice"
                 .to_owned();
-            return finish(ctx, &cb, status::FAILED, None, None, None, Some(msg)).await;
+            return end_without_call(ctx, &cb, status::FAILED, msg).await;
         }
         if cb.status != status::QUEUED {
             return Ok(());
@@ -240,21 +250,18 @@ impl PlaceCall {
                 api_salt: salt,
             },
             _ => {
-                return finish(
+                return end_without_call(
                     ctx,
                     &cb,
                     status::FAILED,
-                    None,
-                    None,
-                    None,
-                    Some("Mango keys are not set in the app's settings".into()),
+                    "Mango keys are not set in the app's settings",
                 )
                 .await
             }
         };
         if extension.is_empty() || settings.line_number.is_empty() {
             let msg = format!("the {group_kind} group extension or the outgoing line is not set in the app's settings");
-            return finish(ctx, &cb, status::FAILED, None, None, None, Some(msg)).await;
+            return end_without_call(ctx, &cb, status::FAILED, msg).await;
         }
 
         // The phone: the robot's override, else the deal's primary contact (possibly linked late).
@@ -287,17 +294,14 @@ impl PlaceCall {
                         "no contact linked to the deal after {}s",
                         settings.contact_wait_seconds
                     );
-                    return finish(ctx, &cb, status::NO_PHONE, None, None, None, Some(msg)).await;
+                    return end_without_call(ctx, &cb, status::NO_PHONE, msg).await;
                 }
                 PhoneLookup::NoPhone => {
-                    return finish(
+                    return end_without_call(
                         ctx,
                         &cb,
                         status::NO_PHONE,
-                        None,
-                        None,
-                        None,
-                        Some("the deal's contact has no phone number".into()),
+                        "the deal's contact has no phone number",
                     )
                     .await
                 }
@@ -306,14 +310,11 @@ impl PlaceCall {
         let phone = match phone::normalize(&raw_phone) {
             Ok(p) => p,
             Err(e) => {
-                return finish(
+                return end_without_call(
                     ctx,
                     &cb,
                     status::NO_PHONE,
-                    None,
-                    None,
-                    None,
-                    Some(format!("invalid phone number: {e}")),
+                    format!("invalid phone number: {e}"),
                 )
                 .await
             }
