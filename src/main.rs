@@ -15,6 +15,7 @@ async fn main() -> std::process::ExitCode {
         "info"
     };
     mango_callback::telemetry::init(default_filter);
+    mango_callback::telemetry::install_panic_hook();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
         Command::Sandbox {

@@ -9,13 +9,17 @@ pub mod schema;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use diesel::r2d2::{self, ManageConnection};
+use diesel::r2d2::{self, ManageConnection, R2D2Connection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Per-session limits on PostgreSQL (see [`Manager::connect`]). SQLite has its busy timeout.
+pub const POSTGRES_SESSION_LIMITS: &str = "SET idle_in_transaction_session_timeout = '60s'; \
+     SET lock_timeout = '15s'; SET statement_timeout = '30s';";
 
 /// A connection to either backend; every query in the crate goes through it.
 #[derive(diesel::MultiConnection)]
@@ -61,9 +65,16 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<DbConnection, r2d2::Error> {
         match self.backend {
-            Backend::Postgres => PgConnection::establish(&self.url)
-                .map(DbConnection::Postgres)
-                .map_err(r2d2::Error::ConnectionError),
+            Backend::Postgres => {
+                let mut conn =
+                    PgConnection::establish(&self.url).map_err(r2d2::Error::ConnectionError)?;
+                // Bounds on what one session can hold: a transaction left open by a bug is ended
+                // by the server instead of blocking every writer behind its locks, a lock wait
+                // gives up instead of queueing for ever, and no statement runs unbounded.
+                conn.batch_execute(POSTGRES_SESSION_LIMITS)
+                    .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConnection::Postgres(conn))
+            }
             Backend::Sqlite => {
                 let mut conn = SqliteConnection::establish(sqlite_path(&self.url))
                     .map_err(r2d2::Error::ConnectionError)?;
@@ -82,8 +93,12 @@ impl ManageConnection for Manager {
             .map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    /// A connection given back while its thread unwinds from a panic, or whose transaction
+    /// manager still has a transaction open or in error, is discarded rather than reused:
+    /// otherwise the next borrower would run inside a transaction nobody commits (on SQLite
+    /// holding the write lock for ever). Dropping it closes it, and the server rolls back.
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        std::thread::panicking() || conn.is_broken()
     }
 }
 
@@ -99,6 +114,10 @@ pub enum DbError {
     Query(#[from] DieselError),
     #[error("database task was cancelled")]
     Cancelled,
+    /// Code running with a connection panicked; the connection was discarded, its transaction
+    /// rolled back, and the panic logged by the panic hook.
+    #[error("database task panicked: {0}")]
+    Panicked(String),
 }
 
 pub fn is_unique_violation(e: &DieselError) -> bool {
@@ -166,7 +185,10 @@ impl Db {
             f(&mut conn)
         })
         .await
-        .map_err(|_| DbError::Cancelled)?
+        .map_err(|e| match e.try_into_panic() {
+            Ok(payload) => DbError::Panicked(crate::telemetry::panic_message(payload.as_ref())),
+            Err(_) => DbError::Cancelled,
+        })?
     }
 
     /// A connection for synchronous code (tests, start-up); never call it on the reactor.

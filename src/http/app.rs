@@ -219,9 +219,8 @@ pub async fn show_app(
                 auth_id.clone(),
                 refresh.to_owned(),
             );
-            let expires = get("AUTH_EXPIRES")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3600);
+            let expires =
+                super::token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?.unwrap_or(3600);
             ctx.shared
                 .db
                 .run(move |c| {

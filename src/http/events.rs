@@ -87,6 +87,7 @@ pub async fn handle_event(
                 .clone()
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
+            let expires = auth.lifetime()?.unwrap_or(3600);
             let verified = match token {
                 Some(t) => super::install::verify(&ctx, &req, &t, &portal.member_id).await?,
                 None => {
@@ -101,11 +102,6 @@ pub async fn handle_event(
                 portal.member_id.clone(),
             );
             let (access, refresh) = (auth.access_token.clone(), auth.refresh_token.clone());
-            let expires = auth
-                .expires_in
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3600);
             shared
                 .db
                 .run(move |c| {

@@ -112,6 +112,8 @@ pub async fn install_app(
         .ok_or_else(|| AppError::Unauthorized("AUTH_ID is missing".into()))?
         .to_owned();
     let lang = lang_of(&req);
+    // Checked before anything costs a request to the OAuth server.
+    let expires_in = super::token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?;
     let verified = verify(&ctx, &req, &auth_id, &member_id).await?;
 
     let is_admin = is_admin(&ctx, &verified, &auth_id).await?;
@@ -135,7 +137,7 @@ pub async fn install_app(
             .unwrap_or_else(|| format!("{}/rest/", ctx.shared.settings.b24_oauth_url)),
         access_token: Some(auth_id),
         refresh_token: get("REFRESH_ID").map(str::to_owned),
-        expires_in: get("AUTH_EXPIRES").and_then(|v| v.parse().ok()),
+        expires_in,
         application_token: get("APPLICATION_TOKEN").map(str::to_owned),
         scope: verified.scope.clone(),
         status: verified.status.clone(),
@@ -207,6 +209,7 @@ async fn on_app_install(
         .clone()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
+    let expires_in = auth.lifetime()?;
     let verified = verify(ctx, req, &token, &member_id).await?;
     let data = InstallData {
         member_id: member_id.clone(),
@@ -217,7 +220,7 @@ async fn on_app_install(
             .unwrap_or_else(|| format!("{}/rest/", ctx.shared.settings.b24_oauth_url)),
         access_token: Some(token),
         refresh_token: auth.refresh_token,
-        expires_in: auth.expires_in.and_then(|v| v.parse().ok()),
+        expires_in,
         application_token: Some(app_token),
         scope: verified.scope,
         status: verified.status,

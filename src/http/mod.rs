@@ -18,19 +18,60 @@ pub const MAX_FORM: usize = 256 * 1024;
 
 /// Every route, used by the server and by handler tests alike.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/b24/install", web::post().to(install::install_app))
-        .route("/b24/events", web::post().to(events::handle_event))
-        .route("/b24/robot", web::post().to(robot::handle_robot_call))
-        .route("/b24/app", web::post().to(app::show_app))
-        .route("/b24/app/settings", web::post().to(app::save_settings))
-        .route("/b24/app/mango/check", web::post().to(app::check_mango))
-        .route("/b24/app/mango/options", web::post().to(app::mango_options))
-        .route("/mango/{tail:.*}", web::post().to(mango::receive))
+    cfg.service(guarded("/health", web::get().to(health)))
+        .service(guarded(
+            "/b24/install",
+            web::post().to(install::install_app),
+        ))
+        .service(guarded("/b24/events", web::post().to(events::handle_event)))
+        .service(guarded(
+            "/b24/robot",
+            web::post().to(robot::handle_robot_call),
+        ))
+        .service(guarded("/b24/app", web::post().to(app::show_app)))
+        .service(guarded(
+            "/b24/app/settings",
+            web::post().to(app::save_settings),
+        ))
+        .service(guarded(
+            "/b24/app/mango/check",
+            web::post().to(app::check_mango),
+        ))
+        .service(guarded(
+            "/b24/app/mango/options",
+            web::post().to(app::mango_options),
+        ))
+        .service(guarded("/mango/{tail:.*}", web::post().to(mango::receive)))
         .service(actix_files::Files::new(
             "/static",
             concat!(env!("CARGO_MANIFEST_DIR"), "/static"),
         ));
+}
+
+/// One route behind [`catch_panics`]. The guard sits on the resource, after routing, because
+/// it keeps a handle on the request and the router needs the request to itself while it matches.
+fn guarded(path: &str, route: actix_web::Route) -> impl actix_web::dev::HttpServiceFactory {
+    web::resource(path)
+        .wrap(actix_web::middleware::from_fn(catch_panics))
+        .route(route)
+}
+
+/// Wraps every route: a panic in a handler (a bug) is answered 500 like any internal error
+/// instead of dropping the connection, and the server goes on. The panic hook logs it once;
+/// whatever the handler had open in the database is rolled back by the pool.
+pub async fn catch_panics(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let http_req = req.request().clone();
+    match crate::telemetry::catch_panic(next.call(req)).await {
+        Ok(res) => res.map(actix_web::dev::ServiceResponse::map_into_boxed_body),
+        Err(_) => Ok(actix_web::dev::ServiceResponse::new(
+            http_req,
+            HttpResponse::InternalServerError()
+                .json(serde_json::json!({ "error": "internal error; see the application log" })),
+        )),
+    }
 }
 
 async fn health() -> HttpResponse {
@@ -68,7 +109,33 @@ pub struct AuthBlock {
     pub user_id: Option<String>,
 }
 
+/// Reads a token lifetime from a request (`AUTH_EXPIRES`, `auth[expires_in]`): absent or empty
+/// is `None`; otherwise whole seconds within the range [`crate::portal::TOKEN_LIFETIME_SECS`]
+/// allows, or a 400 naming the field. Bitrix24 issues one-hour tokens; an absurd number here
+/// would only ever come from a forged request.
+pub fn token_lifetime(field: &str, raw: Option<&str>) -> Result<Option<i64>, AppError> {
+    let Some(raw) = raw.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    raw.parse::<i64>()
+        .ok()
+        .filter(|s| crate::portal::TOKEN_LIFETIME_SECS.contains(s))
+        .map(Some)
+        .ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "{field} must be a token lifetime in whole seconds from {} to {}",
+                crate::portal::TOKEN_LIFETIME_SECS.start(),
+                crate::portal::TOKEN_LIFETIME_SECS.end()
+            ))
+        })
+}
+
 impl AuthBlock {
+    /// `auth[expires_in]`, range-checked by [`token_lifetime`].
+    pub fn lifetime(&self) -> Result<Option<i64>, AppError> {
+        token_lifetime("auth[expires_in]", self.expires_in.as_deref())
+    }
+
     /// `auth[member_id]`, required by every event and robot call.
     pub fn require_member_id(&self) -> Result<String, AppError> {
         self.member_id
@@ -109,5 +176,60 @@ pub fn application_token_matches(
             crate::crypto::constant_time_eq(s.as_bytes(), p.as_bytes())
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test as atest;
+
+    async fn panics() -> HttpResponse {
+        panic!("a bug in a handler")
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_is_answered_500_and_the_app_keeps_serving() {
+        let app = atest::init_service(
+            actix_web::App::new()
+                .service(guarded("/boom", web::get().to(panics)))
+                .service(guarded("/health", web::get().to(health))),
+        )
+        .await;
+        let res =
+            atest::call_service(&app, atest::TestRequest::get().uri("/boom").to_request()).await;
+        assert_eq!(res.status().as_u16(), 500);
+        let body = atest::read_body(res).await;
+        assert!(
+            String::from_utf8_lossy(&body).contains("internal error"),
+            "a generic message, no panic text"
+        );
+        let res =
+            atest::call_service(&app, atest::TestRequest::get().uri("/health").to_request()).await;
+        assert_eq!(res.status().as_u16(), 200);
+    }
+
+    #[test]
+    fn token_lifetimes_outside_one_second_to_one_day_are_refused() {
+        for ok in ["1", "3600", "86400", " 60 "] {
+            assert!(
+                token_lifetime("f", Some(ok)).is_ok_and(|v| v.is_some()),
+                "{ok}"
+            );
+        }
+        assert!(matches!(token_lifetime("f", None), Ok(None)));
+        assert!(matches!(token_lifetime("f", Some("")), Ok(None)));
+        for bad in [
+            "0",
+            "-1",
+            "86401",
+            "99999999999999999",
+            "1e3",
+            "3600.0",
+            "x",
+        ] {
+            let e = token_lifetime("AUTH_EXPIRES", Some(bad)).expect_err(bad);
+            assert!(e.to_string().contains("AUTH_EXPIRES"), "{e}");
+        }
     }
 }

@@ -111,7 +111,11 @@ async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobR
 pub async fn run_one(ctx: &Context, worker: &str, job: queue::JobRow) {
     let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, portal = job.member_id.as_deref().unwrap_or("-"), attempt = job.attempts);
     async {
-        let result = dispatch(ctx, &job).await;
+        // A panicking job (a bug) is retried like a transient failure and buried after its
+        // attempts, instead of taking the worker down with it; the panic hook logged the cause.
+        let result = crate::telemetry::catch_panic(dispatch(ctx, &job))
+            .await
+            .unwrap_or_else(|panic| Err(JobError::Transient(format!("the job panicked: {panic}"))));
         let now = ctx.shared.clock.now();
         let (id, w) = (job.id.clone(), worker.to_owned());
         let outcome = match result {

@@ -8,6 +8,17 @@ use diesel::prelude::*;
 
 use crate::db::schema::{portal_settings, portals};
 
+/// Token lifetimes accepted from requests and the OAuth server, in seconds: 1 s to 1 day.
+pub const TOKEN_LIFETIME_SECS: std::ops::RangeInclusive<i64> = 1..=86_400;
+
+/// When a token issued at `now` for `lifetime_secs` expires; the lifetime is clamped into
+/// [`TOKEN_LIFETIME_SECS`] so that no number, however it got here, can overflow date arithmetic.
+pub fn token_expiry(now: NaiveDateTime, lifetime_secs: i64) -> NaiveDateTime {
+    let secs = lifetime_secs.clamp(*TOKEN_LIFETIME_SECS.start(), *TOKEN_LIFETIME_SECS.end());
+    now.checked_add_signed(chrono::TimeDelta::seconds(secs))
+        .unwrap_or(now)
+}
+
 /// A stored portal. Token columns are sealed; open them with [`crate::crypto::Cipher`].
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = portals)]
@@ -103,5 +114,30 @@ impl Lang {
             Lang::Ru => ru,
             Lang::En => en,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_expiry_never_overflows_whatever_the_lifetime() {
+        let now = chrono::DateTime::from_timestamp(1_780_000_000, 0)
+            .map(|t| t.naive_utc())
+            .unwrap_or_default();
+        assert_eq!(
+            token_expiry(now, 3600) - now,
+            chrono::TimeDelta::seconds(3600)
+        );
+        assert_eq!(
+            token_expiry(now, i64::MAX) - now,
+            chrono::TimeDelta::days(1)
+        );
+        assert_eq!(
+            token_expiry(now, i64::MIN) - now,
+            chrono::TimeDelta::seconds(1)
+        );
+        assert_eq!(token_expiry(now, 0) - now, chrono::TimeDelta::seconds(1));
     }
 }

@@ -57,7 +57,7 @@ pub fn upsert_installed(
     d: &InstallData,
     now: NaiveDateTime,
 ) -> QueryResult<()> {
-    let expires_at = d.expires_in.map(|s| now + chrono::Duration::seconds(s));
+    let expires_at = d.expires_in.map(|s| super::token_expiry(now, s));
     let inserted = insert_if_absent(conn, |c| {
         diesel::insert_into(portals::table)
             .values((
@@ -158,7 +158,7 @@ impl TokenChange {
         TokenChange {
             access_token: Some(cipher.seal(access)),
             refresh_token: Some(cipher.seal(refresh)),
-            expires_at: Some(now + chrono::Duration::seconds(expires_in)),
+            expires_at: Some(super::token_expiry(now, expires_in)),
             needs_reauth: false,
             refreshed_at: Some(now),
             refresh_lock_until: None,
