@@ -275,3 +275,58 @@ impl TestApp {
         self.clock.advance(by);
     }
 }
+
+impl TestApp {
+    /// Every row of every table (column names read from the catalog, values cast to text),
+    /// sorted: two snapshots are equal exactly when nothing stored changed.
+    pub async fn snapshot(&self) -> String {
+        use diesel::sql_types::Text;
+        use mango_callback::db::DbConnection;
+        #[derive(diesel::QueryableByName)]
+        struct Line {
+            #[diesel(sql_type = Text)]
+            v: String,
+        }
+        self.shared
+            .db
+            .run(|c| {
+                let sqlite = matches!(c, DbConnection::Sqlite(_));
+                let tables: Vec<Line> = diesel::sql_query(if sqlite {
+                    "SELECT name AS v FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '__diesel%' ORDER BY name"
+                } else {
+                    "SELECT table_name AS v FROM information_schema.tables \
+                     WHERE table_schema = 'public' AND table_name NOT LIKE '__diesel%' ORDER BY table_name"
+                })
+                .load(c)?;
+                let mut out = String::new();
+                for t in tables.into_iter().map(|l| l.v) {
+                    let columns: Vec<Line> = diesel::sql_query(if sqlite {
+                        format!("SELECT name AS v FROM pragma_table_info('{t}') ORDER BY cid")
+                    } else {
+                        format!(
+                            "SELECT column_name AS v FROM information_schema.columns \
+                             WHERE table_schema = 'public' AND table_name = '{t}' ORDER BY ordinal_position"
+                        )
+                    })
+                    .load(c)?;
+                    let row = columns
+                        .iter()
+                        .map(|l| format!("COALESCE(CAST({} AS TEXT), '-')", l.v))
+                        .collect::<Vec<_>>()
+                        .join(" || '|' || ");
+                    let rows: Vec<Line> =
+                        diesel::sql_query(format!("SELECT {row} AS v FROM {t} ORDER BY 1"))
+                            .load(c)?;
+                    out.push_str(&format!("== {t}\n"));
+                    for r in rows {
+                        out.push_str(&r.v);
+                        out.push('\n');
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .expect("snapshot")
+    }
+}

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod callback;
+mod hostile;
 mod install;
 mod jobs;
 mod security;

@@ -13,7 +13,7 @@ const ABSURD: &str = "99999999999999999";
 
 /// A genuine robot call on `portal` is accepted and, once jobs ran, Mango rang and the business
 /// process got its event: the service is not wedged.
-async fn genuine_robot_call_completes(app: &TestApp, member_id: &str) {
+pub async fn genuine_robot_call_completes(app: &TestApp, member_id: &str) {
     let contact = app
         .b24
         .add_contact(member_id, &[("MOBILE", "+7 900 555-01-02")]);
