@@ -117,6 +117,26 @@ async fn debug_prints_of_structs_that_hold_secrets_show_none_of_them(backend: Ba
     ])
     .expect("parses");
     assert_no_secret("Cli", &format!("{cli:?}"));
+    let cli = mango_callback::config::Cli::try_parse_from([
+        "mango-callback",
+        "rotate-key",
+        "--old-key",
+        SECRETS[4],
+    ])
+    .expect("parses");
+    assert_no_secret("Cli rotate-key", &format!("{cli:?}"));
+    let mut settings = Settings::for_local("sqlite://x.db", "http://o", "http://m");
+    settings.b24_client_secret = Some(SECRETS[4].into());
+    let printed = format!("{settings:?}");
+    assert_no_secret("Settings", &printed);
+    assert!(!printed.contains(LOCAL_SECRET_KEY), "{printed}");
+
+    use mango_callback::http::settings::PageToken;
+    let cipher = Cipher::new(&SecretKey::generate());
+    let token = PageToken::new("m1", 1, true, 0);
+    let encoded = token.encode(&cipher);
+    let mac = encoded.rsplit('.').next().expect("mac");
+    assert!(!format!("{token:?}").contains(mac));
 
     // What the database gives back: sealed values are not shown either, not even sealed.
     let app = spawn_app(backend).await;
