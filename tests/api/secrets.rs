@@ -411,3 +411,55 @@ on_both_backends!(
     values_sealed_before_binding_are_rebound_at_start_and_keep_working,
     values_sealed_before_binding_are_rebound_at_start_and_keep_working
 );
+
+async fn rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alpha = app.installed_portal("moved-from").await;
+    let beta = app.installed_portal("moved-to").await;
+    let (from, to) = (alpha.member_id.clone(), beta.member_id.clone());
+    app.shared
+        .db
+        .run(move |c| {
+            use diesel::prelude::*;
+            use mango_callback::db::schema::portal_settings;
+            let salt: Option<String> = portal_settings::table
+                .find(&from)
+                .select(portal_settings::mango_api_salt)
+                .first(c)?;
+            Ok(diesel::update(portal_settings::table.find(&to))
+                .set(portal_settings::mango_api_salt.eq(salt))
+                .execute(c)?)
+        })
+        .await
+        .expect("moved");
+    let before = sealed_values(&app).await;
+    let (old, new) = (
+        app.shared.cipher.clone(),
+        Cipher::new(&SecretKey::generate()),
+    );
+    let refused = app
+        .shared
+        .db
+        .run(move |c| Ok(mango_callback::portal::reseal::rotate(c, &old, &new)))
+        .await
+        .expect("db")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        refused
+            .starts_with("1 stored value(s) do not open with the old key, so nothing was changed"),
+        "{refused}"
+    );
+    assert!(
+        refused.ends_with(&format!(
+            "portal_settings.mango_api_salt of portal {}",
+            beta.member_id
+        )),
+        "{refused}"
+    );
+    assert_eq!(sealed_values(&app).await, before, "nothing changed");
+}
+on_both_backends!(
+    rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing,
+    rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing
+);
