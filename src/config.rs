@@ -353,7 +353,8 @@ fn generated_secret_key(database_url: &str) -> Result<SecretKey, String> {
 /// `Ok(None)` only when the file does not exist.
 fn read_key_file(file: &Path) -> Result<Option<SecretKey>, String> {
     match std::fs::read_to_string(file) {
-        Ok(text) => SecretKey::parse(&text).map(Some).map_err(|e| {
+        // Trimmed: the file ends with a newline, and the code before #8 read it trimmed too.
+        Ok(text) => SecretKey::parse(text.trim()).map(Some).map_err(|e| {
             format!(
                 "not set, and {} holds no valid key ({e}); restore the file from a backup (it is never replaced: stored tokens need it)",
                 file.display()

@@ -47,7 +47,8 @@ pub enum CryptoError {
 pub struct SecretKey {
     /// Decoded key material: what the `v2:` sealing key and the page-token key come from.
     material: Vec<u8>,
-    /// The text as configured: `v1:` values were sealed under a hash of it.
+    /// The text exactly as configured (untrimmed, as the code before #8 used it): `v1:` values
+    /// were sealed under a hash of it.
     text: String,
 }
 
@@ -60,8 +61,8 @@ impl std::fmt::Debug for SecretKey {
 impl SecretKey {
     /// Reads a key given as hex (64+ characters) or base64 (standard or URL-safe, padded or
     /// not). Surrounding whitespace is ignored. The error never repeats the key.
-    pub fn parse(text: &str) -> Result<SecretKey, String> {
-        let text = text.trim();
+    pub fn parse(configured: &str) -> Result<SecretKey, String> {
+        let text = configured.trim();
         // Hex first: a hex string is also valid base64, and whoever typed 64 hex digits meant hex.
         let looks_hex = !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
         let material = if looks_hex {
@@ -84,21 +85,20 @@ impl SecretKey {
         }
         Ok(SecretKey {
             material,
-            text: text.to_owned(),
+            text: configured.to_owned(),
         })
     }
 
     /// A key from before #8, for `rotate-key --old-key` only: such a key may be any text, and
     /// only `v1:` values can have been sealed with it. A valid key is read as [`SecretKey::parse`]
     /// reads it.
-    pub fn parse_old(text: &str) -> Result<SecretKey, String> {
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
+    pub fn parse_old(configured: &str) -> Result<SecretKey, String> {
+        if configured.trim().is_empty() {
             return Err("the old key is empty".into());
         }
-        Ok(SecretKey::parse(trimmed).unwrap_or_else(|_| SecretKey {
-            material: trimmed.as_bytes().to_vec(),
-            text: trimmed.to_owned(),
+        Ok(SecretKey::parse(configured).unwrap_or_else(|_| SecretKey {
+            material: configured.as_bytes().to_vec(),
+            text: configured.to_owned(),
         }))
     }
 
@@ -112,7 +112,8 @@ impl SecretKey {
         }
     }
 
-    /// The key as text, for writing the generated key file.
+    /// The key as text, for writing the generated key file (and reading it back, trimmed, as
+    /// the code before #8 read it).
     pub fn expose_text(&self) -> &str {
         &self.text
     }
