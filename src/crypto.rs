@@ -117,11 +117,6 @@ impl SecretKey {
     pub fn expose_text(&self) -> &str {
         &self.text
     }
-
-    /// Whether two keys are the same material (constant time).
-    pub fn same_as(&self, other: &SecretKey) -> bool {
-        constant_time_eq(&self.material, &other.material)
-    }
 }
 
 /// A column that holds sealed values. Each has one [`Slot`] constructor; the table and column
