@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::crypto::SecretKey;
+
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mango-callback.db";
 
 /// Command line: every setting is also an environment variable (shown by `--help`).
@@ -39,6 +41,38 @@ pub enum Command {
         #[arg(long)]
         exit: bool,
     },
+    /// Re-seal every stored secret under a new key, in one transaction: stop every instance,
+    /// set APP_SECRET_KEY to the new key, give the old one, run this, start with the new key.
+    RotateKey {
+        /// The key the stored values are sealed with now (prefer the environment variable: a
+        /// flag shows in the process list). Any text from before keys were checked is accepted.
+        #[arg(long, env = "APP_OLD_SECRET_KEY", hide_env_values = true)]
+        old_key: Option<SecretArg>,
+    },
+}
+
+/// A secret given on the command line or in the environment: `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretArg(pub String);
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretArg(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl SecretArg {
+    /// The value, or `None` when it is empty (an empty variable counts as unset).
+    fn non_empty(self) -> Option<String> {
+        Some(self.0).filter(|s| !s.is_empty())
+    }
 }
 
 /// Raw settings as given; [`Settings::from_args`] checks them.
@@ -58,7 +92,7 @@ pub struct SettingsArgs {
     pub b24_client_id: Option<String>,
     /// Application client_secret from the Bitrix24 app card.
     #[arg(long, env = "B24_CLIENT_SECRET", hide_env_values = true)]
-    pub b24_client_secret: Option<String>,
+    pub b24_client_secret: Option<SecretArg>,
     /// Bitrix24 OAuth server (token refresh and app.info verification).
     #[arg(
         long,
@@ -73,9 +107,10 @@ pub struct SettingsArgs {
         default_value = "https://app.mango-office.ru/vpbx/"
     )]
     pub mango_api_url: String,
-    /// Encrypts stored secrets and signs page tokens; generated into the data folder when unset on SQLite.
+    /// Encrypts stored secrets and signs page tokens: at least 32 random bytes as hex or base64
+    /// (`openssl rand -hex 32`); generated into the data folder when unset on SQLite.
     #[arg(long, env = "APP_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    pub secret_key: Option<SecretArg>,
     /// How many jobs one instance runs at once.
     #[arg(long, env = "APP_JOB_CONCURRENCY", default_value_t = 4)]
     pub job_concurrency: usize,
@@ -89,6 +124,10 @@ pub struct SettingsArgs {
     #[arg(long, env = "APP_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
 }
+
+/// The key of [`Settings::for_local`]: public, so good for tests only.
+pub const LOCAL_SECRET_KEY: &str =
+    "6c6f63616c2d746573742d7365637265742d6b65792d30313233343536373839";
 
 /// Checked settings, the one configuration value of a running app.
 #[derive(Clone)]
@@ -104,7 +143,7 @@ pub struct Settings {
     pub b24_oauth_url: String,
     /// With a trailing slash, so that `{base}commands/callback_group` works.
     pub mango_api_url: String,
-    pub secret_key: String,
+    pub secret_key: SecretKey,
     pub job_concurrency: usize,
     pub db_pool_size: u32,
     pub b24_requests_per_second: f64,
@@ -202,9 +241,13 @@ impl Settings {
                 "expected sqlite://path/file.db or postgres://user@host/db",
             ));
         }
-        let secret_key = match a.secret_key.filter(|s| !s.is_empty()) {
-            Some(k) if k.len() < 16 => return Err(bad("APP_SECRET_KEY", "must be at least 16 characters")),
-            Some(k) => k,
+        let secret_key = match a.secret_key.and_then(SecretArg::non_empty) {
+            Some(k) => SecretKey::parse(&k).map_err(|e| {
+                bad(
+                    "APP_SECRET_KEY",
+                    format!("{e} (to replace a key already in use: `mango-callback rotate-key --help`)"),
+                )
+            })?,
             None if crate::db::Backend::of_url(&db) == crate::db::Backend::Sqlite => {
                 generated_secret_key(&db).map_err(|e| bad("APP_SECRET_KEY", e))?
             }
@@ -233,7 +276,7 @@ impl Settings {
             public_url_explicit,
             database_url: db,
             b24_client_id: a.b24_client_id.filter(|s| !s.is_empty()),
-            b24_client_secret: a.b24_client_secret.filter(|s| !s.is_empty()),
+            b24_client_secret: a.b24_client_secret.and_then(SecretArg::non_empty),
             b24_oauth_url: oauth.as_str().trim_end_matches('/').to_owned(),
             mango_api_url,
             secret_key,
@@ -245,6 +288,7 @@ impl Settings {
     }
 
     /// Settings for tests and the sandbox: everything explicit, nothing read from the environment.
+    /// Every call gets the same [`LOCAL_SECRET_KEY`], so two instances share one database.
     pub fn for_local(database_url: &str, oauth_url: &str, mango_url: &str) -> Settings {
         Settings {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -256,7 +300,8 @@ impl Settings {
             b24_client_secret: Some(crate::sandbox::bitrix::SANDBOX_CLIENT_SECRET.into()),
             b24_oauth_url: oauth_url.trim_end_matches('/').into(),
             mango_api_url: format!("{}/", mango_url.trim_end_matches('/')),
-            secret_key: "local-test-secret-key-0123456789".into(),
+            secret_key: SecretKey::parse(LOCAL_SECRET_KEY)
+                .unwrap_or_else(|e| unreachable!("the local key is valid: {e}")),
             job_concurrency: 4,
             db_pool_size: 8,
             b24_requests_per_second: 2.0,
@@ -265,8 +310,8 @@ impl Settings {
     }
 }
 
-/// Reads, or creates with 0600 permissions, `secret.key` beside the SQLite database file.
-fn generated_secret_key(database_url: &str) -> Result<String, String> {
+/// The generated key file of a SQLite database: `secret.key` in the database's folder.
+pub fn key_file_path(database_url: &str) -> PathBuf {
     let path = database_url
         .strip_prefix("sqlite://")
         .unwrap_or(database_url);
@@ -274,36 +319,218 @@ fn generated_secret_key(database_url: &str) -> Result<String, String> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let file: PathBuf = dir.join("secret.key");
-    if let Ok(k) = std::fs::read_to_string(&file) {
-        let k = k.trim().to_owned();
-        if k.len() >= 16 {
-            return Ok(k);
+    dir.join("secret.key")
+}
+
+/// Reads `secret.key` beside the SQLite database file, or creates it (0600) on first start.
+///
+/// An existing file is never replaced: if it cannot be read or holds no valid key, start-up
+/// stops. Replacing it would make every stored token unreadable without a word, and a file
+/// that is there but unreadable usually means wrong permissions or a damaged volume, which a
+/// person must look at.
+fn generated_secret_key(database_url: &str) -> Result<SecretKey, String> {
+    let file = key_file_path(database_url);
+    if let Some(key) = read_key_file(&file)? {
+        return Ok(key);
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let key = SecretKey::generate();
+    match create_private(&file, key.expose_text()) {
+        Ok(()) => {
+            tracing::warn!(path = %file.display(), "APP_SECRET_KEY is not set: generated one into {} (keep it: stored tokens cannot be read without it)", file.display());
+            Ok(key)
+        }
+        // Another process starting at the same moment wrote its key first: use that one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key_file(&file)?
+            .ok_or_else(|| format!("{} vanished while starting", file.display())),
+        Err(e) => Err(format!("cannot write {}: {e}", file.display())),
+    }
+}
+
+/// `Ok(None)` only when the file does not exist.
+fn read_key_file(file: &Path) -> Result<Option<SecretKey>, String> {
+    match std::fs::read_to_string(file) {
+        // Trimmed: the file ends with a newline, and the code before #8 read it trimmed too.
+        Ok(text) => SecretKey::parse(text.trim()).map(Some).map_err(|e| {
+            format!(
+                "not set, and {} holds no valid key ({e}); restore the file from a backup (it is never replaced: stored tokens need it)",
+                file.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "not set, and {} cannot be read ({e}); fix the file (it is never replaced: stored tokens need it)",
+            file.display()
+        )),
+    }
+}
+
+/// Creates `path` with `content` only if it does not exist yet, as one atomic step.
+///
+/// The key is written to a private temporary file (`create_new`, 0600) and published with a
+/// hard link, which fails if `path` exists. So a second process either sees no file or the
+/// complete key, never a half-written one, and nobody overwrites anybody's key.
+fn create_private(path: &Path, content: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("key.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = write_new_private(&tmp, content).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match result {
+        // No hard links on this filesystem: create the file itself, still never overwriting.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => write_new_private(path, content),
+        other => other,
+    }
+}
+
+fn write_new_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args_with_key(key: &str) -> SettingsArgs {
+        Cli::try_parse_from([
+            "mango-callback",
+            "--database-url",
+            "postgres://app@db.example/app",
+            "--secret-key",
+            key,
+        ])
+        .expect("parses")
+        .settings
+    }
+
+    #[test]
+    fn a_weak_or_malformed_app_secret_key_is_refused_in_one_line_naming_the_variable() {
+        let weak = [
+            "short".to_owned(),
+            "correct horse battery staple, long enough to pass".to_owned(),
+            "ab".repeat(31), // 31 bytes of hex
+            "x".repeat(40),  // base64 for 30 bytes
+            "0".repeat(64),  // 32 bytes, but all zero
+            "local-test-secret-key-0123456789".to_owned(),
+        ];
+        for key in &weak {
+            let err = Settings::from_args(args_with_key(key))
+                .err()
+                .unwrap_or_else(|| panic!("{key:?} was accepted"))
+                .to_string();
+            assert!(
+                err.starts_with("APP_SECRET_KEY: expected at least 32 random bytes"),
+                "{err}"
+            );
+            assert!(err.contains("openssl rand -hex 32"), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            assert!(!err.contains(key.as_str()), "the key is not echoed: {err}");
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
-    let key = hex::encode(bytes);
-    write_private(&file, &key).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    tracing::warn!(path = %file.display(), "APP_SECRET_KEY is not set: generated one into {} (keep it: stored tokens cannot be read without it)", file.display());
-    Ok(key)
-}
 
-#[cfg(unix)]
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(content.as_bytes())
-}
+    #[test]
+    fn hex_and_base64_keys_of_32_random_bytes_are_accepted() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine as _;
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        for key in [
+            hex::encode(bytes),
+            hex::encode_upper(bytes),
+            STANDARD.encode(bytes),
+            URL_SAFE_NO_PAD.encode(bytes),
+            format!("  {}\n", hex::encode([bytes, bytes].concat())),
+        ] {
+            assert!(
+                Settings::from_args(args_with_key(&key)).is_ok(),
+                "{key:?} refused"
+            );
+        }
+    }
 
-#[cfg(not(unix))]
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    std::fs::write(path, content)
+    fn sqlite_url(dir: &Path) -> String {
+        format!("sqlite://{}", dir.join("app.db").display())
+    }
+
+    #[test]
+    fn a_generated_key_file_is_private_and_kept_across_starts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = sqlite_url(dir.path());
+        let first = generated_secret_key(&url).expect("generated");
+        let file = dir.path().join("secret.key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).expect("file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let second = generated_secret_key(&url).expect("read back");
+        assert_eq!(first.expose_text(), second.expose_text());
+    }
+
+    #[test]
+    fn processes_starting_at_once_end_up_with_one_generated_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = sqlite_url(dir.path());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(12));
+        let keys: Vec<String> = (0..12)
+            .map(|_| {
+                let (url, barrier) = (url.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    generated_secret_key(&url)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .expect("thread")
+                    .expect("key")
+                    .expose_text()
+                    .to_owned()
+            })
+            .collect();
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        let on_disk = std::fs::read_to_string(dir.path().join("secret.key")).expect("file");
+        assert_eq!(on_disk.trim(), keys[0]);
+    }
+
+    #[test]
+    fn a_malformed_key_file_stops_the_app_and_is_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("secret.key");
+        std::fs::write(&file, "too short\n").expect("written");
+        let err = generated_secret_key(&sqlite_url(dir.path())).expect_err("refused");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).expect("file"), "too short\n");
+    }
+
+    #[test]
+    fn an_unreadable_key_file_stops_the_app_and_is_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("secret.key");
+        let garbage = [0xffu8, 0xfe, 0x00, 0x80, 0x81];
+        std::fs::write(&file, garbage).expect("written");
+        let err = generated_secret_key(&sqlite_url(dir.path())).expect_err("refused");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&file).expect("file"), garbage);
+        // A folder where the file should be cannot be read either.
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("secret.key")).expect("folder");
+        assert!(generated_secret_key(&sqlite_url(dir.path())).is_err());
+    }
 }

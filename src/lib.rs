@@ -7,11 +7,13 @@
 //! - [`config`]: typed settings from environment variables.
 //! - [`context`]: shared state and the per-thread HTTP clients handlers and jobs use.
 //! - [`clock`]: "now", movable by tests instead of sleeping.
-//! - [`crypto`]: secrets sealed at rest, signed page tokens, constant-time comparison.
+//! - [`crypto`]: secrets sealed at rest (bound to their table, column and portal), the checked
+//!   `APP_SECRET_KEY`, signed page tokens, constant-time comparison.
 //! - [`error`]: HTTP-facing errors.
 //! - [`db`]: one diesel connection type over SQLite and PostgreSQL, pool, migrations.
 //! - [`jobs`]: the durable job queue (outbox) and its worker.
-//! - [`portal`]: the tenant — one Bitrix24 portal, its tokens and settings.
+//! - [`portal`]: the tenant — one Bitrix24 portal, its tokens and settings; re-sealing them
+//!   (`rotate-key`).
 //! - [`bitrix`]: outbound Bitrix24 REST and OAuth client.
 //! - [`mango`]: outbound Mango Office VPBX client and request signing.
 //! - [`phone`]: client phone numbers normalised for Mango.

@@ -23,6 +23,7 @@ async fn main() -> std::process::ExitCode {
             mango_port,
             exit,
         } => mango_callback::sandbox::demo::run(cli.settings, bitrix_port, mango_port, exit).await,
+        Command::RotateKey { old_key } => rotate_key(cli.settings, old_key).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -31,6 +32,15 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn rotate_key(
+    args: mango_callback::config::SettingsArgs,
+    old_key: Option<mango_callback::config::SecretArg>,
+) -> anyhow::Result<()> {
+    let counts = mango_callback::portal::reseal::rotate_key_command(args, old_key).await?;
+    println!("rotate-key: re-sealed {counts} under the new key in one transaction; start every instance with the new APP_SECRET_KEY");
+    Ok(())
 }
 
 async fn serve(args: mango_callback::config::SettingsArgs) -> anyhow::Result<()> {

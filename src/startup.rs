@@ -54,6 +54,7 @@ impl Application {
             settings.public_url = format!("http://{}:{port}", settings.bind.ip());
         }
         let shared = Shared::new(settings, db, opts.clock.clone());
+        crate::portal::reseal::upgrade_at_start(&shared.db, &shared.cipher).await?;
         let server_shared = shared.clone();
         let server = HttpServer::new(move || {
             // One Context (and awc client) per worker thread: awc's client is !Send.

@@ -95,7 +95,12 @@ impl BitrixClient {
         let access_token = p
             .access_token
             .as_deref()
-            .and_then(|t| self.shared.cipher.open(t).ok())
+            .and_then(|t| {
+                self.shared
+                    .cipher
+                    .open(crate::crypto::Slot::access_token(member_id), t)
+                    .ok()
+            })
             .ok_or_else(|| BitrixError::NeedsReauth {
                 member_id: member_id.to_owned(),
                 detail: "no readable access token stored".into(),
@@ -410,7 +415,11 @@ impl BitrixClient {
     ) -> Result<(), BitrixError> {
         let s = &self.shared;
         let holder = s.instance_id.clone();
-        let refresh_token = sealed_refresh.and_then(|t| s.cipher.open(t).ok());
+        let refresh_token = sealed_refresh.and_then(|t| {
+            s.cipher
+                .open(crate::crypto::Slot::refresh_token(member_id), t)
+                .ok()
+        });
         let result = match refresh_token {
             Some(rt) => {
                 oauth::refresh(

@@ -88,14 +88,26 @@ type B24OAuthClient = Client<
     EndpointSet,
 >;
 
-/// A fresh token pair.
-#[derive(Debug, Clone)]
+/// A fresh token pair. `Debug` hides the tokens.
+#[derive(Clone)]
 pub struct NewTokens {
     pub access_token: String,
     pub refresh_token: String,
     pub expires_in: u64,
     pub client_endpoint: Option<String>,
     pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for NewTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewTokens")
+            .field("access_token", &format_args!("<redacted>"))
+            .field("refresh_token", &format_args!("<redacted>"))
+            .field("expires_in", &self.expires_in)
+            .field("client_endpoint", &self.client_endpoint)
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

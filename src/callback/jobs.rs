@@ -240,10 +240,10 @@ impl PlaceCall {
         };
         let creds = match (
             &settings.mango_api_key,
-            settings
-                .mango_api_salt
-                .as_deref()
-                .map(|s| ctx.shared.cipher.open(s)),
+            settings.mango_api_salt.as_deref().map(|s| {
+                let slot = crate::crypto::Slot::mango_api_salt(&settings.member_id);
+                ctx.shared.cipher.open(slot, s)
+            }),
         ) {
             (Some(key), Some(Ok(salt))) if !key.is_empty() && !salt.is_empty() => Credentials {
                 api_key: key.clone(),

@@ -487,10 +487,12 @@ fn credentials(
 ) -> Result<(Credentials, bool), String> {
     let stored_key = stored.mango_api_key.as_deref().unwrap_or("");
     let key = if key.is_empty() { stored_key } else { key };
-    let stored_salt = stored
-        .mango_api_salt
-        .as_deref()
-        .and_then(|s| ctx.shared.cipher.open(s).ok());
+    let stored_salt = stored.mango_api_salt.as_deref().and_then(|s| {
+        ctx.shared
+            .cipher
+            .open(crate::crypto::Slot::mango_api_salt(&stored.member_id), s)
+            .ok()
+    });
     let (salt, salt_is_stored) = match (salt.is_empty(), stored_salt) {
         (false, _) => (salt.to_owned(), false),
         (true, Some(s)) => (s, true),

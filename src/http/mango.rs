@@ -62,10 +62,11 @@ pub async fn receive(
     let verified: Vec<String> = candidates
         .into_iter()
         .filter(|s| {
-            let salt = s
-                .mango_api_salt
-                .as_deref()
-                .and_then(|x| cipher.open(x).ok());
+            let salt = s.mango_api_salt.as_deref().and_then(|x| {
+                cipher
+                    .open(crate::crypto::Slot::mango_api_salt(&s.member_id), x)
+                    .ok()
+            });
             salt.is_some_and(|salt| {
                 crate::mango::verify(
                     &Credentials {

@@ -93,8 +93,9 @@ pub fn parse_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
         .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))
 }
 
-/// The `auth[...]` block of events and robot calls (all strings; most optional).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `auth[...]` block of events and robot calls (all strings; most optional). `Debug` hides
+/// the tokens.
+#[derive(Clone, Default, Deserialize)]
 pub struct AuthBlock {
     pub member_id: Option<String>,
     pub application_token: Option<String>,
@@ -128,6 +129,25 @@ pub fn token_lifetime(field: &str, raw: Option<&str>) -> Result<Option<i64>, App
                 crate::portal::TOKEN_LIFETIME_SECS.end()
             ))
         })
+}
+
+impl std::fmt::Debug for AuthBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::crypto::Redacted;
+        f.debug_struct("AuthBlock")
+            .field("member_id", &self.member_id)
+            .field("application_token", &Redacted(&self.application_token))
+            .field("access_token", &Redacted(&self.access_token))
+            .field("refresh_token", &Redacted(&self.refresh_token))
+            .field("expires_in", &self.expires_in)
+            .field("domain", &self.domain)
+            .field("client_endpoint", &self.client_endpoint)
+            .field("server_endpoint", &self.server_endpoint)
+            .field("scope", &self.scope)
+            .field("status", &self.status)
+            .field("user_id", &self.user_id)
+            .finish()
+    }
 }
 
 impl AuthBlock {
@@ -167,10 +187,11 @@ pub fn application_token_matches(
     portal: &crate::portal::Portal,
     presented: Option<&str>,
 ) -> bool {
-    let stored = portal
-        .application_token
-        .as_deref()
-        .and_then(|t| cipher.open(t).ok());
+    let stored = portal.application_token.as_deref().and_then(|t| {
+        cipher
+            .open(crate::crypto::Slot::application_token(&portal.member_id), t)
+            .ok()
+    });
     match (stored, presented) {
         (Some(s), Some(p)) if !p.is_empty() => {
             crate::crypto::constant_time_eq(s.as_bytes(), p.as_bytes())

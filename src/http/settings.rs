@@ -345,7 +345,8 @@ impl ValidSettings {
         }
         stored.mango_api_key = Some(self.mango_api_key);
         if let Some(salt) = &self.new_salt {
-            stored.mango_api_salt = Some(cipher.seal(salt));
+            let slot = crate::crypto::Slot::mango_api_salt(&stored.member_id);
+            stored.mango_api_salt = Some(cipher.seal(slot, salt));
         }
         stored.line_number = self.line_number;
         stored.trainee_extension = self.trainee_extension;
@@ -378,7 +379,7 @@ mod tests {
 
     #[test]
     fn page_token_round_trips_and_refuses_tampering_and_expiry() {
-        let c = Cipher::new("secret-key-0123456789");
+        let c = Cipher::new(&crate::crypto::SecretKey::generate());
         let t = PageToken::new("abc123", 7, true, 1000);
         let raw = t.encode(&c);
         assert_eq!(PageToken::decode(&c, &raw, 1001), Ok(t.clone()));
@@ -389,7 +390,7 @@ mod tests {
             PageToken::decode(&c, &forged, 1001),
             Err(PageTokenError::Invalid)
         );
-        let other_key = Cipher::new("another-secret-0123456789");
+        let other_key = Cipher::new(&crate::crypto::SecretKey::generate());
         assert_eq!(
             PageToken::decode(&other_key, &raw, 1001),
             Err(PageTokenError::Invalid)
@@ -414,7 +415,7 @@ mod tests {
         assert_eq!(e.names(), vec!["mango_api_salt"]);
         let v = validate(&good(), "salt1", &stored(), Lang::En).expect("valid");
         assert_eq!(v.trainee_extension, "002");
-        let c = Cipher::new("secret-key-0123456789");
+        let c = Cipher::new(&crate::crypto::SecretKey::generate());
         let saved = v.apply(stored(), &c, chrono::NaiveDateTime::default());
         assert!(validate(&good(), "", &saved, Lang::En).is_ok());
     }

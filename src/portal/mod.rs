@@ -1,6 +1,7 @@
 //! The tenant: one Bitrix24 portal keyed by `member_id`, its sealed tokens and its settings.
 
 pub mod jobs;
+pub mod reseal;
 pub mod store;
 
 use chrono::NaiveDateTime;
@@ -19,8 +20,9 @@ pub fn token_expiry(now: NaiveDateTime, lifetime_secs: i64) -> NaiveDateTime {
         .unwrap_or(now)
 }
 
-/// A stored portal. Token columns are sealed; open them with [`crate::crypto::Cipher`].
-#[derive(Debug, Clone, Queryable, Selectable)]
+/// A stored portal. Token columns are sealed; open them with [`crate::crypto::Cipher`] and the
+/// matching [`crate::crypto::Slot`]. `Debug` hides them, sealed or not.
+#[derive(Clone, Queryable, Selectable)]
 #[diesel(table_name = portals)]
 pub struct Portal {
     pub member_id: String,
@@ -45,6 +47,34 @@ pub struct Portal {
     pub updated_at: NaiveDateTime,
 }
 
+impl std::fmt::Debug for Portal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::crypto::Redacted;
+        f.debug_struct("Portal")
+            .field("member_id", &self.member_id)
+            .field("domain", &self.domain)
+            .field("client_endpoint", &self.client_endpoint)
+            .field("server_endpoint", &self.server_endpoint)
+            .field("access_token", &Redacted(&self.access_token))
+            .field("refresh_token", &Redacted(&self.refresh_token))
+            .field("application_token", &Redacted(&self.application_token))
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .field("status", &self.status)
+            .field("lang", &self.lang)
+            .field("installed", &self.installed)
+            .field("needs_reauth", &self.needs_reauth)
+            .field("uninstalled_at", &self.uninstalled_at)
+            .field("token_version", &self.token_version)
+            .field("refresh_lock_until", &self.refresh_lock_until)
+            .field("refresh_lock_by", &self.refresh_lock_by)
+            .field("refreshed_at", &self.refreshed_at)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Portal {
     /// Usable for robot calls and events: installed and not uninstalled since.
     pub fn is_active(&self) -> bool {
@@ -52,8 +82,9 @@ impl Portal {
     }
 }
 
-/// Per-portal settings edited on the settings page. `mango_api_salt` is sealed.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+/// Per-portal settings edited on the settings page. `mango_api_salt` is sealed, and hidden by
+/// `Debug`.
+#[derive(Clone, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = portal_settings)]
 #[diesel(treat_none_as_null = true)]
 pub struct PortalSettings {
@@ -68,6 +99,27 @@ pub struct PortalSettings {
     pub mango_last_error: Option<String>,
     pub mango_checked_at: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+}
+
+impl std::fmt::Debug for PortalSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortalSettings")
+            .field("member_id", &self.member_id)
+            .field("mango_api_key", &self.mango_api_key)
+            .field(
+                "mango_api_salt",
+                &crate::crypto::Redacted(&self.mango_api_salt),
+            )
+            .field("line_number", &self.line_number)
+            .field("trainee_extension", &self.trainee_extension)
+            .field("experienced_extension", &self.experienced_extension)
+            .field("duplicate_window_minutes", &self.duplicate_window_minutes)
+            .field("contact_wait_seconds", &self.contact_wait_seconds)
+            .field("mango_last_error", &self.mango_last_error)
+            .field("mango_checked_at", &self.mango_checked_at)
+            .field("updated_at", &self.updated_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PortalSettings {

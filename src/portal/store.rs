@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::{Portal, PortalSettings};
-use crate::crypto::Cipher;
+use crate::crypto::{Cipher, Slot};
 use crate::db::schema::{callbacks, deals, jobs, portal_settings, portals};
 use crate::db::{insert_if_absent, DbConnection};
 
@@ -16,8 +16,9 @@ pub fn find(conn: &mut DbConnection, member_id: &str) -> QueryResult<Option<Port
         .optional()
 }
 
-/// Verified facts and tokens from an installer POST, ONAPPINSTALL or ONAPPUPDATE.
-#[derive(Debug, Clone)]
+/// Verified facts and tokens from an installer POST, ONAPPINSTALL or ONAPPUPDATE. `Debug` hides
+/// the tokens.
+#[derive(Clone)]
 pub struct InstallData {
     pub member_id: String,
     pub domain: String,
@@ -31,6 +32,25 @@ pub struct InstallData {
     pub scope: String,
     pub status: String,
     pub lang: Option<String>,
+}
+
+impl std::fmt::Debug for InstallData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::crypto::Redacted;
+        f.debug_struct("InstallData")
+            .field("member_id", &self.member_id)
+            .field("domain", &self.domain)
+            .field("client_endpoint", &self.client_endpoint)
+            .field("server_endpoint", &self.server_endpoint)
+            .field("access_token", &Redacted(&self.access_token))
+            .field("refresh_token", &Redacted(&self.refresh_token))
+            .field("expires_in", &self.expires_in)
+            .field("application_token", &Redacted(&self.application_token))
+            .field("scope", &self.scope)
+            .field("status", &self.status)
+            .field("lang", &self.lang)
+            .finish()
+    }
 }
 
 /// The columns a repeated install changes.
@@ -65,9 +85,17 @@ pub fn upsert_installed(
                 portals::domain.eq(&d.domain),
                 portals::client_endpoint.eq(&d.client_endpoint),
                 portals::server_endpoint.eq(&d.server_endpoint),
-                portals::access_token.eq(cipher.seal_opt(d.access_token.as_deref())),
-                portals::refresh_token.eq(cipher.seal_opt(d.refresh_token.as_deref())),
-                portals::application_token.eq(cipher.seal_opt(d.application_token.as_deref())),
+                portals::access_token
+                    .eq(cipher
+                        .seal_opt(Slot::access_token(&d.member_id), d.access_token.as_deref())),
+                portals::refresh_token.eq(cipher.seal_opt(
+                    Slot::refresh_token(&d.member_id),
+                    d.refresh_token.as_deref(),
+                )),
+                portals::application_token.eq(cipher.seal_opt(
+                    Slot::application_token(&d.member_id),
+                    d.application_token.as_deref(),
+                )),
                 portals::expires_at.eq(expires_at),
                 portals::scope.eq(&d.scope),
                 portals::status.eq(&d.status),
@@ -94,7 +122,10 @@ pub fn upsert_installed(
             scope: &d.scope,
             status: &d.status,
             lang: d.lang.as_deref(),
-            application_token: d.application_token.as_deref().map(|t| cipher.seal(t)),
+            application_token: cipher.seal_opt(
+                Slot::application_token(&d.member_id),
+                d.application_token.as_deref(),
+            ),
             installed: true,
             uninstalled_at: Some(None),
             updated_at: now,
@@ -127,7 +158,7 @@ pub fn store_tokens(
 ) -> QueryResult<usize> {
     diesel::update(portals::table.find(member_id))
         .set((
-            TokenChange::new(cipher, access, refresh, expires_in, now),
+            TokenChange::new(cipher, member_id, access, refresh, expires_in, now),
             portals::token_version.eq(portals::token_version + 1),
         ))
         .execute(conn)
@@ -150,14 +181,15 @@ struct TokenChange {
 impl TokenChange {
     fn new(
         cipher: &Cipher,
+        member_id: &str,
         access: &str,
         refresh: &str,
         expires_in: i64,
         now: NaiveDateTime,
     ) -> TokenChange {
         TokenChange {
-            access_token: Some(cipher.seal(access)),
-            refresh_token: Some(cipher.seal(refresh)),
+            access_token: Some(cipher.seal(Slot::access_token(member_id), access)),
+            refresh_token: Some(cipher.seal(Slot::refresh_token(member_id), refresh)),
             expires_at: Some(super::token_expiry(now, expires_in)),
             needs_reauth: false,
             refreshed_at: Some(now),
@@ -215,7 +247,7 @@ pub fn finish_refresh(
             .filter(portals::refresh_lock_by.eq(holder)),
     )
     .set((
-        TokenChange::new(cipher, access, refresh, expires_in, now),
+        TokenChange::new(cipher, member_id, access, refresh, expires_in, now),
         portals::token_version.eq(version + 1),
     ))
     .execute(conn)?;
@@ -278,7 +310,7 @@ pub fn set_application_token(
 ) -> QueryResult<usize> {
     diesel::update(portals::table.find(member_id))
         .set((
-            portals::application_token.eq(cipher.seal(token)),
+            portals::application_token.eq(cipher.seal(Slot::application_token(member_id), token)),
             portals::updated_at.eq(now),
         ))
         .execute(conn)

@@ -13,6 +13,7 @@
 //! an `.await`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,8 +62,8 @@ impl Default for BitrixSimOptions {
     }
 }
 
-/// A portal created with [`BitrixSim::create_portal`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A portal created with [`BitrixSim::create_portal`]. `Debug` hides the application token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SimPortal {
     /// Stable portal id: 32 lowercase hex characters.
     pub member_id: String,
@@ -78,8 +79,8 @@ pub struct SimPortal {
     pub admin_user_id: u64,
 }
 
-/// A fresh token chain for one user, as the iframe hands it to the app.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A fresh token chain for one user, as the iframe hands it to the app. `Debug` hides the tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UserAuth {
     /// Access token (`AUTH_ID`).
     pub access_token: String,
@@ -90,13 +91,59 @@ pub struct UserAuth {
 }
 
 /// What the user's browser POSTs to the app URL / installer URL when the app opens (§1.2).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` hides the tokens in the form.
+#[derive(Clone, PartialEq, Eq)]
 pub struct IframeRequest {
     /// Query string parameters: `DOMAIN`, `PROTOCOL`, `LANG`, `APP_SID`.
     pub query: Vec<(String, String)>,
     /// Form body: `AUTH_ID`, `AUTH_EXPIRES`, `REFRESH_ID`, `SERVER_ENDPOINT`, `member_id`, `status`,
     /// `PLACEMENT`, `PLACEMENT_OPTIONS`, `APPLICATION_TOKEN`, `APPLICATION_SCOPE`.
     pub form: Vec<(String, String)>,
+}
+
+impl fmt::Debug for SimPortal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimPortal")
+            .field("member_id", &self.member_id)
+            .field("name", &self.name)
+            .field("domain", &self.domain)
+            .field("client_endpoint", &self.client_endpoint)
+            .field("application_token", &format_args!("<redacted>"))
+            .field("admin_user_id", &self.admin_user_id)
+            .finish()
+    }
+}
+
+impl fmt::Debug for UserAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserAuth")
+            .field("access_token", &format_args!("<redacted>"))
+            .field("refresh_token", &format_args!("<redacted>"))
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+impl fmt::Debug for IframeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SECRET_FIELDS: [&str; 3] = ["AUTH_ID", "REFRESH_ID", "APPLICATION_TOKEN"];
+        let form: Vec<(&str, &str)> = self
+            .form
+            .iter()
+            .map(|(k, v)| {
+                let shown = if SECRET_FIELDS.contains(&k.as_str()) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("IframeRequest")
+            .field("query", &self.query)
+            .field("form", &form)
+            .finish()
+    }
 }
 
 impl IframeRequest {

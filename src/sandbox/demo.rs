@@ -49,7 +49,7 @@ pub async fn run(
     args.b24_oauth_url = b24.url();
     args.mango_api_url = mango.api_url();
     args.b24_client_id = Some(SANDBOX_CLIENT_ID.into());
-    args.b24_client_secret = Some(SANDBOX_CLIENT_SECRET.into());
+    args.b24_client_secret = Some(crate::config::SecretArg(SANDBOX_CLIENT_SECRET.into()));
     args.public_url = None;
     let settings = Settings::from_args(args)?;
     let app = Application::build(settings, RunOptions::default()).await?;
@@ -100,7 +100,7 @@ pub async fn run(
         .run(move |c| {
             let mut s = PortalSettings::defaults(&mid, now);
             s.mango_api_key = Some(KEY.into());
-            s.mango_api_salt = Some(cipher.seal(SALT));
+            s.mango_api_salt = Some(cipher.seal(crate::crypto::Slot::mango_api_salt(&mid), SALT));
             s.line_number = LINE.into();
             s.trainee_extension = "002".into();
             s.experienced_extension = "001".into();

@@ -130,6 +130,17 @@ pub async fn spawn_instance(
 ) -> TestApp {
     let mut settings = Settings::for_local(db_url, &b24.url(), &mango.api_url());
     settings.b24_requests_per_second = rate;
+    start_instance(settings, b24, mango, db_guard).await
+}
+
+/// Starts an instance with these settings against the simulators.
+pub async fn start_instance(
+    settings: Settings,
+    b24: &BitrixSim,
+    mango: &MangoSim,
+    db_guard: Option<DatabaseGuard>,
+) -> TestApp {
+    let db_url = settings.database_url.clone();
     let clock = Clock::system();
     let app = Application::build(
         settings,
@@ -152,7 +163,7 @@ pub async fn spawn_instance(
         b24: b24.clone(),
         mango: mango.clone(),
         clock,
-        db_url: db_url.to_owned(),
+        db_url,
         http: awc::Client::default(),
         _db: db_guard,
     }
@@ -213,7 +224,8 @@ impl TestApp {
             .run(move |c| {
                 let mut s = PortalSettings::defaults(&mid, now);
                 s.mango_api_key = Some(MANGO_KEY.into());
-                s.mango_api_salt = Some(cipher.seal(MANGO_SALT));
+                let slot = mango_callback::crypto::Slot::mango_api_salt(&mid);
+                s.mango_api_salt = Some(cipher.seal(slot, MANGO_SALT));
                 s.line_number = LINE.into();
                 s.trainee_extension = TRAINEES.into();
                 s.experienced_extension = EXPERIENCED.into();
@@ -247,22 +259,36 @@ impl TestApp {
             .expect("db")
     }
 
-    /// Every row of every table, as text: what an attacker with the database file would see.
+    /// The text columns of the tables that hold secrets, as stored: what an attacker with the
+    /// database would see. Raw columns, not `Portal`'s `Debug`, which hides them anyway.
     pub async fn dump_text(&self) -> String {
-        let mid = String::new();
         self.shared
             .db
             .run(move |c| {
-                let _ = mid;
                 let jobs = mango_callback::jobs::queue::all(c)?;
                 let mut out = format!("{jobs:?}");
                 use diesel::prelude::*;
                 use mango_callback::db::schema::{portal_settings, portals};
-                let p: Vec<mango_callback::portal::Portal> = portals::table
-                    .select(mango_callback::portal::Portal::as_select())
+                type Text = Option<String>;
+                let p: Vec<(String, String, String, String, Text, Text, Text)> = portals::table
+                    .select((
+                        portals::member_id,
+                        portals::domain,
+                        portals::client_endpoint,
+                        portals::server_endpoint,
+                        portals::access_token,
+                        portals::refresh_token,
+                        portals::application_token,
+                    ))
                     .load(c)?;
-                let s: Vec<PortalSettings> = portal_settings::table
-                    .select(PortalSettings::as_select())
+                let s: Vec<(String, Text, Text, String, Text)> = portal_settings::table
+                    .select((
+                        portal_settings::member_id,
+                        portal_settings::mango_api_key,
+                        portal_settings::mango_api_salt,
+                        portal_settings::line_number,
+                        portal_settings::mango_last_error,
+                    ))
                     .load(c)?;
                 out.push_str(&format!("{p:?}{s:?}"));
                 Ok(out)

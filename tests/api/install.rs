@@ -127,6 +127,10 @@ async fn stored_tokens_and_the_mango_salt_are_not_readable_in_the_database(backe
     let portal = app.installed_portal("sealed").await;
     let dump = app.dump_text().await;
     assert!(
+        dump.contains("v2:"),
+        "the dump sees the sealed columns: {dump}"
+    );
+    assert!(
         !dump.contains(crate::helpers::MANGO_SALT),
         "salt in plain text"
     );
@@ -285,7 +289,10 @@ async fn onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stor
     let stored = app
         .shared
         .cipher
-        .open(row.application_token.as_deref().expect("token"))
+        .open(
+            mango_callback::crypto::Slot::application_token(&portal.member_id),
+            row.application_token.as_deref().expect("token"),
+        )
         .expect("opens");
     assert_eq!(stored, portal.application_token);
     app.drain().await;

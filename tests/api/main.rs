@@ -8,5 +8,6 @@ mod hostile;
 mod install;
 mod jobs;
 mod security;
+mod secrets;
 mod settings;
 mod tokens;

@@ -305,7 +305,14 @@ async fn the_salt_never_appears_in_any_response(backend: Backend) {
     let sealed = s.mango_api_salt.expect("salt");
     assert!(!sealed.contains(new_salt), "stored sealed");
     assert_eq!(
-        app.shared.cipher.open(&sealed).ok().as_deref(),
+        app.shared
+            .cipher
+            .open(
+                mango_callback::crypto::Slot::mango_api_salt(&p.member_id),
+                &sealed
+            )
+            .ok()
+            .as_deref(),
         Some(new_salt)
     );
 }

@@ -85,7 +85,10 @@ async fn a_refused_refresh_token_marks_the_portal_for_re_authorisation(backend: 
     let refresh = app
         .shared
         .cipher
-        .open(row.refresh_token.as_deref().expect("stored"))
+        .open(
+            mango_callback::crypto::Slot::refresh_token(&p.member_id),
+            row.refresh_token.as_deref().expect("stored"),
+        )
         .expect("opens");
     let used = mango_callback::bitrix::oauth::refresh(
         &app.ctx.http,
