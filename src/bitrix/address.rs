@@ -7,6 +7,10 @@
 //! confirmation in `client.rs` is the second, independent gate.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+/// A name that does not resolve quickly is refused rather than holding a job.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether `ip` is a public unicast address.
 pub fn is_public_ip(ip: IpAddr) -> bool {
@@ -82,11 +86,14 @@ pub async fn check_peer(url: &url::Url, allow_private: bool) -> Result<(), Strin
     let addresses: Vec<IpAddr> = match url.host() {
         Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
         Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
-        Some(url::Host::Domain(name)) => tokio::net::lookup_host((name, port))
-            .await
-            .map_err(|e| format!("{name} does not resolve: {e}"))?
-            .map(|sa| sa.ip())
-            .collect(),
+        Some(url::Host::Domain(name)) => {
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
+                .await
+                .map_err(|_| format!("{name} did not resolve within {RESOLVE_TIMEOUT:?}"))?
+                .map_err(|e| format!("{name} does not resolve: {e}"))?
+                .map(|sa| sa.ip())
+                .collect()
+        }
         None => return Err("the URL has no host".into()),
     };
     if addresses.is_empty() {
