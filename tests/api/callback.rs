@@ -736,3 +736,73 @@ on_both_backends!(
     mango_results_are_verified_and_recorded_on_their_callback,
     mango_results_are_verified_and_recorded_on_their_callback
 );
+
+async fn the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal(
+    backend: Backend,
+) {
+    use diesel::prelude::*;
+    use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+    use mango_callback::db::DbConnection;
+    const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+    const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+    let (url, _guard) = crate::helpers::fresh_database(backend);
+    let mut conn = match backend {
+        Backend::Sqlite => DbConnection::Sqlite(
+            SqliteConnection::establish(url.trim_start_matches("sqlite://")).expect("sqlite"),
+        ),
+        Backend::Postgres => DbConnection::Postgres(PgConnection::establish(&url).expect("pg")),
+    };
+    // The schema as it was before the migration, with rows in it.
+    match &mut conn {
+        DbConnection::Sqlite(c) => c.run_next_migration(SQLITE).map(|_| ()),
+        DbConnection::Postgres(c) => c.run_next_migration(POSTGRES).map(|_| ()),
+    }
+    .expect("first migration");
+    let exec = |c: &mut DbConnection, sql: &str| diesel::sql_query(sql).execute(c);
+    for m in ["portal_a", "portal_b"] {
+        exec(&mut conn, &format!("INSERT INTO portals (member_id, domain, client_endpoint, server_endpoint, created_at, updated_at) VALUES ('{m}', 'x', 'x', 'x', '2026-12-01 00:00:00', '2026-12-01 00:00:00')")).expect("portal");
+    }
+    let callback = |id: &str, member: &str, token: &str| {
+        format!("INSERT INTO callbacks (id, member_id, deal_id, event_token, requested_group, status, command_id, created_at, updated_at) VALUES ('{id}', '{member}', '7', {token}, 'auto', 'started', 'cmd-{id}', '2026-12-01 00:00:00', '2026-12-01 00:00:00')")
+    };
+    for (id, token) in [
+        ("c1", "'t1'"),
+        ("c2", "'t2'"),
+        ("c3", "NULL"),
+        ("c4", "NULL"),
+    ] {
+        exec(&mut conn, &callback(id, "portal_a", token)).expect("callback");
+    }
+
+    mango_callback::db::run_migrations(&mut conn).expect("the remaining migrations");
+    let rows = mango_callback::callback::store::latest(&mut conn, "portal_a", 10).expect("rows");
+    let mut kept: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                r.event_token.as_deref(),
+                r.command_id.as_deref(),
+            )
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            ("c1", Some("t1"), Some("cmd-c1")),
+            ("c2", Some("t2"), Some("cmd-c2")),
+            ("c3", None, Some("cmd-c3")),
+            ("c4", None, Some("cmd-c4")),
+        ]
+    );
+    // Another portal may carry the same token; the same portal may not.
+    exec(&mut conn, &callback("c5", "portal_b", "'t1'")).expect("same token, other portal");
+    let again = exec(&mut conn, &callback("c6", "portal_a", "'t1'")).expect_err("same portal");
+    assert!(mango_callback::db::is_unique_violation(&again), "{again}");
+}
+on_both_backends!(
+    the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal,
+    the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal
+);
