@@ -43,8 +43,9 @@ fn deal_id(document_id: &[String]) -> Result<String, Unusable> {
     Ok(id.to_owned())
 }
 
-/// The payload checks, made after the caller is verified: a verified call that fails them is
-/// still answered through `bizproc.event.send`. Returns the deal id found (if any) with the error.
+/// The payload checks. Pure: they run before verification but are acted upon only after it, and
+/// a verified call that fails them is still answered through `bizproc.event.send`. The error
+/// carries the deal id when the document was a deal (for the timeline comment).
 fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<String>, Unusable)> {
     let deal = deal_id(&form.document_id).map_err(|e| (None, e))?;
     let requested = match form.properties.group.as_deref() {
