@@ -323,7 +323,15 @@ impl BitrixClient {
         location: Option<&str>,
         auth: &Auth,
     ) -> Result<(), BitrixError> {
-        let shown: String = location.unwrap_or("-").chars().take(200).collect();
+        // Logged and kept in the job's error: no query string (it could echo a token), and short.
+        let shown: String = location
+            .unwrap_or("-")
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
         let refuse = |detail: String| {
             tracing::warn!(portal = member_id, method, location = %shown, %detail, "redirect to a new portal endpoint refused; the stored endpoint is kept");
             BitrixError::RenameRefused {
