@@ -148,6 +148,10 @@ pub struct Settings {
     pub db_pool_size: u32,
     pub b24_requests_per_second: f64,
     pub b24_burst: u32,
+    /// Admits plain-http and loopback/private peers where a public https one is required (a
+    /// renamed portal's new endpoint). Only tests and the sandbox, whose simulators listen on
+    /// http://127.0.0.1, turn it on; never settable from the environment.
+    pub allow_private_peers: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -284,6 +288,7 @@ impl Settings {
             db_pool_size: a.db_pool_size.max(2),
             b24_requests_per_second: a.b24_requests_per_second,
             b24_burst: a.b24_burst,
+            allow_private_peers: false,
         })
     }
 
@@ -306,6 +311,7 @@ impl Settings {
             db_pool_size: 8,
             b24_requests_per_second: 2.0,
             b24_burst: 50,
+            allow_private_peers: true,
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The Bitrix24 REST client: `{client_endpoint}{method}` with JSON bodies, per-portal rate
 //! limiting, refresh-and-retry-once on an expired token (single-flight across threads and
 //! instances), backoff on `QUERY_LIMIT_EXCEEDED`, a wait on `OPERATION_TIME_LIMIT`, and a renamed
-//! portal's 302 followed once by hand.
+//! portal's 302 followed once by hand, to a public https endpoint that `app.info` confirms.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::oauth::{self, RefreshError};
+use super::address;
+use super::oauth::{self, RefreshError, VerifyError};
 use super::BitrixError;
 use crate::context::Shared;
 use crate::portal::store;
@@ -206,7 +207,7 @@ impl BitrixClient {
                 200..=299 => return Ok(ans.body),
                 301 | 302 | 307 | 308 if !redirected => {
                     redirected = true;
-                    self.follow_rename(member_id, method, ans.location.as_deref())
+                    self.follow_rename(member_id, method, ans.location.as_deref(), &auth)
                         .await?;
                 }
                 401 if !refreshed && (code == "expired_token" || code == "invalid_token") => {
@@ -314,37 +315,114 @@ impl BitrixClient {
         })
     }
 
+    /// A renamed portal answers on its old endpoint with a redirect to the new one. The new
+    /// endpoint is stored only if it is a public https host ([`address::check_peer`]) and the
+    /// OAuth server confirms it: `app.info` with the portal's own access token must name this
+    /// portal and exactly this endpoint. A redirect is what the old host says; `app.info` on the
+    /// configured OAuth server is what Bitrix24 says, so a hijacked or misconfigured old host
+    /// cannot move the portal's tokens somewhere else. Refused: the old endpoint stays.
     async fn follow_rename(
         &self,
         member_id: &str,
         method: &str,
         location: Option<&str>,
+        auth: &Auth,
     ) -> Result<(), BitrixError> {
-        let bad = |detail: &str| BitrixError::Transport {
-            member_id: member_id.to_owned(),
-            method: method.to_owned(),
-            detail: detail.to_owned(),
+        // Logged and kept in the job's error: no query string (it could echo a token), and short.
+        let shown: String = location
+            .unwrap_or("-")
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        let refuse = |detail: String| {
+            tracing::warn!(portal = member_id, method, location = %shown, %detail, "redirect to a new portal endpoint refused; the stored endpoint is kept");
+            BitrixError::RenameRefused {
+                member_id: member_id.to_owned(),
+                method: method.to_owned(),
+                location: shown.clone(),
+                detail,
+            }
         };
-        let location = location.ok_or_else(|| bad("redirect without a Location"))?;
-        let url =
-            url::Url::parse(location).map_err(|_| bad("redirect to an unparseable Location"))?;
+        let location = location.ok_or_else(|| refuse("redirect without a Location".into()))?;
+        let url = url::Url::parse(location)
+            .map_err(|_| refuse("redirect to an unparseable Location".into()))?;
         let path = url.path();
         let idx = path
             .find("/rest/")
-            .ok_or_else(|| bad("redirect to a URL that is not a REST endpoint"))?;
+            .ok_or_else(|| refuse("redirect to a URL that is not a REST endpoint".into()))?;
         let endpoint = format!(
             "{}{}",
             &url[..url::Position::BeforePath],
             &path[..idx + "/rest/".len()]
         );
+        address::check_peer(&url, self.shared.settings.allow_private_peers)
+            .await
+            .map_err(refuse)?;
+        let verified = self.confirm_installation(member_id, auth).await?;
+        if verified.member_id != member_id {
+            return Err(refuse(format!(
+                "app.info names another portal ({})",
+                verified.member_id
+            )));
+        }
+        if !same_endpoint(&verified.client_endpoint, &endpoint) {
+            return Err(refuse(format!(
+                "app.info confirms {} as the portal's endpoint, not {endpoint}",
+                verified.client_endpoint
+            )));
+        }
         let domain = url.host_str().unwrap_or_default().to_owned();
-        tracing::warn!(portal = member_id, new_endpoint = %endpoint, "portal was renamed; following the redirect and storing the new domain");
+        tracing::warn!(portal = member_id, new_endpoint = %endpoint, "portal was renamed (confirmed by app.info); storing the new endpoint");
         let (id, now) = (member_id.to_owned(), self.shared.clock.now());
         self.shared
             .db
             .run(move |c| Ok(store::move_endpoint(c, &id, &domain, &endpoint, now)?))
             .await?;
         Ok(())
+    }
+
+    /// `app.info` on the configured OAuth server with the portal's access token, refreshing the
+    /// token once if the server says it expired.
+    async fn confirm_installation(
+        &self,
+        member_id: &str,
+        auth: &Auth,
+    ) -> Result<oauth::VerifiedAuth, BitrixError> {
+        let s = &self.shared.settings;
+        let verify = |token: String| async move {
+            oauth::verify_access_token(
+                &self.http,
+                &s.b24_oauth_url,
+                &token,
+                s.b24_client_id.as_deref(),
+            )
+            .await
+        };
+        let mut answer = verify(auth.access_token.clone()).await;
+        if matches!(&answer, Err(VerifyError::Rejected(code)) if code == "expired_token") {
+            self.refresh(member_id, auth.version).await?;
+            let fresh = self.load_auth(member_id).await?;
+            answer = verify(fresh.access_token).await;
+        }
+        answer.map_err(|e| match e {
+            VerifyError::Unavailable(detail) => BitrixError::Transport {
+                member_id: member_id.to_owned(),
+                method: "app.info".into(),
+                detail,
+            },
+            other => {
+                tracing::warn!(portal = member_id, error = %other, "app.info did not confirm the portal's new endpoint; the stored endpoint is kept");
+                BitrixError::RenameRefused {
+                    member_id: member_id.to_owned(),
+                    method: "app.info".into(),
+                    location: String::new(),
+                    detail: other.to_string(),
+                }
+            }
+        })
     }
 
     /// Refreshes the portal's tokens once for everyone who saw `seen_version` expire.
@@ -490,5 +568,42 @@ impl BitrixClient {
                 })
             }
         }
+    }
+}
+
+/// Whether two REST endpoints are the same: scheme, host, port and path, a trailing slash aside.
+fn same_endpoint(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        url::Url::parse(s).ok().map(|u| {
+            (
+                u.scheme().to_owned(),
+                u.host_str().map(str::to_ascii_lowercase),
+                u.port_or_known_default(),
+                u.path().trim_end_matches('/').to_owned(),
+            )
+        })
+    };
+    matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_endpoint;
+
+    #[test]
+    fn endpoints_compare_by_scheme_host_port_and_path() {
+        assert!(same_endpoint(
+            "https://new.bitrix24.ru/rest/",
+            "https://NEW.bitrix24.ru:443/rest"
+        ));
+        assert!(!same_endpoint(
+            "https://new.bitrix24.ru/rest/",
+            "http://new.bitrix24.ru/rest/"
+        ));
+        assert!(!same_endpoint(
+            "https://new.bitrix24.ru/rest/",
+            "https://evil.example/rest/"
+        ));
+        assert!(!same_endpoint("not a url", "not a url"));
     }
 }

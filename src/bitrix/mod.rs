@@ -1,5 +1,6 @@
 //! Outbound Bitrix24: the REST client (limits, refresh, renamed portals, batch) and OAuth.
 
+pub mod address;
 pub mod client;
 pub mod limiter;
 pub mod oauth;
@@ -23,6 +24,15 @@ pub enum BitrixError {
     },
     #[error("Bitrix24 portal {member_id} needs re-authorisation: an administrator should open the app ({detail})")]
     NeedsReauth { member_id: String, detail: String },
+    /// A redirect to a new endpoint that is not a public https host or that the OAuth server
+    /// does not confirm; the stored endpoint is kept.
+    #[error("Bitrix24 portal {member_id}: {method} redirected to {location}, refused: {detail}")]
+    RenameRefused {
+        member_id: String,
+        method: String,
+        location: String,
+        detail: String,
+    },
     #[error("Bitrix24 portal {0} is not installed")]
     NotInstalled(String),
     #[error(transparent)]
@@ -40,7 +50,9 @@ impl BitrixError {
                     || code == "QUERY_LIMIT_EXCEEDED"
                     || code == "OPERATION_TIME_LIMIT"
             }
-            BitrixError::NeedsReauth { .. } | BitrixError::NotInstalled(_) => false,
+            BitrixError::NeedsReauth { .. }
+            | BitrixError::NotInstalled(_)
+            | BitrixError::RenameRefused { .. } => false,
         }
     }
 

@@ -524,7 +524,8 @@ impl Job for ReportCallback {
             db.run(move |c| Ok(store::mark_event_sent(c, &cid, now)?))
                 .await?;
         }
-        if cb.comment_added_at.is_none() {
+        // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
+        if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() {
             let text = comment_text(&cb, Lang::parse(&portal.lang));
             let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
             ctx.bitrix

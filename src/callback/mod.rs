@@ -108,11 +108,150 @@ pub enum Accepted {
     Duplicate { callback_id: String },
     /// The same `event_token` was delivered again: nothing new was done.
     Redelivered { callback_id: String },
+    /// A verified call whose payload cannot be acted on: recorded as failed and reported, so the
+    /// business process gets its answer instead of waiting forever.
+    Unusable { callback_id: String },
 }
 
-/// `command_id` for Mango: unique per callback and traceable to portal and deal (≤128 bytes).
+/// Why a verified robot call cannot be acted on. Raw values are kept short ([`shown`]): they
+/// come from the request and end up in the business process's `error` and the call log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// `document_id[2]` is absent.
+    NoDocument,
+    /// The robot runs on another document type (`LEAD_5`, `DYNAMIC_147_1`).
+    NotADeal(String),
+    /// `DEAL_…` whose id is not 1–20 digits.
+    BadDealId(String),
+    /// `properties[group]` is none of auto, trainee, experienced.
+    UnknownGroup(String),
+    /// `code` names another robot.
+    WrongCode(String),
+}
+
+/// Longest raw value quoted back in a reason.
+const SHOWN_CHARS: usize = 40;
+
+/// A request value quoted for a message: at most [`SHOWN_CHARS`] characters, control characters escaped.
+pub fn shown(raw: &str) -> String {
+    let mut s: String = raw.chars().take(SHOWN_CHARS).collect();
+    if raw.chars().nth(SHOWN_CHARS).is_some() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+impl Unusable {
+    /// The reason in the portal's language: it is what the business process's `error` shows.
+    pub fn message(&self, lang: crate::portal::Lang) -> String {
+        use crate::portal::Lang;
+        match (self, lang) {
+            (Unusable::NoDocument, Lang::Ru) => {
+                "робот запущен без документа (нет document_id[2])".into()
+            }
+            (Unusable::NoDocument, Lang::En) => {
+                "the robot was run without a document (document_id[2] is missing)".into()
+            }
+            (Unusable::NotADeal(d), Lang::Ru) => format!(
+                "робот работает только в сделках, а запущен для {}",
+                shown(d)
+            ),
+            (Unusable::NotADeal(d), Lang::En) => format!(
+                "the robot works in deals only, but was run for {}",
+                shown(d)
+            ),
+            (Unusable::BadDealId(d), Lang::Ru) => format!(
+                "номер сделки должен состоять из 1–{MAX_DEAL_ID_DIGITS} цифр, получено {}",
+                shown(d)
+            ),
+            (Unusable::BadDealId(d), Lang::En) => format!(
+                "the deal id must be 1–{MAX_DEAL_ID_DIGITS} digits, got {}",
+                shown(d)
+            ),
+            (Unusable::UnknownGroup(g), Lang::Ru) => format!(
+                "свойство group должно быть auto, trainee или experienced, получено {}",
+                shown(g)
+            ),
+            (Unusable::UnknownGroup(g), Lang::En) => format!(
+                "properties[group] must be auto, trainee or experienced, got {}",
+                shown(g)
+            ),
+            (Unusable::WrongCode(c), Lang::Ru) => format!(
+                "код робота {} — не робот этого приложения ({})",
+                shown(c),
+                crate::portal::jobs::ROBOT_CODE
+            ),
+            (Unusable::WrongCode(c), Lang::En) => format!(
+                "robot code {} is not this app's robot ({})",
+                shown(c),
+                crate::portal::jobs::ROBOT_CODE
+            ),
+        }
+    }
+}
+
+/// A deal id has at most this many digits: Bitrix24's ids are 64-bit integers (≤ 20 digits),
+/// and the cap keeps [`command_id`] within Mango's 128 bytes.
+pub const MAX_DEAL_ID_DIGITS: usize = 20;
+/// A `member_id` is 32 hex digits in Bitrix24; anything longer than this is no portal of ours,
+/// and the cap keeps [`command_id`] within Mango's 128 bytes.
+pub const MAX_MEMBER_ID_LEN: usize = 64;
+/// Mango's documented limit for `command_id`.
+pub const MAX_COMMAND_ID_BYTES: usize = 128;
+
+/// Whether `member_id` has the shape of a portal id: 1–[`MAX_MEMBER_ID_LEN`] ASCII letters,
+/// digits, `-` or `_`.
+pub fn is_member_id_shaped(member_id: &str) -> bool {
+    !member_id.is_empty()
+        && member_id.len() <= MAX_MEMBER_ID_LEN
+        && member_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `command_id` for Mango: unique per callback and traceable to portal and deal.
+///
+/// Never truncated (a cut id could lose the callback id that makes it unique): the robot handler
+/// admits only member ids of at most [`MAX_MEMBER_ID_LEN`] bytes and deal ids of at most
+/// [`MAX_DEAL_ID_DIGITS`] digits, so `4 + 64 + 1 + 20 + 1 + 36 = 126` bytes is the longest.
 pub fn command_id(member_id: &str, deal_id: &str, callback_id: &str) -> String {
-    let mut s = format!("b24:{member_id}:{deal_id}:{callback_id}");
-    s.truncate(128);
-    s
+    format!("b24:{member_id}:{deal_id}:{callback_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_admitted_command_id_fits_mangos_limit() {
+        let member = "f".repeat(MAX_MEMBER_ID_LEN);
+        let deal = "9".repeat(MAX_DEAL_ID_DIGITS);
+        let id = uuid::Uuid::now_v7().to_string();
+        assert!(is_member_id_shaped(&member));
+        let cmd = command_id(&member, &deal, &id);
+        assert!(cmd.len() <= MAX_COMMAND_ID_BYTES, "{} bytes", cmd.len());
+        assert!(cmd.ends_with(&id), "the callback id survives whole");
+    }
+
+    #[test]
+    fn member_ids_of_another_shape_are_not_admitted() {
+        for bad in [
+            "",
+            "a b",
+            "x".repeat(MAX_MEMBER_ID_LEN + 1).as_str(),
+            "абв",
+            "a:b",
+        ] {
+            assert!(!is_member_id_shaped(bad), "{bad:?}");
+        }
+        assert!(is_member_id_shaped("a223c6b3710f85df22e9377d6c4f7553"));
+    }
+
+    #[test]
+    fn quoted_values_are_cut_and_escaped() {
+        assert_eq!(shown("LEAD_5"), "\"LEAD_5\"");
+        let long = shown(&"7".repeat(500));
+        assert!(long.chars().count() < 50, "{long}");
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+    }
 }

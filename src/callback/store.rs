@@ -20,15 +20,10 @@ pub fn accept(
     now: NaiveDateTime,
 ) -> Result<Accepted, DbError> {
     write_tx(conn, |c| {
-        if let Some(token) = &run.event_token {
-            let existing: Option<String> = callbacks::table
-                .filter(callbacks::event_token.eq(token))
-                .select(callbacks::id)
-                .first(c)
-                .optional()?;
-            if let Some(callback_id) = existing {
-                return Ok(Accepted::Redelivered { callback_id });
-            }
+        if let Some(callback_id) =
+            run_of_event_token(c, &run.member_id, run.event_token.as_deref())?
+        {
+            return Ok(Accepted::Redelivered { callback_id });
         }
         let id = uuid::Uuid::now_v7().to_string();
         let inserted = insert_if_absent(c, |c| {
@@ -49,10 +44,8 @@ pub fn accept(
         })?;
         if !inserted {
             // Lost a race on the same event_token: the other delivery owns the run.
-            let callback_id = callbacks::table
-                .filter(callbacks::event_token.eq(&run.event_token))
-                .select(callbacks::id)
-                .first(c)?;
+            let callback_id = run_of_event_token(c, &run.member_id, run.event_token.as_deref())?
+                .ok_or(diesel::result::Error::NotFound)?;
             return Ok(Accepted::Redelivered { callback_id });
         }
         insert_if_absent(c, |c| {
@@ -121,6 +114,75 @@ pub fn accept(
             queue::enqueue(c, &job, now)?;
             Ok(Accepted::Duplicate { callback_id: id })
         }
+    })
+}
+
+/// The callback that an `event_token` already started on this portal. Event tokens are unique per
+/// portal only: another portal's run with the same token is not this one.
+fn run_of_event_token(
+    c: &mut DbConnection,
+    member_id: &str,
+    event_token: Option<&str>,
+) -> QueryResult<Option<String>> {
+    let Some(token) = event_token else {
+        return Ok(None);
+    };
+    callbacks::table
+        .filter(callbacks::member_id.eq(member_id))
+        .filter(callbacks::event_token.eq(token))
+        .select(callbacks::id)
+        .first(c)
+        .optional()
+}
+
+/// A verified robot call that cannot be acted on, recorded straight as `failed` with its reason
+/// and its report job in one transaction. No deal row is touched and nothing calls Mango; the
+/// report answers the business process (and comments on the deal when there is one).
+///
+/// `deal_id` is empty when the call names no deal. The same `event_token` again is
+/// [`Accepted::Redelivered`], as for usable calls.
+pub fn record_unusable(
+    conn: &mut DbConnection,
+    member_id: &str,
+    deal_id: &str,
+    event_token: &str,
+    workflow_id: Option<&str>,
+    reason: &str,
+    now: NaiveDateTime,
+) -> Result<Accepted, DbError> {
+    write_tx(conn, |c| {
+        if let Some(callback_id) = run_of_event_token(c, member_id, Some(event_token))? {
+            return Ok(Accepted::Redelivered { callback_id });
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let inserted = insert_if_absent(c, |c| {
+            diesel::insert_into(callbacks::table)
+                .values((
+                    callbacks::id.eq(&id),
+                    callbacks::member_id.eq(member_id),
+                    callbacks::deal_id.eq(deal_id),
+                    callbacks::event_token.eq(event_token),
+                    callbacks::workflow_id.eq(workflow_id),
+                    callbacks::requested_group.eq("-"),
+                    callbacks::status.eq(status::FAILED),
+                    callbacks::error.eq(reason),
+                    callbacks::finished_at.eq(now),
+                    callbacks::created_at.eq(now),
+                    callbacks::updated_at.eq(now),
+                ))
+                .execute(c)
+        })?;
+        if !inserted {
+            let callback_id = run_of_event_token(c, member_id, Some(event_token))?
+                .ok_or(diesel::result::Error::NotFound)?;
+            return Ok(Accepted::Redelivered { callback_id });
+        }
+        let job = super::jobs::ReportCallback {
+            callback_id: id.clone(),
+        }
+        .to_new_job(Some(member_id), Some(format!("report:{id}")), now);
+        queue::enqueue(c, &job, now)?;
+        Ok(Accepted::Unusable { callback_id: id })
     })
 }
 
@@ -264,6 +326,11 @@ pub fn finish(
 
 /// Mango's asynchronous `result/callback_group` for one of `member_ids`' callbacks. A failure
 /// after the synchronous 1000 (billing, bad number) is kept as the outcome shown in the call log.
+///
+/// Recorded once: Mango sends one result per command, so a second notification for the same
+/// `command_id` is a replay (a captured, validly signed body sent again) and changes nothing.
+/// `outcome` is the marker, as only this function writes it; `mango_code` is already set by the
+/// synchronous answer.
 pub fn record_mango_result(
     conn: &mut DbConnection,
     member_ids: &[String],
@@ -282,7 +349,8 @@ pub fn record_mango_result(
     diesel::update(
         callbacks::table
             .filter(callbacks::command_id.eq(command_id))
-            .filter(callbacks::member_id.eq_any(member_ids)),
+            .filter(callbacks::member_id.eq_any(member_ids))
+            .filter(callbacks::outcome.is_null()),
     )
     .set((
         callbacks::mango_code.eq(code),

@@ -198,6 +198,9 @@ impl Db {
 }
 
 /// Applies the embedded migrations of the connection's backend.
+///
+/// Migrations are embedded at compile time: a new folder needs this file touched (the
+/// `event_token_per_portal` rebuild of `callbacks` is one).
 pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<()> {
     let result = match conn {
         DbConnection::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|_| ()),

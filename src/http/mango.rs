@@ -113,7 +113,15 @@ pub async fn receive(
                 )?)
             })
             .await?;
-        tracing::info!(code, updated, "Mango reported the callback_group result");
+        if updated == 0 {
+            // Unknown command, or a replay of a result already recorded: acknowledged, ignored.
+            tracing::warn!(
+                code,
+                "Mango result for no callback awaiting one (unknown command_id or a replay); ignored"
+            );
+        } else {
+            tracing::info!(code, updated, "Mango reported the callback_group result");
+        }
     } else {
         tracing::debug!("Mango notification verified and acknowledged");
     }

@@ -1,13 +1,17 @@
 //! `POST /b24/robot`: the robot's HANDLER. Verifies, records the run and its job, answers at once.
+//! A verified call that cannot be acted on is recorded as failed and reported, never left hanging.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{application_token_matches, parse_form, peer, AuthBlock};
-use crate::callback::{store, Accepted, RequestedGroup, RobotRun};
+use crate::callback::{
+    is_member_id_shaped, store, Accepted, RequestedGroup, RobotRun, Unusable, MAX_DEAL_ID_DIGITS,
+};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::portal::store as portal_store;
+use crate::portal::Lang;
 
 #[derive(Debug, Deserialize)]
 struct RobotForm {
@@ -27,86 +31,137 @@ struct RobotProperties {
     group: Option<String>,
 }
 
-/// `DEAL_123` → `123`.
-fn deal_id(document_id: &[String]) -> Result<String, AppError> {
-    let raw = document_id
-        .get(2)
-        .ok_or_else(|| AppError::BadRequest("document_id[2] is missing".into()))?;
-    let id = raw.strip_prefix("DEAL_").ok_or_else(|| {
-        AppError::BadRequest(format!(
-            "document_id[2] must name a deal (DEAL_<id>), got {raw:?}"
-        ))
-    })?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(AppError::BadRequest(format!(
-            "document_id[2] has a bad deal id: {raw:?}"
-        )));
+/// `DEAL_123` → `123`: only deals, ids of 1–20 digits.
+fn deal_id(document_id: &[String]) -> Result<String, Unusable> {
+    let raw = document_id.get(2).ok_or(Unusable::NoDocument)?;
+    let id = raw
+        .strip_prefix("DEAL_")
+        .ok_or_else(|| Unusable::NotADeal(raw.clone()))?;
+    if id.is_empty() || id.len() > MAX_DEAL_ID_DIGITS || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Unusable::BadDealId(raw.clone()));
     }
     Ok(id.to_owned())
 }
 
+/// The payload checks. Pure: they run before verification but are acted upon only after it, and
+/// a verified call that fails them is still answered through `bizproc.event.send`. The error
+/// carries the deal id when the document was a deal (for the timeline comment).
+fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<String>, Unusable)> {
+    let deal = deal_id(&form.document_id).map_err(|e| (None, e))?;
+    let requested = match form.properties.group.as_deref() {
+        None => RequestedGroup::Auto,
+        Some(g) => RequestedGroup::parse(g)
+            .ok_or_else(|| (Some(deal.clone()), Unusable::UnknownGroup(g.to_owned())))?,
+    };
+    if let Some(code) = form
+        .code
+        .as_deref()
+        .filter(|c| *c != crate::portal::jobs::ROBOT_CODE)
+    {
+        return Err((Some(deal), Unusable::WrongCode(code.to_owned())));
+    }
+    Ok(RobotRun {
+        member_id: member_id.to_owned(),
+        deal_id: deal,
+        event_token: form.event_token.clone().filter(|t| !t.is_empty()),
+        workflow_id: form.workflow_id.clone(),
+        requested,
+        phone_override: form
+            .properties
+            .phone
+            .clone()
+            .filter(|p| !p.trim().is_empty()),
+    })
+}
+
+/// What the database trip found.
+enum Verdict {
+    /// Unknown portal or wrong application token.
+    Untrusted,
+    /// Verified but unusable, and without an `event_token` there is nobody to tell.
+    NobodyToTell(Unusable),
+    Accepted(Accepted, Option<Unusable>),
+}
+
+/// Order matters: parse → verify → validate. Only a call that cannot be verified (unparseable,
+/// no member_id, unknown portal, wrong application token) is refused with a 4xx and leaves no
+/// trace; a verified call with an unusable payload is recorded as failed and reported, because a
+/// 4xx would leave its business process waiting forever.
 #[tracing::instrument(name = "robot_call", skip_all, fields(portal, deal))]
 pub async fn handle_robot_call(
     req: HttpRequest,
     body: web::Bytes,
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
-    let form: RobotForm = parse_form(&body)
+    let mut form: RobotForm = parse_form(&body)
         .inspect_err(|e| tracing::warn!(peer = %peer(&req), error = %e, "robot call refused"))?;
-    let auth = form.auth.unwrap_or_default();
-    let member_id = auth.require_member_id()?;
-    tracing::Span::current().record("portal", member_id.as_str());
-    let deal = deal_id(&form.document_id)
-        .inspect_err(|e| tracing::warn!(error = %e, "robot call refused"))?;
-    tracing::Span::current().record("deal", deal.as_str());
-    let requested = match form.properties.group.as_deref() {
-        None => RequestedGroup::Auto,
-        Some(g) => RequestedGroup::parse(g).ok_or_else(|| {
-            AppError::BadRequest(format!(
-                "properties[group] must be auto, trainee or experienced, got {g:?}"
-            ))
-        })?,
-    };
-    if form
-        .code
-        .as_deref()
-        .is_some_and(|c| c != crate::portal::jobs::ROBOT_CODE)
-    {
-        return Err(AppError::BadRequest(format!(
-            "code {:?} is not this app's robot",
-            form.code.unwrap_or_default()
-        )));
-    }
-
-    let run = RobotRun {
-        member_id: member_id.clone(),
-        deal_id: deal,
-        event_token: form.event_token.filter(|t| !t.is_empty()),
-        workflow_id: form.workflow_id,
-        requested,
-        phone_override: form.properties.phone.filter(|p| !p.trim().is_empty()),
-    };
-    let shared = &ctx.shared;
-    let (cipher, now) = (shared.cipher.clone(), shared.clock.now());
-    // One trip to the blocking pool: this is the hot path Bitrix24 waits on.
-    let accepted = shared
-        .db
-        .run(move |c| {
-            let trusted = portal_store::find(c, &run.member_id)?.is_some_and(|p| {
-                p.is_active()
-                    && application_token_matches(&cipher, &p, auth.application_token.as_deref())
-            });
-            if !trusted {
-                return Ok(None);
-            }
-            store::accept(c, &run, now).map(Some)
-        })
-        .await?;
-    let Some(accepted) = accepted else {
-        tracing::warn!(peer = %peer(&req), portal = %member_id, "robot call with an unknown portal or a wrong application token refused");
+    let auth = form.auth.take().unwrap_or_default();
+    let member_id = auth
+        .require_member_id()
+        .inspect_err(|e| tracing::warn!(peer = %peer(&req), error = %e, "robot call refused"))?;
+    if !is_member_id_shaped(&member_id) {
+        tracing::warn!(peer = %peer(&req), "robot call with a malformed member_id refused");
         return Err(AppError::Unauthorized(
             "unknown portal or wrong application token".into(),
         ));
+    }
+    tracing::Span::current().record("portal", member_id.as_str());
+    // Pure checks, acted upon only once the caller is verified.
+    let checked = validate(&form, &member_id);
+    if let Ok(run) = &checked {
+        tracing::Span::current().record("deal", run.deal_id.as_str());
+    }
+    let event_token = form.event_token.clone().filter(|t| !t.is_empty());
+    let workflow_id = form.workflow_id.clone();
+
+    let shared = &ctx.shared;
+    let (cipher, now) = (shared.cipher.clone(), shared.clock.now());
+    let mid = member_id.clone();
+    // One trip to the blocking pool: this is the hot path Bitrix24 waits on.
+    let verdict = shared
+        .db
+        .run(move |c| {
+            let portal = portal_store::find(c, &mid)?.filter(|p| {
+                p.is_active()
+                    && application_token_matches(&cipher, p, auth.application_token.as_deref())
+            });
+            let Some(portal) = portal else {
+                return Ok(Verdict::Untrusted);
+            };
+            match checked {
+                Ok(run) => Ok(Verdict::Accepted(store::accept(c, &run, now)?, None)),
+                Err((_, why)) if event_token.is_none() => Ok(Verdict::NobodyToTell(why)),
+                Err((deal, why)) => {
+                    let reason = why.message(Lang::parse(&portal.lang));
+                    let accepted = store::record_unusable(
+                        c,
+                        &mid,
+                        deal.as_deref().unwrap_or_default(),
+                        event_token.as_deref().unwrap_or_default(),
+                        workflow_id.as_deref(),
+                        &reason,
+                        now,
+                    )?;
+                    Ok(Verdict::Accepted(accepted, Some(why)))
+                }
+            }
+        })
+        .await?;
+    let (accepted, unusable) = match verdict {
+        Verdict::Untrusted => {
+            tracing::warn!(peer = %peer(&req), portal = %member_id, "robot call with an unknown portal or a wrong application token refused");
+            return Err(AppError::Unauthorized(
+                "unknown portal or wrong application token".into(),
+            ));
+        }
+        Verdict::NobodyToTell(why) => {
+            let reason = why.message(Lang::En);
+            tracing::warn!(peer = %peer(&req), error = %reason, "verified robot call without event_token is unusable; refused");
+            return Err(AppError::BadRequest(format!(
+                "{reason}; and without event_token the business process cannot be answered"
+            )));
+        }
+        Verdict::Accepted(a, u) => (a, u),
     };
     shared.notify.notify_one();
     let (callback_id, outcome) = match &accepted {
@@ -122,7 +177,15 @@ pub async fn handle_robot_call(
             tracing::info!(callback = %callback_id, "the same event_token again; nothing new");
             (callback_id, "redelivered")
         }
+        Accepted::Unusable { callback_id } => (callback_id, "failed"),
     };
+    if let Some(why) = unusable {
+        let reason = why.message(Lang::En);
+        tracing::warn!(callback = %callback_id, error = %reason, "verified robot call is unusable; reported as failed");
+        return Ok(HttpResponse::Ok().json(serde_json::json!({
+            "status": outcome, "callback_id": callback_id, "error": reason,
+        })));
+    }
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "status": outcome, "callback_id": callback_id })))
 }

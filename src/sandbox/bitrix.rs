@@ -294,6 +294,9 @@ struct State {
     portals: HashMap<String, Portal>,
     by_name: HashMap<String, String>,
     old_names: HashMap<String, String>,
+    /// Portal name → base URL its REST endpoint redirects to, whatever app.info says (a
+    /// hijacked or misconfigured old host); see [`BitrixSim::redirect_portal_to`].
+    forced_redirects: HashMap<String, String>,
     access: HashMap<String, AccessTok>,
     refresh: HashMap<String, RefreshTok>,
     event_tokens: HashMap<String, String>,
@@ -727,6 +730,30 @@ impl State {
         }
     }
 
+    /// A 302 from a portal's endpoint to a base URL that is not the portal's (no app.info change).
+    fn forced_redirect(
+        &self,
+        name: &str,
+        raw_method: &str,
+        query: &str,
+    ) -> Option<(Option<String>, Reply)> {
+        let base = self.forced_redirects.get(name)?;
+        let mut location = format!("{base}{raw_method}");
+        if !query.is_empty() {
+            location.push('?');
+            location.push_str(query);
+        }
+        let member = self.by_name.get(name).cloned();
+        Some((
+            member,
+            Reply {
+                status: 302,
+                body: Value::Null,
+                location: Some(location),
+            },
+        ))
+    }
+
     fn portal_rest(
         &mut self,
         name: &str,
@@ -736,6 +763,9 @@ impl State {
         auth: Option<&str>,
         batch_order: &[String],
     ) -> (Option<String>, Reply) {
+        if let Some(reply) = self.forced_redirect(name, raw_method, query) {
+            return reply;
+        }
         let method = normalize_method(raw_method);
         let method = method.as_str();
         let member_id = match self.by_name.get(name) {
@@ -1605,6 +1635,7 @@ impl BitrixSim {
             access: HashMap::new(),
             refresh: HashMap::new(),
             event_tokens: HashMap::new(),
+            forced_redirects: HashMap::new(),
             sign_key: rand::thread_rng().gen(),
             calls: Vec::new(),
             rejections: HashMap::new(),
@@ -2021,6 +2052,15 @@ impl BitrixSim {
         st.by_name
             .insert(new_name.to_string(), member_id.to_string());
         st.portal_mut(member_id).name = new_name.to_string();
+    }
+
+    /// Makes the portal's REST endpoint answer every call with a 302 to `base` (e.g. another
+    /// portal's `client_endpoint`) while the OAuth server's app.info keeps reporting the
+    /// portal's real endpoint: a redirect that Bitrix24 itself does not confirm.
+    pub fn redirect_portal_to(&self, member_id: &str, base: &str) {
+        let mut st = self.st();
+        let name = st.portal(member_id).name.clone();
+        st.forced_redirects.insert(name, base.to_string());
     }
 
     /// Every request received so far.
@@ -2818,6 +2858,13 @@ mod tests {
         let (status, body) = get(&location).await;
         assert_eq!((status, body["result"].clone()), (200, json!(true)));
         assert_eq!(sim.portal(&p.member_id).domain, "new.bitrix24.test");
+        // The OAuth server vouches for the new endpoint, which is how the app confirms a rename.
+        let (status, info) = get(&format!("{}app.info?auth={token}", sim.server_endpoint())).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            info["result"]["install"]["client_endpoint"],
+            json!(format!("{}/p/new/rest/", sim.url()))
+        );
     }
 
     #[actix_web::test]

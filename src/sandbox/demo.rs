@@ -51,7 +51,9 @@ pub async fn run(
     args.b24_client_id = Some(SANDBOX_CLIENT_ID.into());
     args.b24_client_secret = Some(crate::config::SecretArg(SANDBOX_CLIENT_SECRET.into()));
     args.public_url = None;
-    let settings = Settings::from_args(args)?;
+    let mut settings = Settings::from_args(args)?;
+    // The simulated portals live on http://127.0.0.1.
+    settings.allow_private_peers = true;
     let app = Application::build(settings, RunOptions::default()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let shared = app.shared().clone();

@@ -384,32 +384,264 @@ on_both_backends!(
     the_robot_handler_answers_without_waiting_for_slow_peers
 );
 
-async fn robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let p = app.installed_portal("bad").await;
-    let deal = app.b24.add_deal(&p.member_id, None);
-    let body = app.robot_body(&p, deal, &[], RobotCallStyle::default());
-    let forged = body.replace(&p.application_token, "0000000000000000000000000000beef");
-    assert_eq!(app.post_form("/b24/robot", forged).await.0, 401);
-    let no_deal = body.replace(&format!("DEAL_{deal}"), "LEAD_5");
-    let (status, msg) = app.post_form("/b24/robot", no_deal).await;
-    assert_eq!(status, 400);
-    assert!(msg.contains("document_id[2]"), "{msg}");
-    let bad_group = format!("{body}&properties%5Bgroup%5D=vip");
-    let (status, msg) = app.post_form("/b24/robot", bad_group).await;
-    assert_eq!(status, 400, "{msg}");
-    let mid = p.member_id.clone();
-    let rows = app
-        .shared
+/// The callbacks stored for a portal, newest first.
+async fn stored_callbacks(
+    app: &crate::helpers::TestApp,
+    member_id: &str,
+) -> Vec<mango_callback::callback::Callback> {
+    let mid = member_id.to_owned();
+    app.shared
         .db
         .run(move |c| Ok(mango_callback::callback::store::latest(c, &mid, 50)?))
         .await
+        .expect("db")
+}
+
+/// Bodies of verified robot calls that cannot be acted on: `(case, body, deal the call names)`.
+fn unusable_bodies(
+    app: &crate::helpers::TestApp,
+    p: &mango_callback::sandbox::bitrix::SimPortal,
+) -> Vec<(&'static str, String, Option<u64>)> {
+    let body = |deal: u64, props: &[(&str, &str)]| {
+        app.robot_body(p, deal, props, RobotCallStyle::default())
+    };
+    let deal = || app.b24.add_deal(&p.member_id, None);
+    let (d1, d2, d3, d4, d5, d6) = (deal(), deal(), deal(), deal(), deal(), deal());
+    vec![
+        (
+            "a lead",
+            body(d1, &[]).replace(&format!("DEAL_{d1}"), "LEAD_5"),
+            None,
+        ),
+        (
+            "a smart process item",
+            body(d2, &[]).replace(&format!("DEAL_{d2}"), "DYNAMIC_147_1"),
+            None,
+        ),
+        ("an unknown group", body(d3, &[("group", "vip")]), Some(d3)),
+        (
+            "another robot's code",
+            body(d4, &[]).replace("&code=mango_callback&", "&code=someone_else&"),
+            Some(d4),
+        ),
+        (
+            "a 21-digit deal id",
+            body(d5, &[]).replace(&format!("DEAL_{d5}"), "DEAL_123456789012345678901"),
+            None,
+        ),
+        (
+            "a deal id with letters",
+            body(d6, &[]).replace(&format!("DEAL_{d6}"), "DEAL_12ab"),
+            None,
+        ),
+    ]
+}
+
+async fn a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without_a_call(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("unusable").await;
+    let cases = unusable_bodies(&app, &p);
+    for (case, body, _) in &cases {
+        let (status, answer) = app.post_form("/b24/robot", body.clone()).await;
+        assert_eq!(status, 200, "{case}: {answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
+        assert_eq!(answer["status"], "failed", "{case}: {answer}");
+        assert!(
+            !answer["error"].as_str().unwrap_or("").is_empty(),
+            "{case}: {answer}"
+        );
+    }
+    // Delivered again, the same call is one run and one answer.
+    let (status, again) = app.post_form("/b24/robot", cases[0].1.clone()).await;
+    assert_eq!(
+        (status, again.contains("redelivered")),
+        (200, true),
+        "{again}"
+    );
+    app.drain().await;
+
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(
+        sends.len(),
+        cases.len(),
+        "one bizproc.event.send per call: {sends:?}"
+    );
+    for s in &sends {
+        assert_eq!(s["RETURN_VALUES"]["result"], "failed", "{s}");
+    }
+    // The reason, in the portal's language (the simulated portal speaks Russian).
+    let errors: Vec<String> = sends
+        .iter()
+        .map(|s| {
+            s["RETURN_VALUES"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("только в сделках") && e.contains("LEAD_5")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("DYNAMIC_147_1")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("vip")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("someone_else")),
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors.iter().filter(|e| e.contains("1–20")).count(),
+        2,
+        "{errors:?}"
+    );
+    assert!(app.mango.requests().is_empty(), "Mango is never called");
+    // A call that names a real deal gets its comment there; the others have nowhere to comment.
+    for (case, _, deal) in &cases {
+        if let Some(deal) = deal {
+            let comments = app.b24.timeline_comments(&p.member_id, *deal);
+            assert_eq!(comments.len(), 1, "{case}: {comments:?}");
+        }
+    }
+    assert_eq!(app.b24.calls_to("crm.timeline.comment.add").len(), 2);
+    let rows = stored_callbacks(&app, &p.member_id).await;
+    assert_eq!(rows.len(), cases.len());
+    assert!(rows
+        .iter()
+        .all(|r| r.status == "failed" && r.command_id.is_none()));
+    let jobs = app
+        .shared
+        .db
+        .run(|c| Ok(mango_callback::jobs::queue::all(c)?))
+        .await
         .expect("db");
-    assert!(rows.is_empty(), "nothing stored: {rows:?}");
+    assert!(
+        jobs.iter().all(|j| j.status != "dead"),
+        "no job buried: {jobs:?}"
+    );
 }
 on_both_backends!(
-    robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing,
-    robot_calls_with_bad_auth_or_bad_fields_are_refused_and_store_nothing
+    a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without_a_call,
+    a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without_a_call
+);
+
+async fn unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("bad").await;
+    let forge = |b: &str| b.replace(&p.application_token, "0000000000000000000000000000beef");
+    // Unusable payloads with a wrong application token: 401, whatever the payload.
+    for (case, body, _) in unusable_bodies(&app, &p) {
+        let (status, msg) = app.post_form("/b24/robot", forge(&body)).await;
+        assert_eq!(status, 401, "{case}: {msg}");
+    }
+    let deal = app.b24.add_deal(&p.member_id, None);
+    let body = app.robot_body(&p, deal, &[], RobotCallStyle::default());
+    assert_eq!(app.post_form("/b24/robot", forge(&body)).await.0, 401);
+    let no_token = body.replace("application_token]=", "application_token_x]=");
+    assert_eq!(app.post_form("/b24/robot", no_token).await.0, 401);
+    let no_member = body.replace("auth[member_id]=", "auth[member_x]=");
+    assert_eq!(app.post_form("/b24/robot", no_member).await.0, 401);
+    let long_member = body.replace(&p.member_id, &"a".repeat(65));
+    assert_eq!(app.post_form("/b24/robot", long_member).await.0, 401);
+    let (status, _) = app
+        .post_form("/b24/robot", "auth=1&auth[x]=2&%%%[[[=".into())
+        .await;
+    assert!((400..500).contains(&status), "{status}");
+    // Verified but unusable and without an event_token: nobody to tell, so 400.
+    let lead = body.replace(&format!("DEAL_{deal}"), "LEAD_5");
+    let no_event_token = lead.replace("&event_token=", "&no_event_token=");
+    let (status, msg) = app.post_form("/b24/robot", no_event_token).await;
+    assert_eq!(status, 400, "{msg}");
+    assert!(msg.contains("event_token"), "{msg}");
+
+    let rows = stored_callbacks(&app, &p.member_id).await;
+    assert!(rows.is_empty(), "nothing stored: {rows:?}");
+    app.drain().await;
+    assert!(app.b24.event_sends(&p.member_id).is_empty());
+    assert!(app.mango.requests().is_empty());
+}
+on_both_backends!(
+    unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing,
+    unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing
+);
+
+async fn the_same_event_token_on_two_portals_gives_two_runs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let a = app.installed_portal("tokena").await;
+    let b = app.installed_portal("tokenb").await;
+    let (da, db) = (
+        app.b24.add_deal(&a.member_id, None),
+        app.b24.add_deal(&b.member_id, None),
+    );
+    let props = [("phone", "89001234567")];
+    let (_, body_a, token_a) = app
+        .b24
+        .robot_call_body(&a.member_id, ROBOT, da, &props, RobotCallStyle::default())
+        .expect("robot a");
+    let (_, body_b, token_b) = app
+        .b24
+        .robot_call_body(&b.member_id, ROBOT, db, &props, RobotCallStyle::default())
+        .expect("robot b");
+    let enc = |t: &str| url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>();
+    // Portal A's call first, then portal B's call carrying the very same event_token.
+    let body_b = body_b.replace(&enc(&token_b), &enc(&token_a));
+    assert_ne!(
+        body_b,
+        app.robot_body(&b, db, &props, RobotCallStyle::default())
+    );
+    let (status, answer) = app.post_form("/b24/robot", body_a).await;
+    assert_eq!((status, answer.contains("queued")), (200, true), "{answer}");
+    let (status, answer) = app.post_form("/b24/robot", body_b).await;
+    assert_eq!((status, answer.contains("queued")), (200, true), "{answer}");
+    app.drain().await;
+    assert_eq!(app.mango.callbacks().len(), 2, "both portals' runs ring");
+    assert_eq!(stored_callbacks(&app, &a.member_id).await.len(), 1);
+    assert_eq!(stored_callbacks(&app, &b.member_id).await.len(), 1);
+}
+on_both_backends!(
+    the_same_event_token_on_two_portals_gives_two_runs,
+    the_same_event_token_on_two_portals_gives_two_runs
+);
+
+async fn a_replayed_mango_result_does_not_overwrite_the_recorded_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("replay").await;
+    let deal = app.b24.add_deal(&p.member_id, None);
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
+        .await
+        .expect("robot");
+    app.drain().await;
+    let command_id = app.mango.callbacks()[0]["command_id"]
+        .as_str()
+        .expect("command id")
+        .to_owned();
+    let mango_url = format!("{}/mango", app.base);
+    let post = |code| {
+        app.mango
+            .post_result(&mango_url, MANGO_KEY, &command_id, code)
+    };
+    assert_eq!(post(2240).await, Ok(200));
+    let recorded = stored_callbacks(&app, &p.member_id).await.remove(0);
+    assert_eq!(recorded.mango_code, Some(2240));
+    // A signed notification replayed with another result is acknowledged but changes nothing.
+    assert_eq!(post(1000).await, Ok(200));
+    let after = stored_callbacks(&app, &p.member_id).await.remove(0);
+    assert_eq!(after.mango_code, Some(2240));
+    assert_eq!(after.outcome, recorded.outcome);
+    assert_eq!(post(2240).await, Ok(200));
+    let after = stored_callbacks(&app, &p.member_id).await.remove(0);
+    assert_eq!(after.updated_at, recorded.updated_at, "not even touched");
+}
+on_both_backends!(
+    a_replayed_mango_result_does_not_overwrite_the_recorded_one,
+    a_replayed_mango_result_does_not_overwrite_the_recorded_one
 );
 
 async fn mango_gets_at_most_four_callbacks_per_second_per_account(backend: Backend) {
@@ -503,4 +735,74 @@ async fn mango_results_are_verified_and_recorded_on_their_callback(backend: Back
 on_both_backends!(
     mango_results_are_verified_and_recorded_on_their_callback,
     mango_results_are_verified_and_recorded_on_their_callback
+);
+
+async fn the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal(
+    backend: Backend,
+) {
+    use diesel::prelude::*;
+    use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+    use mango_callback::db::DbConnection;
+    const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+    const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+    let (url, _guard) = crate::helpers::fresh_database(backend);
+    let mut conn = match backend {
+        Backend::Sqlite => DbConnection::Sqlite(
+            SqliteConnection::establish(url.trim_start_matches("sqlite://")).expect("sqlite"),
+        ),
+        Backend::Postgres => DbConnection::Postgres(PgConnection::establish(&url).expect("pg")),
+    };
+    // The schema as it was before the migration, with rows in it.
+    match &mut conn {
+        DbConnection::Sqlite(c) => c.run_next_migration(SQLITE).map(|_| ()),
+        DbConnection::Postgres(c) => c.run_next_migration(POSTGRES).map(|_| ()),
+    }
+    .expect("first migration");
+    let exec = |c: &mut DbConnection, sql: &str| diesel::sql_query(sql).execute(c);
+    for m in ["portal_a", "portal_b"] {
+        exec(&mut conn, &format!("INSERT INTO portals (member_id, domain, client_endpoint, server_endpoint, created_at, updated_at) VALUES ('{m}', 'x', 'x', 'x', '2026-12-01 00:00:00', '2026-12-01 00:00:00')")).expect("portal");
+    }
+    let callback = |id: &str, member: &str, token: &str| {
+        format!("INSERT INTO callbacks (id, member_id, deal_id, event_token, requested_group, status, command_id, created_at, updated_at) VALUES ('{id}', '{member}', '7', {token}, 'auto', 'started', 'cmd-{id}', '2026-12-01 00:00:00', '2026-12-01 00:00:00')")
+    };
+    for (id, token) in [
+        ("c1", "'t1'"),
+        ("c2", "'t2'"),
+        ("c3", "NULL"),
+        ("c4", "NULL"),
+    ] {
+        exec(&mut conn, &callback(id, "portal_a", token)).expect("callback");
+    }
+
+    mango_callback::db::run_migrations(&mut conn).expect("the remaining migrations");
+    let rows = mango_callback::callback::store::latest(&mut conn, "portal_a", 10).expect("rows");
+    let mut kept: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                r.event_token.as_deref(),
+                r.command_id.as_deref(),
+            )
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            ("c1", Some("t1"), Some("cmd-c1")),
+            ("c2", Some("t2"), Some("cmd-c2")),
+            ("c3", None, Some("cmd-c3")),
+            ("c4", None, Some("cmd-c4")),
+        ]
+    );
+    // Another portal may carry the same token; the same portal may not.
+    exec(&mut conn, &callback("c5", "portal_b", "'t1'")).expect("same token, other portal");
+    let again = exec(&mut conn, &callback("c6", "portal_a", "'t1'")).expect_err("same portal");
+    assert!(mango_callback::db::is_unique_violation(&again), "{again}");
+}
+on_both_backends!(
+    the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal,
+    the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal
 );

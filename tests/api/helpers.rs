@@ -109,6 +109,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, b24_opts: BitrixSimOptions) -> TestApp {
+    spawn_app_configured(backend, b24_opts, |_| {}).await
+}
+
+/// [`spawn_app_with`] whose settings are adjusted first, e.g. production's
+/// `allow_private_peers = false`.
+pub async fn spawn_app_configured(
+    backend: Backend,
+    b24_opts: BitrixSimOptions,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     mango_callback::telemetry::init("warn");
     let (db_url, dir) = fresh_database(backend);
     let b24 = BitrixSim::start(b24_opts.clone())
@@ -117,7 +127,7 @@ pub async fn spawn_app_with(backend: Backend, b24_opts: BitrixSimOptions) -> Tes
     let mango = MangoSim::start(MangoSimOptions::default())
         .await
         .expect("mango sim");
-    spawn_instance(&db_url, &b24, &mango, b24_opts.drain_per_sec, dir).await
+    spawn_instance_configured(&db_url, &b24, &mango, b24_opts.drain_per_sec, dir, adjust).await
 }
 
 /// Another app instance, e.g. a second one sharing the same PostgreSQL database.
@@ -128,8 +138,20 @@ pub async fn spawn_instance(
     rate: f64,
     db_guard: Option<DatabaseGuard>,
 ) -> TestApp {
+    spawn_instance_configured(db_url, b24, mango, rate, db_guard, |_| {}).await
+}
+
+async fn spawn_instance_configured(
+    db_url: &str,
+    b24: &BitrixSim,
+    mango: &MangoSim,
+    rate: f64,
+    db_guard: Option<DatabaseGuard>,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = Settings::for_local(db_url, &b24.url(), &mango.api_url());
     settings.b24_requests_per_second = rate;
+    adjust(&mut settings);
     start_instance(settings, b24, mango, db_guard).await
 }
 

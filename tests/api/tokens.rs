@@ -4,7 +4,10 @@ use mango_callback::db::Backend;
 use mango_callback::sandbox::bitrix::Fault;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use mango_callback::bitrix::BitrixError;
+use mango_callback::sandbox::bitrix::SimPortal;
+
+use crate::helpers::{spawn_app, spawn_app_configured, TestApp};
 use crate::on_both_backends;
 
 async fn an_expired_token_is_refreshed_once_and_the_call_retried(backend: Backend) {
@@ -124,6 +127,7 @@ on_both_backends!(
 async fn a_renamed_portal_is_followed_once_and_its_new_domain_stored(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("oldname").await;
+    let app_info_before = app.b24.calls_to("oauth.app.info").len();
     app.b24.rename_portal(&p.member_id, "newname");
     let r = app
         .ctx
@@ -146,10 +150,85 @@ async fn a_renamed_portal_is_followed_once_and_its_new_domain_stored(backend: Ba
         1,
         "followed once"
     );
+    assert_eq!(
+        app.b24.calls_to("oauth.app.info").len(),
+        app_info_before + 1,
+        "the new endpoint was confirmed with app.info"
+    );
 }
 on_both_backends!(
     a_renamed_portal_is_followed_once_and_its_new_domain_stored,
     a_renamed_portal_is_followed_once_and_its_new_domain_stored
+);
+
+/// Calls `user.admin` through the stored tokens and expects the redirect to be refused with the
+/// stored endpoint kept and nothing sent anywhere else.
+async fn assert_rename_refused(app: &TestApp, p: &SimPortal) {
+    let before = app.portal_row(&p.member_id).await.expect("row");
+    let calls_before = app.b24.calls().len();
+    let err = app
+        .ctx
+        .bitrix
+        .call(&p.member_id, "user.admin", json!({}))
+        .await
+        .expect_err("the redirect is refused");
+    assert!(matches!(err, BitrixError::RenameRefused { .. }), "{err}");
+    assert!(!err.is_transient(), "not retried: {err}");
+    let after = app.portal_row(&p.member_id).await.expect("row");
+    assert_eq!(after.client_endpoint, before.client_endpoint);
+    assert_eq!(after.domain, before.domain);
+    let since: Vec<_> = app.b24.calls().into_iter().skip(calls_before).collect();
+    assert!(
+        since
+            .iter()
+            .all(|c| c.status == 302 || c.method == "oauth.app.info"),
+        "nothing but the refused redirect (and app.info) went out: {:?}",
+        since
+            .iter()
+            .map(|c| (&c.path, c.status))
+            .collect::<Vec<_>>()
+    );
+}
+
+async fn a_redirect_to_a_loopback_http_endpoint_is_refused_in_production(backend: Backend) {
+    // Production's policy: the simulator's http://127.0.0.1 is exactly what must be refused.
+    let app = spawn_app_configured(backend, Default::default(), |s| {
+        s.allow_private_peers = false;
+    })
+    .await;
+    let p = app.installed_portal("loopback").await;
+    app.b24.rename_portal(&p.member_id, "internal");
+    let app_info_before = app.b24.calls_to("oauth.app.info").len();
+    assert_rename_refused(&app, &p).await;
+    assert_eq!(
+        app.b24.calls_to("oauth.app.info").len(),
+        app_info_before,
+        "refused before asking anybody"
+    );
+}
+on_both_backends!(
+    a_redirect_to_a_loopback_http_endpoint_is_refused_in_production,
+    a_redirect_to_a_loopback_http_endpoint_is_refused_in_production
+);
+
+async fn a_redirect_that_app_info_does_not_confirm_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("victim").await;
+    let other = app.installed_portal("elsewhere").await;
+    // The old host points at another endpoint; Bitrix24's OAuth server still knows the old one.
+    app.b24
+        .redirect_portal_to(&p.member_id, &other.client_endpoint);
+    let app_info_before = app.b24.calls_to("oauth.app.info").len();
+    assert_rename_refused(&app, &p).await;
+    // Asked and not confirmed; the redirect target never got a request (checked above).
+    assert_eq!(
+        app.b24.calls_to("oauth.app.info").len(),
+        app_info_before + 1
+    );
+}
+on_both_backends!(
+    a_redirect_that_app_info_does_not_confirm_is_refused,
+    a_redirect_that_app_info_does_not_confirm_is_refused
 );
 
 async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Backend) {
