@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::http::client_addr::TrustedProxies;
+
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mango-callback.db";
 
 /// Command line: every setting is also an environment variable (shown by `--help`).
@@ -88,6 +90,10 @@ pub struct SettingsArgs {
     /// Database connections per instance.
     #[arg(long, env = "APP_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
+    /// Reverse proxies whose X-Forwarded-For / Forwarded headers name the client: comma-separated
+    /// IPs and CIDRs (e.g. 127.0.0.1,10.0.0.0/8); empty trusts nobody.
+    #[arg(long, env = "APP_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
 }
 
 /// Checked settings, the one configuration value of a running app.
@@ -109,6 +115,12 @@ pub struct Settings {
     pub db_pool_size: u32,
     pub b24_requests_per_second: f64,
     pub b24_burst: u32,
+    /// Peers whose forwarding headers are believed for the client address; empty = none.
+    pub trusted_proxies: TrustedProxies,
+    /// Per-address limit of unauthenticated browser POSTs: burst, and one more per interval.
+    /// Not an environment variable; tests slow the refill to count a burst deterministically.
+    pub address_burst: u32,
+    pub address_refill_every: std::time::Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -121,6 +133,7 @@ impl std::fmt::Debug for Settings {
             .field("b24_client_id", &self.b24_client_id)
             .field("b24_oauth_url", &self.b24_oauth_url)
             .field("mango_api_url", &self.mango_api_url)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +240,8 @@ impl Settings {
         if a.job_concurrency == 0 {
             return Err(bad("APP_JOB_CONCURRENCY", "must be at least 1"));
         }
+        let trusted_proxies = TrustedProxies::parse(&a.trusted_proxies)
+            .map_err(|e| bad("APP_TRUSTED_PROXIES", e))?;
         Ok(Settings {
             bind,
             public_url,
@@ -241,6 +256,9 @@ impl Settings {
             db_pool_size: a.db_pool_size.max(2),
             b24_requests_per_second: a.b24_requests_per_second,
             b24_burst: a.b24_burst,
+            trusted_proxies,
+            address_burst: crate::http::throttle::BURST,
+            address_refill_every: crate::http::throttle::REFILL_EVERY,
         })
     }
 
@@ -261,6 +279,9 @@ impl Settings {
             db_pool_size: 8,
             b24_requests_per_second: 2.0,
             b24_burst: 50,
+            trusted_proxies: TrustedProxies::default(),
+            address_burst: crate::http::throttle::BURST,
+            address_refill_every: crate::http::throttle::REFILL_EVERY,
         }
     }
 }
@@ -306,4 +327,36 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::write(path, content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> SettingsArgs {
+        let mut argv = vec![
+            "mango-callback",
+            "--database-url",
+            "postgres://u@h/db",
+            "--secret-key",
+            "0123456789abcdef0123456789abcdef",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("arguments parse").settings
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_nobody_and_a_bad_entry_is_one_line_naming_the_variable() {
+        let s = Settings::from_args(args(&[])).expect("defaults are valid");
+        assert!(s.trusted_proxies.is_empty());
+        let s = Settings::from_args(args(&["--trusted-proxies", "127.0.0.1, 10.0.0.0/8"]))
+            .expect("valid list");
+        assert!(s.trusted_proxies.contains("10.20.30.40".parse().expect("ip")));
+        let e = Settings::from_args(args(&["--trusted-proxies", "127.0.0.1,10.0.0.0/33"]))
+            .err()
+            .expect("a bad CIDR is refused")
+            .to_string();
+        assert!(e.starts_with("APP_TRUSTED_PROXIES: "), "{e}");
+        assert!(e.contains("10.0.0.0/33") && !e.contains('\n'), "{e}");
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod jobs;
 pub mod store;
+pub mod throttle;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

@@ -108,6 +108,22 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     .await
 }
 
+/// An app whose settings the test adjusts (e.g. trusted proxies, the per-address limit).
+pub async fn spawn_app_configured(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    mango_callback::telemetry::init("warn");
+    let (db_url, dir) = fresh_database(backend);
+    let b24 = BitrixSim::start(BitrixSimOptions {
+        drain_per_sec: 20.0,
+        ..Default::default()
+    })
+    .await
+    .expect("bitrix sim");
+    let mango = MangoSim::start(MangoSimOptions::default())
+        .await
+        .expect("mango sim");
+    spawn_instance_configured(&db_url, &b24, &mango, 20.0, dir, tweak).await
+}
+
 pub async fn spawn_app_with(backend: Backend, b24_opts: BitrixSimOptions) -> TestApp {
     mango_callback::telemetry::init("warn");
     let (db_url, dir) = fresh_database(backend);
@@ -128,8 +144,20 @@ pub async fn spawn_instance(
     rate: f64,
     db_guard: Option<DatabaseGuard>,
 ) -> TestApp {
+    spawn_instance_configured(db_url, b24, mango, rate, db_guard, |_| {}).await
+}
+
+async fn spawn_instance_configured(
+    db_url: &str,
+    b24: &BitrixSim,
+    mango: &MangoSim,
+    rate: f64,
+    db_guard: Option<DatabaseGuard>,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = Settings::for_local(db_url, &b24.url(), &mango.api_url());
     settings.b24_requests_per_second = rate;
+    tweak(&mut settings);
     let clock = Clock::system();
     let app = Application::build(
         settings,
