@@ -240,8 +240,8 @@ impl Settings {
         if a.job_concurrency == 0 {
             return Err(bad("APP_JOB_CONCURRENCY", "must be at least 1"));
         }
-        let trusted_proxies = TrustedProxies::parse(&a.trusted_proxies)
-            .map_err(|e| bad("APP_TRUSTED_PROXIES", e))?;
+        let trusted_proxies =
+            TrustedProxies::parse(&a.trusted_proxies).map_err(|e| bad("APP_TRUSTED_PROXIES", e))?;
         Ok(Settings {
             bind,
             public_url,
@@ -351,10 +351,11 @@ mod tests {
         assert!(s.trusted_proxies.is_empty());
         let s = Settings::from_args(args(&["--trusted-proxies", "127.0.0.1, 10.0.0.0/8"]))
             .expect("valid list");
-        assert!(s.trusted_proxies.contains("10.20.30.40".parse().expect("ip")));
+        assert!(s
+            .trusted_proxies
+            .contains("10.20.30.40".parse().expect("ip")));
         let e = Settings::from_args(args(&["--trusted-proxies", "127.0.0.1,10.0.0.0/33"]))
-            .err()
-            .expect("a bad CIDR is refused")
+            .expect_err("a bad CIDR is refused")
             .to_string();
         assert!(e.starts_with("APP_TRUSTED_PROXIES: "), "{e}");
         assert!(e.contains("10.0.0.0/33") && !e.contains('\n'), "{e}");

@@ -657,7 +657,11 @@ async fn mango_turn(
             )
         }
     };
-    tracing::warn!(?wait, retry_after, "Mango request from the page throttled; nothing sent");
+    tracing::warn!(
+        ?wait,
+        retry_after,
+        "Mango request from the page throttled; nothing sent"
+    );
     Ok(Err(Throttled {
         retry_after,
         message,

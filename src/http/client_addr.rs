@@ -9,7 +9,13 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
+use actix_web::{web, HttpMessage};
+use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
+
+use crate::context::Context;
 
 /// One `APP_TRUSTED_PROXIES` entry: an address or a CIDR block, kept as a masked network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,12 +27,8 @@ struct Net {
 impl Net {
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                mask_v4(u32::from(a), self.prefix) == u32::from(n)
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                mask_v6(u128::from(a), self.prefix) == u128::from(n)
-            }
+            (IpAddr::V4(n), IpAddr::V4(a)) => mask_v4(u32::from(a), self.prefix) == u32::from(n),
+            (IpAddr::V6(n), IpAddr::V6(a)) => mask_v6(u128::from(a), self.prefix) == u128::from(n),
             _ => false,
         }
     }
@@ -193,6 +195,60 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     last
 }
 
+/// [`client_ip`] for a request: its TCP peer, its headers and the app's settings (without the
+/// app's [`Context`], as in bare handler tests, nobody is trusted).
+pub fn of_request(
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    ctx: Option<&web::Data<Context>>,
+) -> Option<IpAddr> {
+    let peer = peer?.ip();
+    Some(match ctx {
+        Some(c) => client_ip(peer, headers, &c.shared.settings.trusted_proxies),
+        None => canonical(peer),
+    })
+}
+
+/// The request span of `TracingLogger`, with `http.client_ip` from [`of_request`]: the default
+/// span takes it from actix's `realip_remote_addr`, which believes any caller's
+/// `X-Forwarded-For`. Only the path is recorded, not the query string.
+pub struct RootSpan;
+
+impl RootSpanBuilder for RootSpan {
+    fn on_request_start(request: &ServiceRequest) -> tracing::Span {
+        let client = of_request(
+            request.peer_addr(),
+            request.headers(),
+            request.app_data::<web::Data<Context>>(),
+        )
+        .map_or_else(String::new, |ip| ip.to_string());
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map_or_else(String::new, ToString::to_string);
+        tracing::info_span!(
+            "HTTP request",
+            http.method = %request.method(),
+            http.route = %request.match_pattern().unwrap_or_else(|| "default".into()),
+            http.target = %request.path(),
+            http.client_ip = %client,
+            http.status_code = tracing::field::Empty,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            request_id = %request_id,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +267,48 @@ mod tests {
             );
         }
         h
+    }
+
+    /// Records the `http.client_ip` of every new span.
+    #[derive(Clone, Default)]
+    struct ClientIps(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientIps {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _id: &tracing::span::Id,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Visit<'a>(&'a mut Vec<String>);
+            impl tracing::field::Visit for Visit<'_> {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    if f.name() == "http.client_ip" {
+                        self.0.push(format!("{v:?}"));
+                    }
+                }
+            }
+            if let Ok(mut seen) = self.0.lock() {
+                attrs.record(&mut Visit(&mut seen));
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_span_logs_the_peer_not_an_untrusted_x_forwarded_for() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let seen = ClientIps::default();
+        let subscriber = tracing_subscriber::registry().with(seen.clone());
+        let req = actix_web::test::TestRequest::default()
+            .peer_addr("203.0.113.9:5000".parse().expect("addr"))
+            .insert_header(("X-Forwarded-For", "6.6.6.6"))
+            .insert_header(("Forwarded", "for=7.7.7.7"))
+            .to_srv_request();
+        tracing::subscriber::with_default(subscriber, || {
+            let _span = RootSpan::on_request_start(&req);
+        });
+        let seen = seen.0.lock().expect("not poisoned").clone();
+        assert_eq!(seen, vec!["203.0.113.9".to_owned()]);
     }
 
     #[test]
@@ -250,38 +348,145 @@ mod tests {
         }
     }
 
+    /// Peer, headers, trusted proxies, the expected client.
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a TrustedProxies,
+        &'a str,
+    );
+
     #[test]
     fn the_client_address_believes_forwarding_headers_only_from_trusted_proxies() {
         let proxies = TrustedProxies::parse("10.0.0.0/8, 2001:db8::1").expect("valid");
         let none = TrustedProxies::default();
         // (peer, headers, trusted, expected client)
-        let cases: Vec<(&str, Vec<(&str, &str)>, &TrustedProxies, &str)> = vec![
+        let cases: Vec<Case> = vec![
             // Nobody is trusted by default: the headers are the client's word, ignored.
-            ("203.0.113.9", vec![("X-Forwarded-For", "1.1.1.1")], &none, "203.0.113.9"),
-            ("10.0.0.5", vec![("X-Forwarded-For", "1.1.1.1")], &none, "10.0.0.5"),
+            (
+                "203.0.113.9",
+                vec![("X-Forwarded-For", "1.1.1.1")],
+                &none,
+                "203.0.113.9",
+            ),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "1.1.1.1")],
+                &none,
+                "10.0.0.5",
+            ),
             // A peer outside the list is the client even with a list configured.
-            ("203.0.113.9", vec![("X-Forwarded-For", "1.1.1.1")], &proxies, "203.0.113.9"),
+            (
+                "203.0.113.9",
+                vec![("X-Forwarded-For", "1.1.1.1")],
+                &proxies,
+                "203.0.113.9",
+            ),
             // A trusted proxy: the right-most untrusted hop; the client's spoofed left part is ignored.
-            ("10.0.0.5", vec![("X-Forwarded-For", "6.6.6.6, 198.51.100.7")], &proxies, "198.51.100.7"),
-            ("10.0.0.5", vec![("X-Forwarded-For", "198.51.100.7, 10.1.1.1")], &proxies, "198.51.100.7"),
-            ("10.0.0.5", vec![("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "198.51.100.7")], &proxies, "198.51.100.7"),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "6.6.6.6, 198.51.100.7")],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "198.51.100.7, 10.1.1.1")],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.5",
+                vec![
+                    ("X-Forwarded-For", "6.6.6.6"),
+                    ("X-Forwarded-For", "198.51.100.7"),
+                ],
+                &proxies,
+                "198.51.100.7",
+            ),
             // Ports and brackets.
-            ("10.0.0.5", vec![("X-Forwarded-For", "198.51.100.7:4711")], &proxies, "198.51.100.7"),
-            ("10.0.0.5", vec![("X-Forwarded-For", "[2001:db8::77]:443")], &proxies, "2001:db8::77"),
-            ("::ffff:10.0.0.5", vec![("X-Forwarded-For", "198.51.100.7")], &proxies, "198.51.100.7"),
-            ("2001:db8::1", vec![("X-Forwarded-For", "198.51.100.7")], &proxies, "198.51.100.7"),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "198.51.100.7:4711")],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "[2001:db8::77]:443")],
+                &proxies,
+                "2001:db8::77",
+            ),
+            (
+                "::ffff:10.0.0.5",
+                vec![("X-Forwarded-For", "198.51.100.7")],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "2001:db8::1",
+                vec![("X-Forwarded-For", "198.51.100.7")],
+                &proxies,
+                "198.51.100.7",
+            ),
             // All hops trusted: the furthest one.
-            ("10.0.0.5", vec![("X-Forwarded-For", "10.2.2.2, 10.1.1.1")], &proxies, "10.2.2.2"),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "10.2.2.2, 10.1.1.1")],
+                &proxies,
+                "10.2.2.2",
+            ),
             // No header, an empty one, or an unreadable hop: the last trusted address seen.
             ("10.0.0.5", vec![], &proxies, "10.0.0.5"),
-            ("10.0.0.5", vec![("X-Forwarded-For", "")], &proxies, "10.0.0.5"),
-            ("10.0.0.5", vec![("X-Forwarded-For", "198.51.100.7, unknown")], &proxies, "10.0.0.5"),
-            ("10.0.0.5", vec![("X-Forwarded-For", "6.6.6.6, garbage, 10.1.1.1")], &proxies, "10.1.1.1"),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "")],
+                &proxies,
+                "10.0.0.5",
+            ),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "198.51.100.7, unknown")],
+                &proxies,
+                "10.0.0.5",
+            ),
+            (
+                "10.0.0.5",
+                vec![("X-Forwarded-For", "6.6.6.6, garbage, 10.1.1.1")],
+                &proxies,
+                "10.1.1.1",
+            ),
             // RFC 7239, used only without X-Forwarded-For.
-            ("10.0.0.5", vec![("Forwarded", "for=6.6.6.6, for=198.51.100.7;proto=https;by=10.0.0.5")], &proxies, "198.51.100.7"),
-            ("10.0.0.5", vec![("Forwarded", "for=\"[2001:db8:cafe::17]:4711\"")], &proxies, "2001:db8:cafe::17"),
-            ("10.0.0.5", vec![("Forwarded", "for=_hidden")], &proxies, "10.0.0.5"),
-            ("10.0.0.5", vec![("Forwarded", "for=6.6.6.6"), ("X-Forwarded-For", "198.51.100.7")], &proxies, "198.51.100.7"),
+            (
+                "10.0.0.5",
+                vec![(
+                    "Forwarded",
+                    "for=6.6.6.6, for=198.51.100.7;proto=https;by=10.0.0.5",
+                )],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.5",
+                vec![("Forwarded", "for=\"[2001:db8:cafe::17]:4711\"")],
+                &proxies,
+                "2001:db8:cafe::17",
+            ),
+            (
+                "10.0.0.5",
+                vec![("Forwarded", "for=_hidden")],
+                &proxies,
+                "10.0.0.5",
+            ),
+            (
+                "10.0.0.5",
+                vec![
+                    ("Forwarded", "for=6.6.6.6"),
+                    ("X-Forwarded-For", "198.51.100.7"),
+                ],
+                &proxies,
+                "198.51.100.7",
+            ),
         ];
         for (peer, hs, trusted, want) in cases {
             let got = client_ip(ip(peer), &headers(&hs), trusted);

@@ -96,14 +96,11 @@ pub fn peer(req: &HttpRequest) -> String {
 /// The client's address: the TCP peer, or what a trusted proxy (`APP_TRUSTED_PROXIES`) says
 /// it forwarded for. `None` only when the request has no TCP peer (in-process handler tests).
 pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    let trusted = req
-        .app_data::<web::Data<crate::context::Context>>()
-        .map(|ctx| &ctx.shared.settings.trusted_proxies);
-    Some(match trusted {
-        Some(t) => client_addr::client_ip(peer, req.headers(), t),
-        None => client_addr::canonical(peer),
-    })
+    client_addr::of_request(
+        req.peer_addr(),
+        req.headers(),
+        req.app_data::<web::Data<crate::context::Context>>(),
+    )
 }
 
 /// The per-address gate of the unauthenticated browser POSTs, taken before they cost an

@@ -124,7 +124,10 @@ mod tests {
         let wait = l.take(a).expect_err("fourth in a burst");
         assert!(wait > Duration::from_millis(1500) && wait <= Duration::from_secs(2));
         assert_eq!(retry_after_secs(wait), 2);
-        assert!(l.take(ip("198.51.100.2")).is_ok(), "other addresses unaffected");
+        assert!(
+            l.take(ip("198.51.100.2")).is_ok(),
+            "other addresses unaffected"
+        );
         clock.advance(Duration::from_secs(2));
         assert_eq!(l.take(a), Ok(()), "one refilled");
         assert!(l.take(a).is_err());
@@ -143,7 +146,10 @@ mod tests {
         assert!(l.take(ip("2001:db8:1:3::1")).is_ok(), "another /64");
         assert!(l.take(ip("10.0.0.1")).is_ok());
         assert!(l.take(ip("::ffff:10.0.0.1")).is_ok());
-        assert!(l.take(ip("10.0.0.1")).is_err(), "mapped form is the same address");
+        assert!(
+            l.take(ip("10.0.0.1")).is_err(),
+            "mapped form is the same address"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ use mango_callback::http::client_addr::TrustedProxies;
 use mango_callback::portal::throttle::{PAGE_INTERVAL, REFUSED_KEY_PAUSE};
 use mango_callback::sandbox::bitrix::SimPortal;
 
-use crate::helpers::{spawn_app, spawn_app_configured, spawn_instance, TestApp, MANGO_KEY, MANGO_SALT};
+use crate::helpers::{
+    spawn_app, spawn_app_configured, spawn_instance, TestApp, MANGO_KEY, MANGO_SALT,
+};
 use crate::on_both_backends;
 
 /// An answer of the app: status, `Retry-After` and the body.
@@ -30,12 +32,7 @@ fn enc(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).expect("encodable form")
 }
 
-async fn post(
-    app: &TestApp,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> Answer {
+async fn post(app: &TestApp, path: &str, headers: &[(&str, &str)], body: String) -> Answer {
     let mut req = app
         .http
         .post(format!("{}{}", app.base, path))
@@ -124,14 +121,21 @@ async fn rapid_mango_requests_from_one_portals_page_reach_mango_once_per_interva
             let v = r.json();
             assert_eq!(v["ok"], false);
             assert!(
-                v["error"].as_str().unwrap_or_default().contains("once every 5 seconds"),
+                v["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("once every 5 seconds"),
                 "{v}"
             );
         }
         statuses.push(r.status);
     }
     assert_eq!(statuses, vec![200, 429, 429, 429]);
-    assert_eq!(app.mango.requests().len(), 1, "only the first reached Mango");
+    assert_eq!(
+        app.mango.requests().len(),
+        1,
+        "only the first reached Mango"
+    );
 
     // "Load from Mango" and the form's no-JS check share the portal's turn.
     let r = options(&app, &token).await;
@@ -171,11 +175,17 @@ async fn after_mango_refuses_a_key_the_page_leaves_it_alone_for_two_minutes(back
     let r = check(
         &app,
         &token,
-        &[("mango_api_key", MANGO_KEY), ("mango_api_salt", "wrong-salt")],
+        &[
+            ("mango_api_key", MANGO_KEY),
+            ("mango_api_salt", "wrong-salt"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.json()["message"].as_str().unwrap_or_default().contains("3102"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("3102"));
     assert_eq!(app.mango.requests().len(), 1);
 
     // Past the portal's interval, but the key is still refused: even with the right (stored)
@@ -184,9 +194,18 @@ async fn after_mango_refuses_a_key_the_page_leaves_it_alone_for_two_minutes(back
     let r = check(&app, &token, &[]).await;
     assert_eq!(r.status, 429, "{}", r.body);
     let secs = r.retry_after.expect("Retry-After");
-    assert!((100..=120).contains(&secs), "about two minutes left: {secs}");
+    assert!(
+        (100..=120).contains(&secs),
+        "about two minutes left: {secs}"
+    );
     let v = r.json();
-    assert!(v["error"].as_str().unwrap_or_default().contains("2 minutes"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2 minutes"),
+        "{v}"
+    );
     assert_eq!(v["retry_after"], secs);
     assert_eq!(options(&app, &token).await.status, 429);
     assert_eq!(app.mango.requests().len(), 1, "Mango was not asked again");
@@ -265,12 +284,19 @@ async fn a_spoofed_x_forwarded_for_from_an_untrusted_peer_does_not_dodge_the_add
             &app,
             &p,
             1,
-            &[("X-Forwarded-For", xff.as_str()), ("Forwarded", fwd.as_str())],
+            &[
+                ("X-Forwarded-For", xff.as_str()),
+                ("Forwarded", fwd.as_str()),
+            ],
         )
         .await;
         statuses.push(r.status);
     }
-    assert_eq!(statuses, vec![200, 200, 429, 429], "one address, one allowance");
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429, 429],
+        "one address, one allowance"
+    );
     assert_eq!(app_info_calls(&app), before + 2);
 }
 on_both_backends!(
@@ -286,7 +312,11 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance(back
     for _ in 0..3 {
         statuses.push(open_app(&app, &p, 1, &client).await.status);
     }
-    assert_eq!(statuses, vec![200, 200, 200], "the proxy's own allowance is not used");
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200],
+        "the proxy's own allowance is not used"
+    );
     // The client's own (left) part of the header does not make it someone else.
     let spoofed = [("X-Forwarded-For", "7.7.7.7, 198.51.100.1")];
     assert_eq!(open_app(&app, &p, 1, &spoofed).await.status, 429);
@@ -304,7 +334,12 @@ async fn the_call_log_is_shown_to_administrators_only(backend: Backend) {
     let deal = app.b24.add_deal(&p.member_id, None);
     let fired = app
         .b24
-        .fire_robot(&p.member_id, "mango_callback", deal, &[("phone", "89001234567")])
+        .fire_robot(
+            &p.member_id,
+            "mango_callback",
+            deal,
+            &[("phone", "89001234567")],
+        )
         .await
         .expect("robot");
     assert_eq!(fired.status, 200, "{}", fired.body);
@@ -319,7 +354,10 @@ async fn the_call_log_is_shown_to_administrators_only(backend: Backend) {
     app.b24.add_user(&p.member_id, 5, false);
     let user = open_app(&app, &p, 5, &[]).await;
     assert_eq!(user.status, 200, "{}", user.body);
-    assert!(user.body.contains("id=\"readonly\""), "the settings summary");
+    assert!(
+        user.body.contains("id=\"readonly\""),
+        "the settings summary"
+    );
     assert!(user.body.contains("id=\"health\""), "the health line");
     for hidden in [link.as_str(), "*******4567", "call-log", "Recent callbacks"] {
         assert!(!user.body.contains(hidden), "{hidden} shown to a non-admin");
