@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use crate::error::AppError;
 
+/// The request logger: `tracing-actix-web`'s, with the client address of [`client_ip`].
+pub type RequestLogger = tracing_actix_web::TracingLogger<client_addr::RootSpan>;
+
 /// Largest form body we read; Bitrix24's requests are a few kilobytes.
 pub const MAX_FORM: usize = 256 * 1024;
 
