@@ -629,15 +629,19 @@ async fn mango_turn(
     };
     let (retry_after, message) = match wait {
         Wait::Portal(d) => {
-            let secs = super::throttle::retry_after_secs(d);
+            let (secs, every) = (
+                super::throttle::retry_after_secs(d),
+                throttle::PAGE_INTERVAL.as_secs(),
+            );
             (
                 secs,
                 format!(
-                    "{} {secs} {}",
+                    "{} {every} {} {secs} {}",
                     lang.pick(
-                        "Страница обращается к Mango не чаще раза в 5 секунд. Повторите через",
-                        "The page asks Mango at most once every 5 seconds. Please try again in",
+                        "Страница обращается к Mango не чаще раза в",
+                        "The page asks Mango at most once every",
                     ),
+                    lang.pick("секунд. Повторите через", "seconds. Please try again in"),
                     lang.pick("с.", "s."),
                 ),
             )

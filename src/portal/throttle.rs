@@ -128,6 +128,13 @@ pub fn record_refused_key(
     now_us: i64,
 ) -> Result<(), DbError> {
     let refused = refused_bucket(key_hash);
+    // Keys that are never checked again would leave their rows behind: sweep every old one.
+    diesel::delete(
+        rate_slots::table
+            .filter(rate_slots::bucket.like(refused_bucket("%")))
+            .filter(rate_slots::slot.le(now_us.saturating_sub(micros(REFUSED_KEY_PAUSE)))),
+    )
+    .execute(conn)?;
     insert_if_absent(conn, |c| {
         diesel::insert_into(rate_slots::table)
             .values((
