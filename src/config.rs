@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::crypto::SecretKey;
+use crate::http::client_addr::TrustedProxies;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mango-callback.db";
 
@@ -123,6 +124,10 @@ pub struct SettingsArgs {
     /// Database connections per instance.
     #[arg(long, env = "APP_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
+    /// Reverse proxies whose X-Forwarded-For / Forwarded headers name the client: comma-separated
+    /// IPs and CIDRs (e.g. 127.0.0.1,10.0.0.0/8); empty trusts nobody.
+    #[arg(long, env = "APP_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
 }
 
 /// The key of [`Settings::for_local`]: public, so good for tests only.
@@ -152,6 +157,12 @@ pub struct Settings {
     /// renamed portal's new endpoint). Only tests and the sandbox, whose simulators listen on
     /// http://127.0.0.1, turn it on; never settable from the environment.
     pub allow_private_peers: bool,
+    /// Peers whose forwarding headers are believed for the client address; empty = none.
+    pub trusted_proxies: TrustedProxies,
+    /// Per-address limit of unauthenticated browser POSTs: burst, and one more per interval.
+    /// Not an environment variable; tests slow the refill to count a burst deterministically.
+    pub address_burst: u32,
+    pub address_refill_every: std::time::Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -164,6 +175,7 @@ impl std::fmt::Debug for Settings {
             .field("b24_client_id", &self.b24_client_id)
             .field("b24_oauth_url", &self.b24_oauth_url)
             .field("mango_api_url", &self.mango_api_url)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -274,6 +286,8 @@ impl Settings {
         if a.job_concurrency == 0 {
             return Err(bad("APP_JOB_CONCURRENCY", "must be at least 1"));
         }
+        let trusted_proxies =
+            TrustedProxies::parse(&a.trusted_proxies).map_err(|e| bad("APP_TRUSTED_PROXIES", e))?;
         Ok(Settings {
             bind,
             public_url,
@@ -289,6 +303,9 @@ impl Settings {
             b24_requests_per_second: a.b24_requests_per_second,
             b24_burst: a.b24_burst,
             allow_private_peers: false,
+            trusted_proxies,
+            address_burst: crate::http::throttle::BURST,
+            address_refill_every: crate::http::throttle::REFILL_EVERY,
         })
     }
 
@@ -312,6 +329,9 @@ impl Settings {
             b24_requests_per_second: 2.0,
             b24_burst: 50,
             allow_private_peers: true,
+            trusted_proxies: TrustedProxies::default(),
+            address_burst: crate::http::throttle::BURST,
+            address_refill_every: crate::http::throttle::REFILL_EVERY,
         }
     }
 }
@@ -538,5 +558,38 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("secret.key")).expect("folder");
         assert!(generated_secret_key(&sqlite_url(dir.path())).is_err());
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> SettingsArgs {
+        let mut argv = vec![
+            "mango-callback",
+            "--database-url",
+            "postgres://u@h/db",
+            "--secret-key",
+            LOCAL_SECRET_KEY,
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("arguments parse").settings
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_nobody_and_a_bad_entry_is_one_line_naming_the_variable() {
+        let s = Settings::from_args(args(&[])).expect("defaults are valid");
+        assert!(s.trusted_proxies.is_empty());
+        let s = Settings::from_args(args(&["--trusted-proxies", "127.0.0.1, 10.0.0.0/8"]))
+            .expect("valid list");
+        assert!(s
+            .trusted_proxies
+            .contains("10.20.30.40".parse().expect("ip")));
+        let e = Settings::from_args(args(&["--trusted-proxies", "127.0.0.1,10.0.0.0/33"]))
+            .expect_err("a bad CIDR is refused")
+            .to_string();
+        assert!(e.starts_with("APP_TRUSTED_PROXIES: "), "{e}");
+        assert!(e.contains("10.0.0.0/33") && !e.contains('\n'), "{e}");
     }
 }

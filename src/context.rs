@@ -12,6 +12,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::crypto::Cipher;
 use crate::db::Db;
+use crate::http::throttle::AddressLimiter;
 use crate::mango::MangoClient;
 
 /// Timeout of one Mango request; a callback command either answers quickly or is in doubt.
@@ -31,12 +32,20 @@ pub struct Shared {
     pub refresh_gates: Arc<RefreshGates>,
     /// Names this process in refresh leases and job claims.
     pub instance_id: String,
+    /// Per-client-address limit of the unauthenticated browser POSTs (per instance).
+    pub address_limiter: Arc<AddressLimiter>,
 }
 
 impl Shared {
     pub fn new(settings: Settings, db: Db, clock: Clock) -> Shared {
         let cipher = Cipher::new(&settings.secret_key);
         let limiter = RateLimiter::new(settings.b24_requests_per_second, settings.b24_burst);
+        let address_limiter = AddressLimiter::with_limits(
+            clock.clone(),
+            settings.address_burst,
+            settings.address_refill_every,
+            crate::http::throttle::MAX_TRACKED,
+        );
         Shared {
             settings: Arc::new(settings),
             db,
@@ -46,6 +55,7 @@ impl Shared {
             limiter: Arc::new(limiter),
             refresh_gates: Arc::new(RefreshGates::default()),
             instance_id: format!("instance-{}", uuid::Uuid::new_v4()),
+            address_limiter: Arc::new(address_limiter),
         }
     }
 }

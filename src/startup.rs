@@ -60,7 +60,7 @@ impl Application {
             // One Context (and awc client) per worker thread: awc's client is !Send.
             let ctx = web::Data::new(Context::new(server_shared.clone()));
             App::new()
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(crate::http::RequestLogger::new())
                 .app_data(ctx)
                 .app_data(web::PayloadConfig::new(crate::http::MAX_FORM))
                 .configure(crate::http::configure)

@@ -30,6 +30,11 @@
     });
   }
 
+  function pause(ans) {
+    if (ans.ok) return 0;
+    return ans.retry_after ? ans.retry_after * 1000 : 120000;
+  }
+
   function keys() {
     return { mango_api_key: form.elements.mango_api_key.value.trim(), mango_api_salt: form.elements.mango_api_salt.value.trim() };
   }
@@ -43,8 +48,9 @@
     checkResult.className = "note";
     post("/b24/app/mango/check", keys()).then(function (ans) {
       show(checkResult, !!ans.ok, ans.message || ans.error || "");
-      // After a failure Mango may lock the API for 2 minutes: keep the button off that long.
-      setTimeout(function () { check.disabled = false; }, ans.ok ? 0 : 120000);
+      // After a failure Mango may lock the API for 2 minutes: keep the button off that long,
+      // or as long as the server's throttle says (retry_after, seconds).
+      setTimeout(function () { check.disabled = false; }, pause(ans));
     });
   });
 
@@ -75,7 +81,7 @@
         }));
       }
       show(loadResult, !!ans.ok, ans.message || ans.error || "");
-      setTimeout(function () { load.disabled = false; }, ans.ok ? 0 : 120000);
+      setTimeout(function () { load.disabled = false; }, pause(ans));
     });
   });
 })();

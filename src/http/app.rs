@@ -30,6 +30,7 @@ use crate::callback::{status, Callback};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::mango::{describe_code, Credentials, MangoError};
+use crate::portal::throttle::{self, Wait};
 use crate::portal::{store, Lang, Portal, PortalSettings};
 
 /// How many callbacks the call log shows.
@@ -118,7 +119,7 @@ fn html(status: StatusCode, domain: Option<&str>, body: String) -> HttpResponse 
     r.body(body)
 }
 
-fn error_html(status: StatusCode, lang: Lang, message: &str) -> HttpResponse {
+pub(super) fn error_html(status: StatusCode, lang: Lang, message: &str) -> HttpResponse {
     let page = ErrorPage {
         ru: lang == Lang::Ru,
         title: lang.pick("Mango Office: обратный звонок", "Mango Office callback"),
@@ -161,6 +162,10 @@ pub async fn show_app(
     body: web::Bytes,
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
+    // Limited per address before the `app.info` below costs anything.
+    if let Some(refused) = super::limit_address(&req, &ctx) {
+        return Ok(refused);
+    }
     let form: HashMap<String, String> = parse_form(&body)?;
     let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let member_id = get("member_id")
@@ -293,10 +298,14 @@ fn build_page(
         // Mango posts call events to {this}/events/call, /events/summary and
         // /result/callback_group; the receiving routes arrive with the call-events issue.
         events_url: format!("{}/mango", ctx.shared.settings.public_url),
-        rows: log
-            .into_iter()
-            .map(|cb| log_row(cb, &portal.domain, lang))
-            .collect(),
+        // Deal links and phones are for administrators; others see health and settings only.
+        rows: if token.admin {
+            log.into_iter()
+                .map(|cb| log_row(cb, &portal.domain, lang))
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -416,7 +425,7 @@ pub async fn save_settings(
 
     if field(&auth.form, "action") == "check" {
         // The no-JS path of "Check connection": test the typed keys, save nothing.
-        let check = run_check(&ctx, lang, &stored, &input.mango_api_key, &salt).await;
+        let check = run_check(&ctx, lang, &stored, &input.mango_api_key, &salt).await?;
         let mut page = build_page(&ctx, lang, &auth.token, &portal, &stored, log);
         page.form = input;
         page.check = Some(CheckView {
@@ -426,6 +435,11 @@ pub async fn save_settings(
         if check.recorded {
             page.mango_checked = true;
             page.mango_error = check.error;
+        }
+        if let Some(secs) = check.throttled {
+            let mut r = render(StatusCode::TOO_MANY_REQUESTS, &portal.domain, &page)?;
+            with_retry_after(&mut r, secs);
+            return Ok(r);
         }
         return render(StatusCode::OK, &portal.domain, &page);
     }
@@ -474,6 +488,8 @@ struct Checked {
     recorded: bool,
     /// The recorded error, if any.
     error: Option<String>,
+    /// Refused by the page throttle: seconds for `Retry-After`; Mango was not asked.
+    throttled: Option<u64>,
 }
 
 /// The keys to use: the typed ones, or the stored ones for what was left empty. `Err` is the
@@ -564,6 +580,124 @@ fn mango_failure(lang: Lang, e: &MangoError) -> String {
     )
 }
 
+/// A page request to Mango refused by [`throttle`]: nothing was sent.
+struct Throttled {
+    retry_after: u64,
+    message: String,
+}
+
+impl Throttled {
+    /// 429 with `Retry-After`, as JSON for the page's script.
+    fn json(&self, domain: &str) -> HttpResponse {
+        let mut r = json_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(domain),
+            json!({ "ok": false, "error": self.message, "retry_after": self.retry_after }),
+        );
+        with_retry_after(&mut r, self.retry_after);
+        r
+    }
+}
+
+fn with_retry_after(r: &mut HttpResponse, secs: u64) {
+    r.headers_mut().insert(
+        actix_web::http::header::RETRY_AFTER,
+        actix_web::http::header::HeaderValue::from(secs),
+    );
+}
+
+/// Takes the portal's turn to ask Mango with these keys (see [`throttle`]), shared by every
+/// instance through the database; `Err` says how long to wait and why.
+async fn mango_turn(
+    ctx: &Context,
+    lang: Lang,
+    member_id: &str,
+    creds: &Credentials,
+) -> Result<Result<(), Throttled>, AppError> {
+    let (mid, key_hash, now_us) = (
+        member_id.to_owned(),
+        crate::crypto::sha256_hex(creds.api_key.as_bytes()),
+        ctx.shared.clock.now_utc().timestamp_micros(),
+    );
+    let turn = ctx
+        .shared
+        .db
+        .run(move |c| throttle::take_page_turn(c, &mid, &key_hash, now_us))
+        .await?;
+    let wait = match turn {
+        Ok(()) => return Ok(Ok(())),
+        Err(w) => w,
+    };
+    let (retry_after, message) = match wait {
+        Wait::Portal(d) => {
+            let (secs, every) = (
+                super::throttle::retry_after_secs(d),
+                throttle::PAGE_INTERVAL.as_secs(),
+            );
+            (
+                secs,
+                format!(
+                    "{} {every} {} {secs} {}",
+                    lang.pick(
+                        "Страница обращается к Mango не чаще раза в",
+                        "The page asks Mango at most once every",
+                    ),
+                    lang.pick("секунд. Повторите через", "seconds. Please try again in"),
+                    lang.pick("с.", "s."),
+                ),
+            )
+        }
+        Wait::RefusedKey(d) => {
+            let secs = super::throttle::retry_after_secs(d);
+            (
+                secs,
+                format!(
+                    "{} {secs} {}",
+                    lang.pick(
+                        "Mango только что отклонил запрос с этим ключом API. Второй неверный запрос за 2 минуты заблокировал бы API Mango (и звонки робота) на 2 минуты, поэтому следующая проверка с этим ключом возможна через",
+                        "Mango has just refused a request with this API key. A second bad request within 2 minutes would lock Mango's API (and the robot's calls) for 2 minutes, so the next check with this key is possible in",
+                    ),
+                    lang.pick("с.", "s."),
+                ),
+            )
+        }
+    };
+    tracing::warn!(
+        ?wait,
+        retry_after,
+        "Mango request from the page throttled; nothing sent"
+    );
+    Ok(Err(Throttled {
+        retry_after,
+        message,
+    }))
+}
+
+/// After Mango refused the keys (a 3xxx answer, or HTTP 401 for a bad key or a lock), the page
+/// leaves that key alone for two minutes, so it never causes Mango's lockout.
+async fn note_refusal(ctx: &Context, creds: &Credentials, e: &MangoError) {
+    let refused = match e {
+        MangoError::Rejected { code, .. } => (3000..4000).contains(code),
+        MangoError::Locked => true,
+        _ => false,
+    };
+    if !refused {
+        return;
+    }
+    let (key_hash, now_us) = (
+        crate::crypto::sha256_hex(creds.api_key.as_bytes()),
+        ctx.shared.clock.now_utc().timestamp_micros(),
+    );
+    if let Err(e) = ctx
+        .shared
+        .db
+        .run(move |c| throttle::record_refused_key(c, &key_hash, now_us))
+        .await
+    {
+        tracing::error!(error = %e, "recording Mango's refusal of the key failed");
+    }
+}
+
 /// One request to Mango (`groups`): enough to prove key and salt, and no second bad request.
 async fn run_check(
     ctx: &Context,
@@ -571,18 +705,28 @@ async fn run_check(
     stored: &PortalSettings,
     key: &str,
     salt: &str,
-) -> Checked {
+) -> Result<Checked, AppError> {
     let (creds, is_stored) = match credentials(ctx, lang, stored, key, salt) {
         Ok(c) => c,
         Err(message) => {
-            return Checked {
+            return Ok(Checked {
                 ok: false,
                 message,
                 recorded: false,
                 error: None,
-            }
+                throttled: None,
+            })
         }
     };
+    if let Err(t) = mango_turn(ctx, lang, &stored.member_id, &creds).await? {
+        return Ok(Checked {
+            ok: false,
+            message: t.message,
+            recorded: false,
+            error: None,
+            throttled: Some(t.retry_after),
+        });
+    }
     let result = ctx.mango.groups(&creds).await;
     let (ok, message, error) = match &result {
         Ok(groups) => (
@@ -599,6 +743,7 @@ async fn run_check(
         ),
         Err(e) => {
             tracing::warn!(error = %e, "Mango connection check failed");
+            note_refusal(ctx, &creds, e).await;
             (false, mango_failure(lang, e), Some(e.to_string()))
         }
     };
@@ -619,12 +764,13 @@ async fn run_check(
             tracing::error!(error = %e, "recording the Mango check failed");
         }
     }
-    Checked {
+    Ok(Checked {
         ok,
         message,
         recorded: is_stored,
         error,
-    }
+        throttled: None,
+    })
 }
 
 /// The common start of the page's JSON endpoints: an admin's valid page token, its portal and
@@ -679,7 +825,14 @@ pub async fn check_mango(
         field(&auth.form, "mango_api_key"),
         field(&auth.form, "mango_api_salt"),
     )
-    .await;
+    .await?;
+    if let Some(retry_after) = checked.throttled {
+        return Ok(Throttled {
+            retry_after,
+            message: checked.message,
+        }
+        .json(&portal.domain));
+    }
     Ok(json_reply(
         StatusCode::OK,
         Some(&portal.domain),
@@ -716,12 +869,16 @@ pub async fn mango_options(
             ))
         }
     };
+    if let Err(t) = mango_turn(&ctx, lang, &portal.member_id, &creds).await? {
+        return Ok(t.json(&portal.domain));
+    }
     // Sequential on purpose: if the keys are bad, the first request fails and the second, which
     // would lock the API for two minutes, is never sent.
     let groups = match ctx.mango.groups(&creds).await {
         Ok(g) => g,
         Err(e) => {
             tracing::warn!(error = %e, "loading Mango groups failed");
+            note_refusal(&ctx, &creds, &e).await;
             return Ok(json_reply(
                 StatusCode::OK,
                 domain,
@@ -733,6 +890,7 @@ pub async fn mango_options(
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "loading Mango lines failed");
+            note_refusal(&ctx, &creds, &e).await;
             return Ok(json_reply(
                 StatusCode::OK,
                 domain,

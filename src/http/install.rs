@@ -102,6 +102,10 @@ pub async fn install_app(
     {
         return on_app_install(&req, ev.auth.unwrap_or_default(), &ctx).await;
     }
+    // The installer form is a browser POST: limited per address before `app.info` costs anything.
+    if let Some(refused) = super::limit_address(&req, &ctx) {
+        return Ok(refused);
+    }
     let form: HashMap<String, String> = parse_form(&body)?;
     let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let member_id = get("member_id")

@@ -1,17 +1,22 @@
 //! The HTTP layer: the whole route table and the parsing of Bitrix24's bracketed forms.
 
 pub mod app;
+pub mod client_addr;
 pub mod events;
 pub mod install;
 pub mod mango;
 pub mod robot;
 pub mod settings;
+pub mod throttle;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::error::AppError;
+
+/// The request logger: `tracing-actix-web`'s, with the client address of [`client_ip`].
+pub type RequestLogger = tracing_actix_web::TracingLogger<client_addr::RootSpan>;
 
 /// Largest form body we read; Bitrix24's requests are a few kilobytes.
 pub const MAX_FORM: usize = 256 * 1024;
@@ -173,12 +178,47 @@ pub fn lang_of(req: &HttpRequest) -> crate::portal::Lang {
     crate::portal::Lang::parse(q.get("LANG").map(String::as_str).unwrap_or("ru"))
 }
 
-/// The caller's address for security log lines.
+/// The caller's address for security log lines (see [`client_ip`]).
 pub fn peer(req: &HttpRequest) -> String {
-    req.connection_info()
-        .realip_remote_addr()
-        .unwrap_or("-")
-        .to_owned()
+    client_ip(req).map_or_else(|| "-".to_owned(), |ip| ip.to_string())
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy (`APP_TRUSTED_PROXIES`) says
+/// it forwarded for. `None` only when the request has no TCP peer (in-process handler tests).
+pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    client_addr::of_request(
+        req.peer_addr(),
+        req.headers(),
+        req.app_data::<web::Data<crate::context::Context>>(),
+    )
+}
+
+/// The per-address gate of the unauthenticated browser POSTs, taken before they cost an
+/// `app.info` request: `Some(429 page with Retry-After)` when this address is over its limit.
+pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option<HttpResponse> {
+    let ip = client_ip(req)?;
+    let wait = ctx.shared.address_limiter.take(ip).err()?;
+    let secs = throttle::retry_after_secs(wait);
+    let lang = lang_of(req);
+    tracing::warn!(peer = %ip, path = req.path(), retry_after = secs, "request refused: too many from this address");
+    let message = format!(
+        "{} {secs} {}",
+        lang.pick(
+            "Слишком много запросов с вашего адреса. Повторите через",
+            "Too many requests from your address. Please try again in",
+        ),
+        lang.pick("с.", "s."),
+    );
+    let mut resp = app::error_html(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        lang,
+        &message,
+    );
+    resp.headers_mut().insert(
+        actix_web::http::header::RETRY_AFTER,
+        actix_web::http::header::HeaderValue::from(secs),
+    );
+    Some(resp)
 }
 
 /// Checks an event's or robot call's `application_token` against the stored one, in constant time.

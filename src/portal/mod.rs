@@ -3,6 +3,7 @@
 pub mod jobs;
 pub mod reseal;
 pub mod store;
+pub mod throttle;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

@@ -108,6 +108,19 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     .await
 }
 
+/// An app whose settings the test adjusts (e.g. trusted proxies, the per-address limit).
+pub async fn spawn_app_tweaked(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_configured(
+        backend,
+        BitrixSimOptions {
+            drain_per_sec: 20.0,
+            ..Default::default()
+        },
+        tweak,
+    )
+    .await
+}
+
 pub async fn spawn_app_with(backend: Backend, b24_opts: BitrixSimOptions) -> TestApp {
     spawn_app_configured(backend, b24_opts, |_| {}).await
 }

@@ -256,17 +256,21 @@ async fn the_salt_never_appears_in_any_response(backend: Backend) {
     assert!(page.body.contains("id=\"salt-set\""), "shown as set");
 
     let mut bodies = vec![page.body.clone()];
-    // The stored salt, used when the field is empty.
+    // The stored salt, used when the field is empty. Each Mango request waits for the page's
+    // next turn (one per PAGE_INTERVAL), so that each gets a real answer.
+    let turn = mango_callback::portal::throttle::PAGE_INTERVAL;
     bodies.push(
         post(&app, "/b24/app/mango/check", Some(&token), String::new())
             .await
             .body,
     );
+    app.advance(turn);
     bodies.push(
         post(&app, "/b24/app/mango/options", Some(&token), String::new())
             .await
             .body,
     );
+    app.advance(turn);
     // A typed salt: checked, then saved; a rejected form does not echo it either.
     let typed = enc(&[
         ("mango_api_key", "second-key"),
@@ -290,11 +294,10 @@ async fn the_salt_never_appears_in_any_response(backend: Backend) {
     bodies.push(saved.body);
     let mut check = good_form(&token, "002");
     check.push(("action", "check"));
-    bodies.push(
-        post(&app, "/b24/app/settings", None, enc(&check))
-            .await
-            .body,
-    );
+    app.advance(turn);
+    let checked = post(&app, "/b24/app/settings", None, enc(&check)).await;
+    assert_eq!(checked.status, 200, "{}", checked.body);
+    bodies.push(checked.body);
     bodies.push(open_app(&app, &p, 1, "ru").await.body);
 
     for (i, body) in bodies.iter().enumerate() {
@@ -420,6 +423,7 @@ async fn check_connection_reports_ok_for_good_keys_and_the_error_for_a_bad_salt_
         ("mango_api_key", MANGO_KEY),
         ("mango_api_salt", "wrong-salt"),
     ]);
+    app.advance(mango_callback::portal::throttle::PAGE_INTERVAL);
     let r = post(&app, "/b24/app/mango/check?LANG=en", Some(&token), typed).await;
     let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
     assert_eq!(v["ok"], false, "{v}");
@@ -431,8 +435,10 @@ async fn check_connection_reports_ok_for_good_keys_and_the_error_for_a_bad_salt_
     let s = stored_settings(&app, &p.member_id).await.expect("settings");
     assert!(s.mango_last_error.is_none());
 
-    // The no-JS path renders the same answer into the page.
+    // The no-JS path renders the same answer into the page (once the app's pause for a key
+    // Mango refused is over).
     app.mango.reset_lockout(MANGO_KEY);
+    app.advance(mango_callback::portal::throttle::REFUSED_KEY_PAUSE);
     let mut form = good_form(&token, "002");
     form.push(("action", "check"));
     let r = post(&app, "/b24/app/settings?LANG=en", None, enc(&form)).await;
@@ -441,6 +447,7 @@ async fn check_connection_reports_ok_for_good_keys_and_the_error_for_a_bad_salt_
     assert_eq!(app.mango.requests().len(), 3);
 
     // Pickers: groups and lines of the stored account.
+    app.advance(mango_callback::portal::throttle::PAGE_INTERVAL);
     let r = post(&app, "/b24/app/mango/options", Some(&token), String::new()).await;
     let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
     assert_eq!(v["ok"], true, "{v}");
@@ -735,7 +742,9 @@ mod browser {
             .expect("click");
         wait_text(c, "notice", "Настройки сохранены").await;
 
-        // Check connection with the stored keys (the salt field is empty again).
+        // Check connection with the stored keys (the salt field is empty again), at the page's
+        // next turn to ask Mango.
+        app.advance(mango_callback::portal::throttle::PAGE_INTERVAL);
         c.find(Locator::Id("check"))
             .await
             .expect("check")
@@ -743,6 +752,14 @@ mod browser {
             .await
             .expect("click");
         wait_text(c, "check-result", "Ключи работают").await;
+        // "Load from Mango" at once: the server's throttle answers 429, the script says why.
+        c.find(Locator::Id("load"))
+            .await
+            .expect("load")
+            .click()
+            .await
+            .expect("click");
+        wait_text(c, "load-result", "не чаще раза в 5 секунд").await;
 
         // Reopened: the saved state, the salt only as "set".
         c.goto(&launcher(app, p, 1, "ru")).await.expect("reopen");
