@@ -6,5 +6,6 @@ mod helpers;
 mod callback;
 mod install;
 mod jobs;
+mod self_check;
 mod settings;
 mod tokens;
