@@ -3029,4 +3029,128 @@ mod tests {
         let (status, _) = get(&url).await;
         assert_eq!(status, 200);
     }
+
+    #[actix_web::test]
+    async fn event_test_needs_an_admin_and_delivers_onapptest_after_answering() {
+        let sim = sim().await;
+        let p = sim.create_portal("acme");
+        sim.add_user(&p.member_id, 7, false);
+        let (app, got) = receiver().await;
+        let admin = sim.login(&p.member_id, 1).access_token;
+        let manager = sim.login(&p.member_id, 7).access_token;
+        let bind = json!({"event": "ONAPPTEST", "handler": format!("{app}/events")});
+        let (status, _) = rest(&p, "event.bind", &manager, bind.clone()).await;
+        assert_eq!(status, 403, "event.bind requires an administrator");
+        let (status, _) = rest(&p, "event.bind", &admin, bind).await;
+        assert_eq!(status, 200);
+
+        let (status, body) = rest(&p, "event.test", &manager, json!({"any": "data"})).await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (403, json!("ACCESS_DENIED"))
+        );
+        let (status, body) = rest(&p, "event.test", &admin, json!({"any": "data"})).await;
+        assert_eq!((status, body["result"].clone()), (200, json!(true)));
+        sim.settle().await;
+        let deliveries = sim.deliveries(&p.member_id);
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0].event, "ONAPPTEST");
+        assert_eq!(deliveries[0].status, Some(200));
+        let event = parse_php(&got.lock().expect("lock")[0]).expect("form");
+        assert_eq!(event["event"], json!("ONAPPTEST"));
+        assert_eq!(event["data"]["QUERY"]["any"], json!("data"));
+        assert_eq!(
+            event["auth"]["application_token"],
+            json!(p.application_token)
+        );
+        assert_eq!(event["auth"]["member_id"], json!(p.member_id));
+        assert_eq!(event["auth"]["user_id"], json!("1"));
+        assert!(event["auth"].get("refresh_token").is_none());
+
+        // An unreachable app: the delivery is recorded without a status.
+        sim.set_app_unreachable(true);
+        rest(&p, "event.test", &admin, json!({})).await;
+        sim.settle().await;
+        assert_eq!(sim.deliveries(&p.member_id)[1].status, None);
+        assert_eq!(got.lock().expect("lock").len(), 1);
+    }
+
+    #[actix_web::test]
+    async fn install_finish_delivers_onappinstall_with_the_admins_full_auth() {
+        let sim = sim().await;
+        let p = sim.create_portal("acme");
+        sim.set_iframe_application_token(&p.member_id, false);
+        let iframe = sim.iframe_request(&p.member_id, 1, "DEFAULT", "ru");
+        assert_eq!(iframe.form_value("APPLICATION_TOKEN"), None);
+        assert_eq!(
+            sim.finish_install(&p.member_id),
+            0,
+            "nothing bound, nothing sent"
+        );
+        let (app, got) = receiver().await;
+        let admin = sim.login(&p.member_id, 1).access_token;
+        let bind = json!({"event": "ONAPPINSTALL", "handler": format!("{app}/install")});
+        rest(&p, "event.bind", &admin, bind).await;
+        assert_eq!(sim.finish_install(&p.member_id), 1);
+        assert!(sim.install_finished(&p.member_id));
+        sim.settle().await;
+        let event = parse_php(&got.lock().expect("lock")[0]).expect("form");
+        assert_eq!(event["event"], json!("ONAPPINSTALL"));
+        assert_eq!(event["data"]["INSTALLED"], json!("Y"));
+        let auth = event["auth"].as_object().expect("auth");
+        for key in [
+            "access_token",
+            "refresh_token",
+            "expires_in",
+            "member_id",
+            "domain",
+            "client_endpoint",
+            "server_endpoint",
+            "user_id",
+            "application_token",
+        ] {
+            assert!(
+                auth.get(key)
+                    .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())),
+                "{key}"
+            );
+        }
+        assert_eq!(auth["application_token"], json!(p.application_token));
+        assert_eq!(auth["user_id"], json!("1"));
+        let (status, _) = rest(
+            &p,
+            "user.admin",
+            auth["access_token"].as_str().unwrap_or(""),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "the delivered token works");
+    }
+
+    #[actix_web::test]
+    async fn an_unavailable_oauth_server_answers_503_until_it_is_back() {
+        let sim = sim().await;
+        let p = sim.create_portal("acme");
+        let auth = sim.login(&p.member_id, 1);
+        sim.set_oauth_unavailable(true);
+        let url = format!(
+            "{}app.info?auth={}",
+            sim.server_endpoint(),
+            auth.access_token
+        );
+        assert_eq!(get(&url).await.0, 503);
+        let token_url = format!("{}/oauth/token/", sim.url());
+        let form = refresh_form(&auth.refresh_token, SANDBOX_CLIENT_SECRET);
+        assert_eq!(post_form_body(&token_url, form.clone()).await.0, 503);
+        // The portal's REST API is a different server and keeps answering.
+        let (status, _) = rest(&p, "user.admin", &auth.access_token, json!({})).await;
+        assert_eq!(status, 200);
+        sim.set_oauth_unavailable(false);
+        assert_eq!(get(&url).await.0, 200);
+        assert_eq!(
+            post_form_body(&token_url, form).await.0,
+            200,
+            "the refresh token was not used up"
+        );
+    }
 }
