@@ -1907,7 +1907,8 @@ impl BitrixSim {
         }
     }
 
-    /// Every event delivery made on Bitrix24's own initiative (see [`Delivery`]), in order.
+    /// Every asynchronous event delivery (see [`Delivery`]), in order; [`BitrixSim::send_event`]
+    /// returns its statuses itself and is not listed.
     pub fn deliveries(&self, member_id: &str) -> Vec<Delivery> {
         self.st()
             .deliveries
