@@ -380,8 +380,8 @@ pub const MAX_PENDING_UPDATES: i64 = 10;
 
 impl Job for ApplyAppUpdate {
     const KIND: &'static str = "apply_app_update";
-    // Backoff is capped at 10 minutes: about an hour and a half of retries, the life of the
-    // event's access token.
+    // Backoff doubles from 2 s and is capped at 10 minutes: over an hour of retries, about the
+    // life of the event's access token (after that it could not verify anyway).
     const MAX_ATTEMPTS: i32 = 16;
 
     async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
@@ -399,7 +399,7 @@ impl Job for ApplyAppUpdate {
                 "B24_CLIENT_ID is not configured: cannot verify the kept ONAPPUPDATE".into(),
             ));
         };
-        let drop = |why: &str| {
+        let give_up = |why: &str| {
             tracing::warn!(portal = %self.member_id, reason = why, "kept ONAPPUPDATE refused for good: dropped, nothing changed");
             Ok(())
         };
@@ -417,16 +417,16 @@ impl Job for ApplyAppUpdate {
                     "the OAuth server still cannot verify the kept ONAPPUPDATE: {e}"
                 )))
             }
-            Err(e) => return drop(&e.to_string()),
+            Err(e) => return give_up(&e.to_string()),
         };
         if verified.member_id != self.member_id {
-            return drop("the token belongs to another portal");
+            return give_up("the token belongs to another portal");
         }
         match ask_is_admin(&ctx.bitrix, &verified, &access).await {
             Ok(true) => {}
-            Ok(false) => return drop("the user is not a portal administrator"),
+            Ok(false) => return give_up("the user is not a portal administrator"),
             Err(e) if e.is_transient() => return Err(job_error(e)),
-            Err(e) => return drop(&e.to_string()),
+            Err(e) => return give_up(&e.to_string()),
         }
         let update = VerifiedUpdate {
             member_id: self.member_id.clone(),

@@ -314,3 +314,39 @@ on_both_backends!(
     a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_applied,
     a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_applied
 );
+
+async fn a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let portal = app.installed_portal("two-updates").await;
+    app.b24.set_oauth_unavailable(true);
+    let update = [("VERSION", "2"), ("PREVIOUS_VERSION", "1")];
+    let statuses = app
+        .b24
+        .send_event(&portal.member_id, "ONAPPUPDATE", &update)
+        .await
+        .expect("delivered");
+    assert_eq!(statuses, [202]);
+    app.b24.set_oauth_unavailable(false);
+    let update = [("VERSION", "3"), ("PREVIOUS_VERSION", "2")];
+    let statuses = app
+        .b24
+        .send_event(&portal.member_id, "ONAPPUPDATE", &update)
+        .await
+        .expect("delivered");
+    assert_eq!(statuses, [200]);
+    let newest = app.b24.application_token(&portal.member_id);
+    app.advance(Duration::from_secs(10 * 60));
+    app.drain().await;
+    assert_eq!(
+        app.stored_application_token(&portal.member_id).await,
+        Some(newest),
+        "the older update, verified last, was not applied over the newer one"
+    );
+    app.robot_call_completes(&portal, "89001234567").await;
+}
+on_both_backends!(
+    a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token,
+    a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token
+);
