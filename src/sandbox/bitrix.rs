@@ -499,6 +499,8 @@ impl State {
 
     /// Queues `event` for every handler bound for it, with the usual event auth of `user_id`
     /// (`full`: with `refresh_token` and `client_id`, as ONAPPINSTALL/ONAPPUPDATE carry them).
+    /// Like Bitrix24, nothing is sent before `installFinish()` ([`BitrixSim::finish_install`]),
+    /// however successful `event.bind` was.
     fn queue_event(
         &mut self,
         member_id: &str,
@@ -507,6 +509,9 @@ impl State {
         user_id: u64,
         full: bool,
     ) -> usize {
+        if !self.portal(member_id).install_finished {
+            return 0;
+        }
         let targets: Vec<(String, u64)> = self
             .portal(member_id)
             .bindings
@@ -2093,6 +2098,7 @@ impl BitrixSim {
     }
 
     /// Sends `event` to every handler bound for it with `event.bind`; returns the HTTP statuses.
+    /// A test's shortcut: it delivers at once and whether or not `installFinish()` ran.
     ///
     /// ONAPPUPDATE first rotates the application token and deletes the app's robots; ONAPPUNINSTALL
     /// carries no tokens and afterwards the app's robots, bindings and tokens are gone.
@@ -3049,6 +3055,16 @@ mod tests {
         assert_eq!(
             (status, body["error"].clone()),
             (403, json!("ACCESS_DENIED"))
+        );
+        // Before installFinish() Bitrix24 answers but delivers no event.
+        let (status, _) = rest(&p, "event.test", &admin, json!({})).await;
+        assert_eq!(status, 200);
+        sim.settle().await;
+        assert!(sim.deliveries(&p.member_id).is_empty());
+        assert_eq!(
+            sim.finish_install(&p.member_id),
+            0,
+            "no ONAPPINSTALL handler bound"
         );
         let (status, body) = rest(&p, "event.test", &admin, json!({"any": "data"})).await;
         assert_eq!((status, body["result"].clone()), (200, json!(true)));

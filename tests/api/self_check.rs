@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mango_callback::db::Backend;
-use mango_callback::sandbox::bitrix::SimPortal;
+use mango_callback::sandbox::bitrix::{Delivery, SimPortal};
 
 use crate::helpers::{event_body_as_user, spawn_app, TestApp};
 use crate::on_both_backends;
@@ -19,6 +19,28 @@ async fn installed_without_application_token(app: &TestApp, name: &str) -> SimPo
     assert_eq!(status, 200, "installer failed: {page}");
     app.configure_mango(&portal.member_id).await;
     portal
+}
+
+/// The installer page's `BX24.installFinish()`: Bitrix24 sends ONAPPINSTALL to the handler the
+/// installer bound, and from then on delivers events.
+async fn installer_finishes(app: &TestApp, portal: &SimPortal) {
+    assert_eq!(app.b24.finish_install(&portal.member_id), 1);
+    app.b24.settle().await;
+    let deliveries = app.b24.deliveries(&portal.member_id);
+    assert_eq!(
+        deliveries.last().map(|d| d.status),
+        Some(Some(200)),
+        "{deliveries:?}"
+    );
+}
+
+/// The ONAPPTEST deliveries Bitrix24 made to the app.
+fn onapptests(app: &TestApp, portal: &SimPortal) -> Vec<Delivery> {
+    app.b24
+        .deliveries(&portal.member_id)
+        .into_iter()
+        .filter(|d| d.event == "ONAPPTEST")
+        .collect()
 }
 
 async fn a_portal_installed_without_application_token_gets_it_from_onappinstall_after_install_finish(
@@ -73,6 +95,7 @@ on_both_backends!(
 async fn the_self_check_after_install_shows_that_bitrix24_reaches_the_app(backend: Backend) {
     let app = spawn_app(backend).await;
     let portal = app.installed_portal("reach").await;
+    installer_finishes(&app, &portal).await;
     // A manager's view of the health line (an admin's visit would start a check of its own).
     app.b24.add_user(&portal.member_id, 7, false);
     let (_, page) = app.open_app_page(&portal, 7, "en").await;
@@ -84,19 +107,16 @@ async fn the_self_check_after_install_shows_that_bitrix24_reaches_the_app(backen
     let forged = event_body_as_user(&app.b24, &portal, "ONAPPTEST", 7, "forged-token");
     assert_eq!(app.post_form("/b24/events", forged).await.0, 401);
 
-    // The install-time check waits until installFinish() has run, then asks for ONAPPTEST.
+    // The install-time check waits two minutes, long enough for the installer page to have
+    // called installFinish() (no event is delivered before), then asks for ONAPPTEST.
     app.drain().await;
-    assert!(
-        app.b24.calls_to("event.test").is_empty(),
-        "not before installFinish"
-    );
+    assert!(app.b24.calls_to("event.test").is_empty(), "not at once");
     app.advance(Duration::from_secs(3 * 60));
     app.drain().await;
     assert_eq!(app.b24.calls_to("event.test").len(), 1);
     app.b24.settle().await;
-    let deliveries = app.b24.deliveries(&portal.member_id);
+    let deliveries = onapptests(&app, &portal);
     assert_eq!(deliveries.len(), 1, "{deliveries:?}");
-    assert_eq!(deliveries[0].event, "ONAPPTEST");
     assert_eq!(deliveries[0].handler, format!("{}/b24/events", app.base));
     assert_eq!(deliveries[0].status, Some(200), "{deliveries:?}");
     let (_, page) = app.open_app_page(&portal, 7, "en").await;
@@ -121,11 +141,12 @@ async fn an_unreachable_app_shows_no_and_an_admin_visit_an_hour_later_checks_aga
 ) {
     let app = spawn_app(backend).await;
     let portal = app.installed_portal("unreachable").await;
+    installer_finishes(&app, &portal).await;
     app.b24.set_app_unreachable(true);
     app.advance(Duration::from_secs(3 * 60));
     app.drain().await;
     app.b24.settle().await;
-    let deliveries = app.b24.deliveries(&portal.member_id);
+    let deliveries = onapptests(&app, &portal);
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].status, None, "{deliveries:?}");
     let (_, page) = app.open_app_page(&portal, 1, "en").await;
@@ -174,7 +195,16 @@ on_both_backends!(
 
 async fn onapptest_stores_the_application_token_of_a_portal_that_has_none(backend: Backend) {
     let app = spawn_app(backend).await;
-    let portal = installed_without_application_token(&app, "test-token").await;
+    // A portal where the app was installed (installFinish() ran) before it bound ONAPPINSTALL,
+    // and whose installer POST, opened again, lacks APPLICATION_TOKEN: no ONAPPINSTALL comes.
+    let portal = app.b24.create_portal("test-token");
+    app.b24
+        .set_iframe_application_token(&portal.member_id, false);
+    assert_eq!(app.b24.finish_install(&portal.member_id), 0);
+    let (status, page) = app.open_installer(&portal, portal.admin_user_id).await;
+    assert_eq!(status, 200, "installer failed: {page}");
+    app.configure_mango(&portal.member_id).await;
+    assert_eq!(app.stored_application_token(&portal.member_id).await, None);
     app.advance(Duration::from_secs(3 * 60));
     app.drain().await;
     app.b24.settle().await;
