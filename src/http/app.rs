@@ -308,7 +308,8 @@ fn build_page(
         reach_class: match portal.reach(ctx.shared.clock.now(), SELF_CHECK_ANSWER_WITHIN) {
             Reach::Yes(_) => "good",
             Reach::No(_) => "bad",
-            Reach::Waiting(_) | Reach::NotChecked => "wait",
+            Reach::Waiting(_) => "wait",
+            Reach::NotChecked => "muted",
         },
         rows: log
             .into_iter()
