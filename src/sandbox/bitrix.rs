@@ -2153,6 +2153,7 @@ impl BitrixSim {
                 let p = st.portal_mut(member_id);
                 p.robots.clear();
                 p.bindings.clear();
+                p.install_finished = false;
                 for t in st.access.values_mut() {
                     if t.member_id == member_id {
                         t.revoked = true;

@@ -380,3 +380,35 @@ on_both_backends!(
     a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token,
     a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token
 );
+
+async fn a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_install(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let portal = app.installed_portal("reinstall").await;
+    let statuses = app
+        .b24
+        .send_event(&portal.member_id, "ONAPPUNINSTALL", &[("CLEAN", "0")])
+        .await
+        .expect("delivered");
+    assert_eq!(statuses, [200]);
+    assert_eq!(app.stored_application_token(&portal.member_id).await, None);
+    // Installed again from an installer POST without APPLICATION_TOKEN: "missing" until the
+    // installing admin's ONAPPINSTALL brings the new one.
+    app.b24
+        .set_iframe_application_token(&portal.member_id, false);
+    let (status, page) = app.open_installer(&portal, portal.admin_user_id).await;
+    assert_eq!(status, 200, "{page}");
+    let (_, page) = app.open_app_page(&portal, 1, "en").await;
+    assert!(page.contains("Application token: missing"), "{page}");
+    installer_finishes(&app, &portal).await;
+    assert_eq!(
+        app.stored_application_token(&portal.member_id).await,
+        Some(app.b24.application_token(&portal.member_id))
+    );
+    app.robot_call_completes(&portal, "89001234567").await;
+}
+on_both_backends!(
+    a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_install,
+    a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_install
+);
