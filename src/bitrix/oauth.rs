@@ -258,6 +258,11 @@ pub async fn verify_access_token(
         .await
         .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
     let status = resp.status();
+    // An overloaded or broken OAuth server says nothing about the token, whatever its body
+    // says: 5xx and 429 are "ask again later", never "rejected".
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Err(VerifyError::Unavailable(format!("HTTP {status}")));
+    }
     let body: serde_json::Value = resp
         .json()
         .limit(1 << 20)

@@ -22,6 +22,9 @@ diesel::table! {
         refreshed_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        app_check_sent_at -> Nullable<Timestamp>,
+        app_reached_at -> Nullable<Timestamp>,
+        app_token_received_at -> Nullable<Timestamp>,
     }
 }
 

@@ -30,8 +30,9 @@ use crate::callback::{status, Callback};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::mango::{describe_code, Credentials, MangoError};
+use crate::portal::jobs::SELF_CHECK_ANSWER_WITHIN;
 use crate::portal::throttle::{self, Wait};
-use crate::portal::{store, Lang, Portal, PortalSettings};
+use crate::portal::{store, Lang, Portal, PortalSettings, Reach};
 
 /// How many callbacks the call log shows.
 const LOG_ROWS: i64 = 50;
@@ -78,6 +79,11 @@ pub struct AppPage {
     pub check: Option<CheckView>,
     /// What to paste into Mango's "external system" field.
     pub events_url: String,
+    /// Whether an application token is stored (robot calls and events are refused without one).
+    pub app_token_received: bool,
+    /// "Bitrix24 reaches the app": the self-check's answer in the page's language, and its badge.
+    pub reach: String,
+    pub reach_class: &'static str,
     pub rows: Vec<LogRow>,
 }
 
@@ -212,6 +218,9 @@ pub async fn show_app(
             ),
         ));
     };
+    if admin {
+        crate::portal::jobs::self_check_if_stale(&ctx, &portal).await;
+    }
     // An administrator opening the app hands us a fresh token chain, which heals "needs
     // re-authorisation". Only an administrator's: the stored chain reads deals and contacts, and
     // a restricted user's chain could not.
@@ -298,6 +307,14 @@ fn build_page(
         // Mango posts call events to {this}/events/call, /events/summary and
         // /result/callback_group; the receiving routes arrive with the call-events issue.
         events_url: format!("{}/mango", ctx.shared.settings.public_url),
+        app_token_received: portal.application_token.is_some(),
+        reach: reach_text(portal, lang, ctx.shared.clock.now()),
+        reach_class: match portal.reach(ctx.shared.clock.now(), SELF_CHECK_ANSWER_WITHIN) {
+            Reach::Yes(_) => "good",
+            Reach::No(_) => "bad",
+            Reach::Waiting(_) => "wait",
+            Reach::NotChecked => "muted",
+        },
         // Deal links and phones are for administrators; others see health and settings only.
         rows: if token.admin {
             log.into_iter()
@@ -306,6 +323,29 @@ fn build_page(
         } else {
             Vec::new()
         },
+    }
+}
+
+/// "yes (checked at …)", "no (checked at …)", "checking…" or "not checked yet".
+fn reach_text(portal: &Portal, lang: Lang, now: chrono::NaiveDateTime) -> String {
+    let t = |at: chrono::NaiveDateTime| at.format("%Y-%m-%d %H:%M UTC").to_string();
+    match portal.reach(now, SELF_CHECK_ANSWER_WITHIN) {
+        Reach::NotChecked => lang.pick("ещё не проверялось", "not checked yet").to_owned(),
+        Reach::Waiting(sent) => format!(
+            "{} {})",
+            lang.pick("проверяется (запрос отправлен", "checking (test sent at"),
+            t(sent)
+        ),
+        Reach::Yes(at) => format!("{} {})", lang.pick("да (проверено", "yes (checked at"), t(at)),
+        Reach::No(sent) => format!(
+            "{} {}; {})",
+            lang.pick("нет (проверено", "no (checked at"),
+            t(sent),
+            lang.pick(
+                "тестовое событие не пришло: проверьте, что APP_PUBLIC_URL доступен из интернета",
+                "the test event did not arrive: check that APP_PUBLIC_URL is reachable from the internet"
+            )
+        ),
     }
 }
 

@@ -1,14 +1,18 @@
-//! `POST /b24/events`: ONAPPUPDATE and ONAPPUNINSTALL; any other event is logged and ignored.
+//! `POST /b24/events`: ONAPPUPDATE, ONAPPUNINSTALL and the self-check's ONAPPTEST; any other
+//! event is logged and ignored.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{application_token_matches, parse_form, peer, AuthBlock};
 use crate::context::Context;
+use crate::crypto::Slot;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
-use crate::portal::jobs::RegisterRobot;
-use crate::portal::store;
+use crate::portal::jobs::{
+    apply_verified_update, ApplyAppUpdate, VerifiedUpdate, MAX_PENDING_UPDATES,
+};
+use crate::portal::{store, Portal};
 
 #[derive(Debug, Deserialize)]
 struct EventForm {
@@ -78,51 +82,8 @@ pub async fn handle_event(
             Ok(HttpResponse::Ok()
                 .json(serde_json::json!({ "status": "uninstalled", "clean": clean })))
         }
-        "ONAPPUPDATE" => {
-            // The update brings a new application token, so the stored one cannot vouch for it:
-            // its access token is verified with the OAuth server instead.
-            let token = auth.access_token.clone().filter(|t| !t.is_empty());
-            let new_app_token = auth
-                .application_token
-                .clone()
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
-            let expires = auth.lifetime()?.unwrap_or(3600);
-            let verified = match token {
-                Some(t) => super::install::verify(&ctx, &req, &t, &portal.member_id).await?,
-                None => {
-                    return Err(AppError::Unauthorized(
-                        "ONAPPUPDATE without auth[access_token] cannot be verified".into(),
-                    ))
-                }
-            };
-            let (cipher, now, mid) = (
-                shared.cipher.clone(),
-                shared.clock.now(),
-                portal.member_id.clone(),
-            );
-            let (access, refresh) = (auth.access_token.clone(), auth.refresh_token.clone());
-            shared
-                .db
-                .run(move |c| {
-                    crate::db::write_tx(c, |c| {
-                        store::set_application_token(c, &cipher, &mid, &new_app_token, now)?;
-                        if let (Some(a), Some(r)) = (&access, &refresh) {
-                            store::store_tokens(c, &cipher, &mid, a, r, expires, now)?;
-                        }
-                        let job = RegisterRobot {
-                            member_id: mid.clone(),
-                        }
-                        .to_new_job(Some(&mid), None, now);
-                        queue::enqueue(c, &job, now)?;
-                        Ok(())
-                    })
-                })
-                .await?;
-            shared.notify.notify_one();
-            tracing::info!(version = form.data.version.as_deref().unwrap_or("-"), domain = %verified.domain, "app updated: application token rotated, robot re-registration queued");
-            Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "updated" })))
-        }
+        "ONAPPUPDATE" => on_app_update(&req, &ctx, &portal, auth, form.data.version).await,
+        "ONAPPTEST" => on_app_test(&req, &ctx, &portal, &auth, token_ok).await,
         other => {
             if !token_ok {
                 tracing::warn!(peer = %peer(&req), "event with a wrong application token refused");
@@ -132,4 +93,150 @@ pub async fn handle_event(
             Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ignored" })))
         }
     }
+}
+
+/// ONAPPUPDATE brings a new application token, so the stored one cannot vouch for it: its access
+/// token is verified with the OAuth server and must be a portal administrator's. When that check
+/// cannot be made now (OAuth server or portal unavailable), the event is kept, sealed, for a
+/// retried job instead of being lost: Bitrix24 never sends it again.
+async fn on_app_update(
+    req: &HttpRequest,
+    ctx: &Context,
+    portal: &Portal,
+    auth: AuthBlock,
+    version: Option<String>,
+) -> Result<HttpResponse, AppError> {
+    let shared = &ctx.shared;
+    let Some(token) = auth.access_token.clone().filter(|t| !t.is_empty()) else {
+        tracing::warn!(peer = %peer(req), "ONAPPUPDATE without auth[access_token] refused");
+        return Err(AppError::Unauthorized(
+            "ONAPPUPDATE without auth[access_token] cannot be verified".into(),
+        ));
+    };
+    let new_app_token = auth
+        .application_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
+    let refresh = auth.refresh_token.clone().filter(|t| !t.is_empty());
+    let expires = auth.lifetime()?.unwrap_or(3600);
+    let now = shared.clock.now();
+    let verified =
+        super::install::verify_admin(ctx, req, &token, &portal.member_id, "ONAPPUPDATE").await;
+    match verified {
+        Ok(v) => {
+            let update = VerifiedUpdate {
+                member_id: portal.member_id.clone(),
+                application_token: new_app_token,
+                access_token: Some(token),
+                refresh_token: refresh,
+                expires_in: expires,
+                received_at: now,
+            };
+            let cipher = shared.cipher.clone();
+            shared
+                .db
+                .run(move |c| {
+                    crate::db::write_tx(c, |c| apply_verified_update(c, &cipher, &update, now))
+                })
+                .await?;
+            shared.notify.notify_one();
+            tracing::info!(version = version.as_deref().unwrap_or("-"), domain = %v.domain, "app updated: application token rotated, robot re-registration queued");
+            Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "updated" })))
+        }
+        Err(AppError::Unavailable(why)) => {
+            let (cipher, mid) = (&shared.cipher, portal.member_id.as_str());
+            // Sealed for the columns they are headed for: they can open only as this portal's
+            // tokens. `rotate-key` refuses while such a kept update waits (see portal::reseal).
+            let kept = ApplyAppUpdate {
+                member_id: portal.member_id.clone(),
+                access_token: cipher.seal(Slot::access_token(mid), &token),
+                refresh_token: refresh
+                    .as_deref()
+                    .map(|r| cipher.seal(Slot::refresh_token(mid), r)),
+                application_token: cipher.seal(Slot::application_token(mid), &new_app_token),
+                expires_in: expires,
+                received_at: now,
+            };
+            let job = kept.to_new_job(Some(&portal.member_id), None, now);
+            let mid = portal.member_id.clone();
+            let queued = shared
+                .db
+                .run(move |c| {
+                    crate::db::write_tx(c, |c| {
+                        if queue::count_pending(c, &mid, ApplyAppUpdate::KIND)?
+                            >= MAX_PENDING_UPDATES
+                        {
+                            return Ok(false);
+                        }
+                        Ok(queue::enqueue(c, &job, now)?)
+                    })
+                })
+                .await?;
+            if !queued {
+                tracing::warn!(peer = %peer(req), "ONAPPUPDATE refused: too many updates already wait for verification");
+                return Err(AppError::Unavailable(
+                    "too many updates wait for verification; try again later".into(),
+                ));
+            }
+            shared.notify.notify_one();
+            tracing::warn!(reason = %why, "ONAPPUPDATE kept: it cannot be verified now; a job verifies it when the OAuth server answers");
+            Ok(HttpResponse::Accepted()
+                .json(serde_json::json!({ "status": "kept for verification" })))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// ONAPPTEST, sent by Bitrix24 because the self-check called `event.test`: its arrival proves
+/// that Bitrix24 reaches the app's public URL. It counts only when it verifies: the application
+/// token matches the stored one, or, for a portal that has none yet (its installer POST lacked
+/// `APPLICATION_TOKEN`), its access token is a portal administrator's (as for ONAPPINSTALL), and
+/// then its application token is stored.
+async fn on_app_test(
+    req: &HttpRequest,
+    ctx: &Context,
+    portal: &Portal,
+    auth: &AuthBlock,
+    token_ok: bool,
+) -> Result<HttpResponse, AppError> {
+    let shared = &ctx.shared;
+    let (cipher, mid) = (shared.cipher.clone(), portal.member_id.clone());
+    let store_token = if token_ok {
+        None
+    } else if portal.application_token.is_none() && portal.is_active() {
+        let token = auth.access_token.as_deref().filter(|t| !t.is_empty());
+        let app_token = auth.application_token.clone().filter(|t| !t.is_empty());
+        let (Some(token), Some(app_token)) = (token, app_token) else {
+            tracing::warn!(peer = %peer(req), "ONAPPTEST without tokens for a portal with no application token refused");
+            return Err(AppError::Unauthorized(
+                "ONAPPTEST cannot be verified without auth[access_token] and auth[application_token]"
+                    .into(),
+            ));
+        };
+        super::install::verify_admin(ctx, req, token, &mid, "ONAPPTEST").await?;
+        Some(app_token)
+    } else {
+        tracing::warn!(peer = %peer(req), "ONAPPTEST with a wrong application token refused");
+        return Err(AppError::Unauthorized("wrong application token".into()));
+    };
+    let now = shared.clock.now();
+    let stored = store_token.is_some();
+    shared
+        .db
+        .run(move |c| {
+            crate::db::write_tx(c, |c| {
+                if let Some(t) = &store_token {
+                    store::set_application_token_if_missing(c, &cipher, &mid, t, now)?;
+                }
+                store::mark_app_reached(c, &mid, now)?;
+                Ok(())
+            })
+        })
+        .await?;
+    tracing::info!(
+        application_token_stored = stored,
+        "ONAPPTEST verified: Bitrix24 reaches the app"
+    );
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "reached" })))
 }

@@ -13,7 +13,10 @@ use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
-use crate::portal::jobs::{bind_events, register_robot, RegisterRobot};
+use crate::portal::jobs::{
+    ask_is_admin, bind_events, enqueue_self_check, register_robot, RegisterRobot,
+    SELF_CHECK_AFTER_INSTALL,
+};
 use crate::portal::store::{self, InstallData};
 use crate::portal::Lang;
 
@@ -77,15 +80,37 @@ pub async fn is_admin(
     verified: &VerifiedAuth,
     auth_id: &str,
 ) -> Result<bool, AppError> {
-    let answer = ctx
-        .bitrix
-        .call_with_token(&verified.member_id, &verified.client_endpoint, auth_id, "user.admin", serde_json::json!({}))
+    ask_is_admin(&ctx.bitrix, verified, auth_id)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "user.admin failed; cannot tell whether the user is an administrator");
             AppError::Unavailable(format!("could not ask the portal whether you are an administrator: {e}"))
-        })?;
-    Ok(answer == serde_json::Value::Bool(true))
+        })
+}
+
+/// Verifies an event's `access_token` like [`verify`] and requires a portal administrator: only
+/// an administrator installs or updates the app, so only an administrator's event may change the
+/// portal's tokens. Any user who opens the app holds a real token; a non-admin's is a 403.
+pub async fn verify_admin(
+    ctx: &Context,
+    req: &HttpRequest,
+    access_token: &str,
+    claimed_member_id: &str,
+    event: &str,
+) -> Result<VerifiedAuth, AppError> {
+    let verified = verify(ctx, req, access_token, claimed_member_id).await?;
+    if !is_admin(ctx, &verified, access_token).await? {
+        tracing::warn!(
+            peer = %peer(req),
+            user = verified.user_id.unwrap_or(0),
+            event,
+            "event refused: its token is real but not a portal administrator's; nothing stored"
+        );
+        return Err(AppError::Forbidden(format!(
+            "{event} must carry a portal administrator's authorisation"
+        )));
+    }
+    Ok(verified)
 }
 
 #[tracing::instrument(name = "install", skip_all, fields(portal))]
@@ -163,6 +188,15 @@ pub async fn install_app(
     };
     let page = match steps.await {
         Ok(()) => {
+            // The self-check waits until the page below has called installFinish(): Bitrix24
+            // delivers no events before that.
+            let (mid, now) = (member_id.clone(), ctx.shared.clock.now());
+            ctx.shared
+                .db
+                .run(move |c| {
+                    enqueue_self_check(c, &mid, None, now + SELF_CHECK_AFTER_INSTALL, now)
+                })
+                .await?;
             tracing::info!("robot registered and events bound; installer finishes");
             InstallPage {
                 ru: lang == Lang::Ru,
@@ -190,8 +224,10 @@ pub async fn install_app(
         .body(html))
 }
 
-/// ONAPPINSTALL: nothing is stored yet, so its access token is verified through `app.info`
-/// before its application token is trusted and stored.
+/// ONAPPINSTALL: nothing may be stored yet, so its access token is verified through `app.info`,
+/// and must be a portal administrator's (the installing admin's), before its application token
+/// is trusted and stored. The installer binds this event, so it also arrives after
+/// `installFinish()` for portals whose installer POST lacked `APPLICATION_TOKEN`.
 async fn on_app_install(
     req: &HttpRequest,
     auth: AuthBlock,
@@ -214,7 +250,7 @@ async fn on_app_install(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
     let expires_in = auth.lifetime()?;
-    let verified = verify(ctx, req, &token, &member_id).await?;
+    let verified = verify_admin(ctx, req, &token, &member_id, "ONAPPINSTALL").await?;
     let data = InstallData {
         member_id: member_id.clone(),
         domain: verified.domain,

@@ -78,12 +78,14 @@ pub fn backoff(attempts: i32) -> Duration {
 /// The registry: every job kind the worker knows, in one place.
 pub async fn dispatch(ctx: &Context, row: &queue::JobRow) -> Result<(), JobError> {
     use crate::callback::jobs::{PlaceCall, ReportCallback};
-    use crate::portal::jobs::{KeepTokensAlive, RegisterRobot};
+    use crate::portal::jobs::{ApplyAppUpdate, KeepTokensAlive, RegisterRobot, SelfCheck};
     match row.kind.as_str() {
         PlaceCall::KIND => run_typed::<PlaceCall>(ctx, row).await,
         ReportCallback::KIND => run_typed::<ReportCallback>(ctx, row).await,
         RegisterRobot::KIND => run_typed::<RegisterRobot>(ctx, row).await,
         KeepTokensAlive::KIND => run_typed::<KeepTokensAlive>(ctx, row).await,
+        SelfCheck::KIND => run_typed::<SelfCheck>(ctx, row).await,
+        ApplyAppUpdate::KIND => run_typed::<ApplyAppUpdate>(ctx, row).await,
         other => Err(JobError::Permanent(format!("unknown job kind {other:?}"))),
     }
 }

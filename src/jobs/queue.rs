@@ -265,6 +265,25 @@ pub fn cancel_for_portal(
     .execute(conn)
 }
 
+/// Queued or running jobs of one kind for a portal (a cap on what an unverified request may park).
+pub fn count_pending(conn: &mut DbConnection, member_id: &str, kind: &str) -> QueryResult<i64> {
+    jobs::table
+        .filter(jobs::member_id.eq(member_id))
+        .filter(jobs::kind.eq(kind))
+        .filter(jobs::status.eq_any([QUEUED, RUNNING]))
+        .count()
+        .get_result(conn)
+}
+
+/// Queued or running jobs of `kind`, over every portal.
+pub fn count_pending_of_kind(conn: &mut DbConnection, kind: &str) -> QueryResult<i64> {
+    jobs::table
+        .filter(jobs::kind.eq(kind))
+        .filter(jobs::status.eq_any([QUEUED, RUNNING]))
+        .count()
+        .get_result(conn)
+}
+
 pub fn all(conn: &mut DbConnection) -> QueryResult<Vec<JobRow>> {
     jobs::table
         .order(jobs::id.asc())

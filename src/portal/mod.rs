@@ -46,6 +46,12 @@ pub struct Portal {
     pub refreshed_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// When the self-check last asked Bitrix24 (`event.test`) to send ONAPPTEST.
+    pub app_check_sent_at: Option<NaiveDateTime>,
+    /// When a verified ONAPPTEST last arrived: Bitrix24 reached the app's public URL.
+    pub app_reached_at: Option<NaiveDateTime>,
+    /// When the request that brought the stored application token arrived (ordering of updates).
+    pub app_token_received_at: Option<NaiveDateTime>,
 }
 
 impl std::fmt::Debug for Portal {
@@ -80,6 +86,84 @@ impl Portal {
     /// Usable for robot calls and events: installed and not uninstalled since.
     pub fn is_active(&self) -> bool {
         self.installed && self.uninstalled_at.is_none()
+    }
+
+    /// What the self-check found at `now`; a test unanswered for `bound` counts as "no".
+    pub fn reach(&self, now: NaiveDateTime, bound: chrono::Duration) -> Reach {
+        let Some(sent) = self.app_check_sent_at else {
+            // ONAPPTEST can arrive without our asking (an admin calling event.test by hand).
+            return self.app_reached_at.map_or(Reach::NotChecked, Reach::Yes);
+        };
+        match self.app_reached_at {
+            Some(reached) if reached >= sent => Reach::Yes(reached),
+            _ if now - sent < bound => Reach::Waiting(sent),
+            _ => Reach::No(sent),
+        }
+    }
+}
+
+/// Whether Bitrix24 can reach the app's public URL, as the ONAPPTEST self-check last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// No test was ever sent and no ONAPPTEST arrived.
+    NotChecked,
+    /// A test was sent at this time; its answer may still be on its way.
+    Waiting(NaiveDateTime),
+    /// A verified ONAPPTEST arrived at this time (after the last test was sent).
+    Yes(NaiveDateTime),
+    /// The test sent at this time got no verified ONAPPTEST within the bound.
+    No(NaiveDateTime),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(min: i64) -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(1_800_000_000 + min * 60, 0)
+            .unwrap_or_default()
+            .naive_utc()
+    }
+
+    fn reach(sent: Option<i64>, reached: Option<i64>, now: i64) -> Reach {
+        let p = Portal {
+            member_id: String::new(),
+            domain: String::new(),
+            client_endpoint: String::new(),
+            server_endpoint: String::new(),
+            access_token: None,
+            refresh_token: None,
+            application_token: None,
+            expires_at: None,
+            scope: String::new(),
+            status: String::new(),
+            lang: String::new(),
+            installed: true,
+            needs_reauth: false,
+            uninstalled_at: None,
+            token_version: 0,
+            refresh_lock_until: None,
+            refresh_lock_by: None,
+            refreshed_at: None,
+            created_at: at(0),
+            updated_at: at(0),
+            app_check_sent_at: sent.map(at),
+            app_reached_at: reached.map(at),
+            app_token_received_at: None,
+        };
+        p.reach(at(now), chrono::Duration::minutes(5))
+    }
+
+    #[test]
+    fn reach_is_yes_only_when_an_answer_came_after_the_last_test() {
+        assert_eq!(reach(None, None, 0), Reach::NotChecked);
+        assert_eq!(reach(Some(0), None, 1), Reach::Waiting(at(0)));
+        assert_eq!(reach(Some(0), None, 6), Reach::No(at(0)));
+        assert_eq!(reach(Some(0), Some(1), 9), Reach::Yes(at(1)));
+        assert_eq!(reach(None, Some(1), 9), Reach::Yes(at(1)));
+        // An old answer does not vouch for a newer test.
+        assert_eq!(reach(Some(10), Some(1), 11), Reach::Waiting(at(10)));
+        assert_eq!(reach(Some(10), Some(1), 20), Reach::No(at(10)));
     }
 }
 
@@ -171,7 +255,7 @@ impl Lang {
 }
 
 #[cfg(test)]
-mod tests {
+mod expiry_tests {
     use super::*;
 
     #[test]

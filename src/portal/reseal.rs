@@ -74,6 +74,11 @@ pub enum RotateError {
     },
     #[error("{0} changed while re-sealing (is an instance still running?); nothing was changed: stop every instance and run again")]
     Changed(String),
+    /// Kept ONAPPUPDATE events (verified later by a job) carry tokens sealed under the current
+    /// key inside their job payload, which rotation does not rewrite; they finish within about
+    /// an hour.
+    #[error("{0} ONAPPUPDATE event(s) wait for verification with tokens sealed under the old key; nothing was changed: run again once they are done (within about an hour)")]
+    UpdatesWaiting(i64),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -178,6 +183,13 @@ pub fn rotate(
 ) -> Result<ResealCounts, RotateError> {
     let mut changed: Option<String> = None;
     let result = write_tx(conn, |c| {
+        let waiting = crate::jobs::queue::count_pending_of_kind(
+            c,
+            <crate::portal::jobs::ApplyAppUpdate as crate::jobs::Job>::KIND,
+        )?;
+        if waiting > 0 {
+            return Ok(Err(RotateError::UpdatesWaiting(waiting)));
+        }
         let stored = load_all(c, false)?;
         let mut opened = Vec::with_capacity(stored.len());
         let mut unreadable = Vec::new();

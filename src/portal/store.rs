@@ -64,6 +64,7 @@ struct Reinstall<'a> {
     status: &'a str,
     lang: Option<&'a str>,
     application_token: Option<String>,
+    app_token_received_at: Option<NaiveDateTime>,
     installed: bool,
     uninstalled_at: Option<Option<NaiveDateTime>>,
     updated_at: NaiveDateTime,
@@ -96,6 +97,7 @@ pub fn upsert_installed(
                     Slot::application_token(&d.member_id),
                     d.application_token.as_deref(),
                 )),
+                portals::app_token_received_at.eq(d.application_token.as_ref().map(|_| now)),
                 portals::expires_at.eq(expires_at),
                 portals::scope.eq(&d.scope),
                 portals::status.eq(&d.status),
@@ -126,6 +128,7 @@ pub fn upsert_installed(
                 Slot::application_token(&d.member_id),
                 d.application_token.as_deref(),
             ),
+            app_token_received_at: d.application_token.as_ref().map(|_| now),
             installed: true,
             uninstalled_at: Some(None),
             updated_at: now,
@@ -301,19 +304,32 @@ pub fn move_endpoint(
         .execute(conn)
 }
 
+/// Stores the application token of a verified update received at `received_at`, unless a token
+/// brought by a newer request is already stored; returns whether it was stored.
 pub fn set_application_token(
     conn: &mut DbConnection,
     cipher: &Cipher,
     member_id: &str,
     token: &str,
+    received_at: NaiveDateTime,
     now: NaiveDateTime,
-) -> QueryResult<usize> {
-    diesel::update(portals::table.find(member_id))
-        .set((
-            portals::application_token.eq(cipher.seal(Slot::application_token(member_id), token)),
-            portals::updated_at.eq(now),
-        ))
-        .execute(conn)
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        portals::table
+            .filter(portals::member_id.eq(member_id))
+            .filter(
+                portals::app_token_received_at
+                    .is_null()
+                    .or(portals::app_token_received_at.le(received_at)),
+            ),
+    )
+    .set((
+        portals::application_token.eq(cipher.seal(Slot::application_token(member_id), token)),
+        portals::app_token_received_at.eq(received_at),
+        portals::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
 }
 
 /// ONAPPUNINSTALL without CLEAN: the portal stays for its history but takes no more calls.
@@ -328,6 +344,12 @@ pub fn mark_uninstalled(
             portals::uninstalled_at.eq(now),
             portals::access_token.eq(None::<String>),
             portals::refresh_token.eq(None::<String>),
+            // A re-installation brings a new application token; the old one must not linger
+            // as if it still vouched for events, nor the old install's self-check result.
+            portals::application_token.eq(None::<String>),
+            portals::app_check_sent_at.eq(None::<NaiveDateTime>),
+            portals::app_reached_at.eq(None::<NaiveDateTime>),
+            portals::app_token_received_at.eq(None::<NaiveDateTime>),
             portals::updated_at.eq(now),
         ))
         .execute(conn)
@@ -419,4 +441,49 @@ pub fn record_mango_status(
             portal_settings::mango_checked_at.eq(now),
         ))
         .execute(conn)
+}
+
+/// The self-check is about to ask Bitrix24 for ONAPPTEST: recorded before asking, so that an
+/// answer arriving while the request is still returning counts as an answer to it.
+pub fn mark_app_check_sent(
+    conn: &mut DbConnection,
+    member_id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(portals::table.find(member_id))
+        .set(portals::app_check_sent_at.eq(now))
+        .execute(conn)
+}
+
+/// A verified ONAPPTEST arrived: Bitrix24 reaches the app's public URL.
+pub fn mark_app_reached(
+    conn: &mut DbConnection,
+    member_id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(portals::table.find(member_id))
+        .set(portals::app_reached_at.eq(now))
+        .execute(conn)
+}
+
+/// Stores an application token only where none is stored yet (a verified ONAPPTEST on a portal
+/// whose installer POST carried no `APPLICATION_TOKEN`); never replaces one.
+pub fn set_application_token_if_missing(
+    conn: &mut DbConnection,
+    cipher: &Cipher,
+    member_id: &str,
+    token: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        portals::table
+            .filter(portals::member_id.eq(member_id))
+            .filter(portals::application_token.is_null()),
+    )
+    .set((
+        portals::application_token.eq(cipher.seal(Slot::application_token(member_id), token)),
+        portals::app_token_received_at.eq(now),
+        portals::updated_at.eq(now),
+    ))
+    .execute(conn)
 }

@@ -9,8 +9,11 @@
 //! bucket, robot validation, batch limits) and answers with Bitrix24's JSON shapes and HTTP codes.
 //! Every request is recorded ([`BitrixSim::calls`]). Bitrix24 → app traffic (robot calls, events)
 //! is built by [`BitrixSim::robot_call_body`] / [`BitrixSim::send_event`] as PHP-style
-//! form-urlencoded bodies. All state lives behind one `std::sync::Mutex` that is never held across
-//! an `.await`.
+//! form-urlencoded bodies. Events that Bitrix24 sends by itself (ONAPPINSTALL after
+//! [`BitrixSim::finish_install`], ONAPPTEST after the REST method `event.test`) are delivered
+//! asynchronously after the triggering call was answered, like Bitrix24's queue, and recorded
+//! with their HTTP status ([`BitrixSim::deliveries`]). All state lives behind one
+//! `std::sync::Mutex` that is never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -216,6 +219,28 @@ pub struct RecordedCall {
     pub error: Option<String>,
 }
 
+/// One event POST that Bitrix24 made to an app handler on its own (ONAPPINSTALL, ONAPPTEST, …).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub member_id: String,
+    /// Upper-case event name, e.g. `ONAPPTEST`.
+    pub event: String,
+    /// The bound handler URL it was POSTed to.
+    pub handler: String,
+    /// The app's HTTP status; `None` when the handler could not be reached.
+    pub status: Option<u16>,
+    /// Why the handler could not be reached.
+    pub error: Option<String>,
+}
+
+/// An event POST waiting to be delivered after the current request is answered.
+struct Outgoing {
+    member_id: String,
+    event: String,
+    handler: String,
+    body: String,
+}
+
 /// Handle to a running simulator. Cheap to clone; all clones share the state.
 #[derive(Clone)]
 pub struct BitrixSim {
@@ -269,6 +294,11 @@ struct Portal {
     member_id: String,
     name: String,
     application_token: String,
+    /// Whether the iframe / installer POST carries `APPLICATION_TOKEN` (newly documented; older
+    /// portals leave it out).
+    iframe_app_token: bool,
+    /// Set by [`BitrixSim::finish_install`] (`BX24.installFinish()`).
+    install_finished: bool,
     users: BTreeMap<u64, bool>,
     contacts: BTreeMap<u64, Contact>,
     deals: BTreeMap<u64, Deal>,
@@ -303,6 +333,14 @@ struct State {
     sign_key: [u8; 32],
     calls: Vec<RecordedCall>,
     rejections: HashMap<String, usize>,
+    /// Event POSTs to send once the current request is answered.
+    outbox: Vec<Outgoing>,
+    deliveries: Vec<Delivery>,
+    pending_deliveries: usize,
+    /// The OAuth server (token endpoint and `app.info`) answers 503 while set.
+    oauth_unavailable: bool,
+    /// Event deliveries fail as if the app's public URL could not be reached while set.
+    app_unreachable: bool,
 }
 
 /// An error answer: HTTP status, `error`, `error_description`.
@@ -509,6 +547,49 @@ impl State {
             .collect()
     }
 
+    /// Queues `event` for every handler bound for it, with the usual event auth of `user_id`
+    /// (`full`: with `refresh_token` and `client_id`, as ONAPPINSTALL/ONAPPUPDATE carry them).
+    /// Like Bitrix24, nothing is sent before `installFinish()` ([`BitrixSim::finish_install`]),
+    /// however successful `event.bind` was.
+    fn queue_event(
+        &mut self,
+        member_id: &str,
+        event: &str,
+        data: &[(&str, &str)],
+        user_id: u64,
+        full: bool,
+    ) -> usize {
+        if !self.portal(member_id).install_finished {
+            return 0;
+        }
+        let targets: Vec<(String, u64)> = self
+            .portal(member_id)
+            .bindings
+            .iter()
+            .filter(|b| b.event == event)
+            .map(|b| (b.handler.clone(), b.id))
+            .collect();
+        let n = targets.len();
+        for (handler, id) in targets {
+            let mut pairs = vec![
+                ("event".to_string(), event.to_string()),
+                ("event_handler_id".to_string(), id.to_string()),
+            ];
+            for (k, v) in data {
+                pairs.push((data_key(k), (*v).to_string()));
+            }
+            pairs.push(("ts".into(), now_ts().to_string()));
+            pairs.extend(self.auth_pairs(member_id, user_id, full, full));
+            self.outbox.push(Outgoing {
+                member_id: member_id.to_string(),
+                event: event.to_string(),
+                handler,
+                body: encode_pairs(&pairs, false),
+            });
+        }
+        n
+    }
+
     // ---- HTTP dispatch -----------------------------------------------------------------------
 
     fn dispatch(&mut self, path: &str, query: &str, ctype: &str, body: &[u8]) -> Reply {
@@ -524,6 +605,24 @@ impl State {
                 return reply;
             }
         };
+        let oauth_path = path.starts_with("/oauth/") || path.starts_with("/rest/");
+        if oauth_path && self.oauth_unavailable {
+            let reply = self.error_reply(&api_err(
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable",
+            ));
+            let name = if path.starts_with("/oauth/") {
+                "oauth.token".to_string()
+            } else {
+                format!(
+                    "oauth.{}",
+                    normalize_method(path.trim_start_matches("/rest/"))
+                )
+            };
+            self.record(None, path, &name, Value::Object(params), auth, &reply);
+            return reply;
+        }
         if path == "/oauth/token/" || path == "/oauth/token" {
             let (member, reply) = self.oauth_token(&params);
             self.record(
@@ -1005,6 +1104,21 @@ impl State {
                     !(b.event == event && handler.as_ref().is_none_or(|h| *h == b.handler))
                 });
                 Ok(json!({"count": before - portal.bindings.len()}))
+            }
+            "event.test" => {
+                // Basic scope; the app calls it with an administrator's token.
+                self.require_admin(member_id, user_id)?;
+                let query: Vec<(String, String)> = p
+                    .iter()
+                    .filter_map(|(k, v)| scalar_string(v).map(|v| (format!("QUERY[{k}]"), v)))
+                    .collect();
+                let data: Vec<(&str, &str)> = query
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .chain([("LANGUAGE_ID", "ru")])
+                    .collect();
+                self.queue_event(member_id, "ONAPPTEST", &data, user_id, false);
+                Ok(Value::Bool(true))
             }
             "event.get" => {
                 let list: Vec<Value> = self
@@ -1586,6 +1700,40 @@ async fn post_form(url: &str, body: String) -> Result<(u16, String), String> {
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
+/// Sends queued event POSTs on a spawned task, after the current request is answered (Bitrix24's
+/// queue servers deliver events asynchronously), recording each one's HTTP status.
+fn deliver_later(state: Arc<Mutex<State>>, outbox: Vec<Outgoing>) {
+    if outbox.is_empty() {
+        return;
+    }
+    lock(&state).pending_deliveries += outbox.len();
+    actix_web::rt::spawn(async move {
+        for o in outbox {
+            let unreachable = lock(&state).app_unreachable;
+            let (status, error) = if unreachable {
+                (
+                    None,
+                    Some("simulated: the handler URL is unreachable from Bitrix24".to_string()),
+                )
+            } else {
+                match post_form(&o.handler, o.body).await {
+                    Ok((status, _)) => (Some(status), None),
+                    Err(e) => (None, Some(e)),
+                }
+            };
+            let mut st = lock(&state);
+            st.deliveries.push(Delivery {
+                member_id: o.member_id,
+                event: o.event,
+                handler: o.handler,
+                status,
+                error,
+            });
+            st.pending_deliveries = st.pending_deliveries.saturating_sub(1);
+        }
+    });
+}
+
 async fn handle(
     req: HttpRequest,
     body: web::Bytes,
@@ -1601,7 +1749,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let reply = lock(&state).dispatch(req.path(), req.query_string(), &ctype, &body);
+    let (reply, outbox) = {
+        let mut st = lock(&state);
+        let reply = st.dispatch(req.path(), req.query_string(), &ctype, &body);
+        (reply, std::mem::take(&mut st.outbox))
+    };
+    deliver_later(state.into_inner(), outbox);
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
     if let Some(loc) = reply.location {
@@ -1639,6 +1792,11 @@ impl BitrixSim {
             sign_key: rand::thread_rng().gen(),
             calls: Vec::new(),
             rejections: HashMap::new(),
+            outbox: Vec::new(),
+            deliveries: Vec::new(),
+            pending_deliveries: 0,
+            oauth_unavailable: false,
+            app_unreachable: false,
         }));
         let data = web::Data::from(state.clone());
         let server = super::serve(listener, move |cfg| {
@@ -1688,6 +1846,8 @@ impl BitrixSim {
                 member_id: member_id.clone(),
                 name: name.to_string(),
                 application_token: application_token.clone(),
+                iframe_app_token: true,
+                install_finished: false,
                 users,
                 contacts: BTreeMap::new(),
                 deals: BTreeMap::new(),
@@ -1755,8 +1915,9 @@ impl BitrixSim {
         let p = st.portal(member_id);
         let domain = st.domain(p);
         let app_token = p.application_token.clone();
+        let with_app_token = p.iframe_app_token;
         let s = |a: &str, b: String| (a.to_string(), b);
-        IframeRequest {
+        let mut req = IframeRequest {
             query: vec![
                 s("DOMAIN", domain),
                 s("PROTOCOL", "1".into()),
@@ -1775,7 +1936,80 @@ impl BitrixSim {
                 s("APPLICATION_TOKEN", app_token),
                 s("APPLICATION_SCOPE", SANDBOX_SCOPE.into()),
             ],
+        };
+        if !with_app_token {
+            req.form.retain(|(k, _)| k != "APPLICATION_TOKEN");
         }
+        req
+    }
+
+    /// Whether this portal's iframe / installer POSTs carry `APPLICATION_TOKEN` (default yes;
+    /// Bitrix24 documented the field only recently and portals may leave it out).
+    pub fn set_iframe_application_token(&self, member_id: &str, sent: bool) {
+        self.st().portal_mut(member_id).iframe_app_token = sent;
+    }
+
+    /// What `BX24.installFinish()` in the installer page triggers: the app counts as installed
+    /// and ONAPPINSTALL goes, asynchronously, to every handler bound for it, with the installing
+    /// administrator's (user 1's) full auth: tokens, `expires_in`, endpoints, `user_id` and the
+    /// `application_token`. Returns how many deliveries were queued; await [`BitrixSim::settle`].
+    pub fn finish_install(&self, member_id: &str) -> usize {
+        let (n, outbox) = {
+            let mut st = self.st();
+            st.portal_mut(member_id).install_finished = true;
+            let data = [
+                ("VERSION", "1"),
+                ("ACTIVE", "Y"),
+                ("INSTALLED", "Y"),
+                ("LANGUAGE_ID", "ru"),
+            ];
+            let n = st.queue_event(member_id, "ONAPPINSTALL", &data, 1, true);
+            (n, std::mem::take(&mut st.outbox))
+        };
+        deliver_later(self.state.clone(), outbox);
+        n
+    }
+
+    /// Whether `BX24.installFinish()` ran ([`BitrixSim::finish_install`]).
+    pub fn install_finished(&self, member_id: &str) -> bool {
+        self.st().portal(member_id).install_finished
+    }
+
+    /// Waits until every queued event delivery has been attempted.
+    ///
+    /// # Panics
+    /// If deliveries are still pending after 30 s.
+    pub async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.st().pending_deliveries > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "bitrix sim: event deliveries did not finish within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Every asynchronous event delivery (see [`Delivery`]), in order; [`BitrixSim::send_event`]
+    /// returns its statuses itself and is not listed.
+    pub fn deliveries(&self, member_id: &str) -> Vec<Delivery> {
+        self.st()
+            .deliveries
+            .iter()
+            .filter(|d| d.member_id == member_id)
+            .cloned()
+            .collect()
+    }
+
+    /// While `true`, the OAuth server (`/oauth/token/`, `/rest/app.info`) answers 503.
+    pub fn set_oauth_unavailable(&self, unavailable: bool) {
+        self.st().oauth_unavailable = unavailable;
+    }
+
+    /// While `true`, event deliveries fail as if the app's public URL could not be reached
+    /// (a firewall, a wrong `APP_PUBLIC_URL`); they are recorded without a status.
+    pub fn set_app_unreachable(&self, unreachable: bool) {
+        self.st().app_unreachable = unreachable;
     }
 
     /// Form-urlencoded ONAPPINSTALL event (§1.3) with a fresh token chain for user 1.
@@ -1942,6 +2176,7 @@ impl BitrixSim {
     }
 
     /// Sends `event` to every handler bound for it with `event.bind`; returns the HTTP statuses.
+    /// A test's shortcut: it delivers at once and whether or not `installFinish()` ran.
     ///
     /// ONAPPUPDATE first rotates the application token and deletes the app's robots; ONAPPUNINSTALL
     /// carries no tokens and afterwards the app's robots, bindings and tokens are gone.
@@ -1996,6 +2231,7 @@ impl BitrixSim {
                 let p = st.portal_mut(member_id);
                 p.robots.clear();
                 p.bindings.clear();
+                p.install_finished = false;
                 for t in st.access.values_mut() {
                     if t.member_id == member_id {
                         t.revoked = true;
@@ -2894,5 +3130,139 @@ mod tests {
         );
         let (status, _) = get(&url).await;
         assert_eq!(status, 200);
+    }
+
+    #[actix_web::test]
+    async fn event_test_needs_an_admin_and_delivers_onapptest_after_answering() {
+        let sim = sim().await;
+        let p = sim.create_portal("acme");
+        sim.add_user(&p.member_id, 7, false);
+        let (app, got) = receiver().await;
+        let admin = sim.login(&p.member_id, 1).access_token;
+        let manager = sim.login(&p.member_id, 7).access_token;
+        let bind = json!({"event": "ONAPPTEST", "handler": format!("{app}/events")});
+        let (status, _) = rest(&p, "event.bind", &manager, bind.clone()).await;
+        assert_eq!(status, 403, "event.bind requires an administrator");
+        let (status, _) = rest(&p, "event.bind", &admin, bind).await;
+        assert_eq!(status, 200);
+
+        let (status, body) = rest(&p, "event.test", &manager, json!({"any": "data"})).await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (403, json!("ACCESS_DENIED"))
+        );
+        // Before installFinish() Bitrix24 answers but delivers no event.
+        let (status, _) = rest(&p, "event.test", &admin, json!({})).await;
+        assert_eq!(status, 200);
+        sim.settle().await;
+        assert!(sim.deliveries(&p.member_id).is_empty());
+        assert_eq!(
+            sim.finish_install(&p.member_id),
+            0,
+            "no ONAPPINSTALL handler bound"
+        );
+        let (status, body) = rest(&p, "event.test", &admin, json!({"any": "data"})).await;
+        assert_eq!((status, body["result"].clone()), (200, json!(true)));
+        sim.settle().await;
+        let deliveries = sim.deliveries(&p.member_id);
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0].event, "ONAPPTEST");
+        assert_eq!(deliveries[0].status, Some(200));
+        let event = parse_php(&got.lock().expect("lock")[0]).expect("form");
+        assert_eq!(event["event"], json!("ONAPPTEST"));
+        assert_eq!(event["data"]["QUERY"]["any"], json!("data"));
+        assert_eq!(
+            event["auth"]["application_token"],
+            json!(p.application_token)
+        );
+        assert_eq!(event["auth"]["member_id"], json!(p.member_id));
+        assert_eq!(event["auth"]["user_id"], json!("1"));
+        assert!(event["auth"].get("refresh_token").is_none());
+
+        // An unreachable app: the delivery is recorded without a status.
+        sim.set_app_unreachable(true);
+        rest(&p, "event.test", &admin, json!({})).await;
+        sim.settle().await;
+        assert_eq!(sim.deliveries(&p.member_id)[1].status, None);
+        assert_eq!(got.lock().expect("lock").len(), 1);
+    }
+
+    #[actix_web::test]
+    async fn install_finish_delivers_onappinstall_with_the_admins_full_auth() {
+        let sim = sim().await;
+        let p = sim.create_portal("acme");
+        sim.set_iframe_application_token(&p.member_id, false);
+        let iframe = sim.iframe_request(&p.member_id, 1, "DEFAULT", "ru");
+        assert_eq!(iframe.form_value("APPLICATION_TOKEN"), None);
+        assert_eq!(
+            sim.finish_install(&p.member_id),
+            0,
+            "nothing bound, nothing sent"
+        );
+        let (app, got) = receiver().await;
+        let admin = sim.login(&p.member_id, 1).access_token;
+        let bind = json!({"event": "ONAPPINSTALL", "handler": format!("{app}/install")});
+        rest(&p, "event.bind", &admin, bind).await;
+        assert_eq!(sim.finish_install(&p.member_id), 1);
+        assert!(sim.install_finished(&p.member_id));
+        sim.settle().await;
+        let event = parse_php(&got.lock().expect("lock")[0]).expect("form");
+        assert_eq!(event["event"], json!("ONAPPINSTALL"));
+        assert_eq!(event["data"]["INSTALLED"], json!("Y"));
+        let auth = event["auth"].as_object().expect("auth");
+        for key in [
+            "access_token",
+            "refresh_token",
+            "expires_in",
+            "member_id",
+            "domain",
+            "client_endpoint",
+            "server_endpoint",
+            "user_id",
+            "application_token",
+        ] {
+            assert!(
+                auth.get(key)
+                    .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())),
+                "{key}"
+            );
+        }
+        assert_eq!(auth["application_token"], json!(p.application_token));
+        assert_eq!(auth["user_id"], json!("1"));
+        let (status, _) = rest(
+            &p,
+            "user.admin",
+            auth["access_token"].as_str().unwrap_or(""),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "the delivered token works");
+    }
+
+    #[actix_web::test]
+    async fn an_unavailable_oauth_server_answers_503_until_it_is_back() {
+        let sim = sim().await;
+        let p = sim.create_portal("acme");
+        let auth = sim.login(&p.member_id, 1);
+        sim.set_oauth_unavailable(true);
+        let url = format!(
+            "{}app.info?auth={}",
+            sim.server_endpoint(),
+            auth.access_token
+        );
+        assert_eq!(get(&url).await.0, 503);
+        let token_url = format!("{}/oauth/token/", sim.url());
+        let form = refresh_form(&auth.refresh_token, SANDBOX_CLIENT_SECRET);
+        assert_eq!(post_form_body(&token_url, form.clone()).await.0, 503);
+        // The portal's REST API is a different server and keeps answering.
+        let (status, _) = rest(&p, "user.admin", &auth.access_token, json!({})).await;
+        assert_eq!(status, 200);
+        sim.set_oauth_unavailable(false);
+        assert_eq!(get(&url).await.0, 200);
+        assert_eq!(
+            post_form_body(&token_url, form).await.0,
+            200,
+            "the refresh token was not used up"
+        );
     }
 }

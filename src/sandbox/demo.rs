@@ -85,6 +85,16 @@ pub async fn run(
         "\n-- installed into portal {} (member_id {})",
         portal.domain, portal.member_id
     );
+    // The installer page's BX24.installFinish(): Bitrix24 then sends ONAPPINSTALL to the handler
+    // the installer bound.
+    b24.finish_install(&portal.member_id);
+    b24.settle().await;
+    for d in b24.deliveries(&portal.member_id) {
+        let status = d
+            .status
+            .map_or_else(|| "unreachable".to_owned(), |s| s.to_string());
+        println!("   {} → {} answered {status}", d.event, d.handler);
+    }
     for (code, fields) in b24.robots(&portal.member_id) {
         println!(
             "   robot {code} → {}",

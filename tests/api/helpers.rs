@@ -335,6 +335,106 @@ impl TestApp {
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
+
+    /// A genuine robot call on a new deal: answered 200, and after the jobs ran Mango got the
+    /// call and the business process got `bizproc.event.send` with `result=started`.
+    pub async fn robot_call_completes(&self, portal: &SimPortal, phone: &str) {
+        let calls_before = self.mango.callbacks().len();
+        let sends_before = self.b24.event_sends(&portal.member_id).len();
+        let deal = self.b24.add_deal(&portal.member_id, None);
+        let fired = self
+            .b24
+            .fire_robot(
+                &portal.member_id,
+                "mango_callback",
+                deal,
+                &[("phone", phone)],
+            )
+            .await
+            .expect("the robot is registered");
+        assert_eq!(
+            fired.status, 200,
+            "genuine robot call refused: {}",
+            fired.body
+        );
+        self.drain().await;
+        assert_eq!(
+            self.mango.callbacks().len(),
+            calls_before + 1,
+            "Mango got the call"
+        );
+        let sends = self.b24.event_sends(&portal.member_id);
+        assert_eq!(sends.len(), sends_before + 1, "bizproc.event.send sent");
+        assert_eq!(sends[sends.len() - 1]["RETURN_VALUES"]["result"], "started");
+    }
+
+    /// The application token the app has stored for the portal, opened.
+    pub async fn stored_application_token(&self, member_id: &str) -> Option<String> {
+        let row = self.portal_row(member_id).await?;
+        row.application_token.map(|t| {
+            self.shared
+                .cipher
+                .open(
+                    mango_callback::crypto::Slot::application_token(member_id),
+                    &t,
+                )
+                .expect("stored token opens")
+        })
+    }
+
+    /// The app page as user `user_id` sees it when opening the app (status, HTML).
+    pub async fn open_app_page(
+        &self,
+        portal: &SimPortal,
+        user_id: u64,
+        lang: &str,
+    ) -> (u16, String) {
+        let req = self
+            .b24
+            .iframe_request(&portal.member_id, user_id, "DEFAULT", lang);
+        self.post_form(
+            &format!("/b24/app?{}", req.query_string()),
+            req.to_form_body(),
+        )
+        .await
+    }
+}
+
+/// An event body as a portal user could build it by hand from their own real token: PHP bracket
+/// keys, the user's access and refresh token, and an `application_token` of their choosing.
+pub fn event_body_as_user(
+    b24: &BitrixSim,
+    portal: &SimPortal,
+    event: &str,
+    user_id: u64,
+    application_token: &str,
+) -> String {
+    let auth = b24.login(&portal.member_id, user_id);
+    let pairs = [
+        ("event", event.to_owned()),
+        ("data[VERSION]", "2".to_owned()),
+        ("data[LANGUAGE_ID]", "ru".to_owned()),
+        ("ts", chrono::Utc::now().timestamp().to_string()),
+        ("auth[access_token]", auth.access_token),
+        ("auth[expires_in]", auth.expires_in.to_string()),
+        ("auth[scope]", "crm,bizproc,placement,user_brief".to_owned()),
+        ("auth[domain]", portal.domain.clone()),
+        ("auth[server_endpoint]", b24.server_endpoint()),
+        ("auth[status]", "F".to_owned()),
+        ("auth[client_endpoint]", portal.client_endpoint.clone()),
+        ("auth[member_id]", portal.member_id.clone()),
+        ("auth[user_id]", user_id.to_string()),
+        ("auth[refresh_token]", auth.refresh_token),
+        ("auth[application_token]", application_token.to_owned()),
+    ];
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+            format!("{k}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 impl TestApp {

@@ -2,7 +2,7 @@
 
 use mango_callback::db::Backend;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{event_body_as_user, spawn_app};
 use crate::on_both_backends;
 
 async fn a_full_install_stores_the_portal_registers_the_robot_and_binds_events(backend: Backend) {
@@ -44,20 +44,24 @@ async fn a_full_install_stores_the_portal_registers_the_robot_and_binds_events(b
             "return property {ret}"
         );
     }
-    let mut events: Vec<_> = app
-        .b24
-        .bound_events(&portal.member_id)
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+    let mut events = app.b24.bound_events(&portal.member_id);
     events.sort();
-    assert_eq!(events, ["ONAPPUNINSTALL", "ONAPPUPDATE"]);
+    let handler = |path: &str| format!("{}{path}", app.base);
+    assert_eq!(
+        events,
+        [
+            ("ONAPPINSTALL".to_owned(), handler("/b24/install")),
+            ("ONAPPTEST".to_owned(), handler("/b24/events")),
+            ("ONAPPUNINSTALL".to_owned(), handler("/b24/events")),
+            ("ONAPPUPDATE".to_owned(), handler("/b24/events")),
+        ]
+    );
 
     // The installer may be shown again: it updates, never duplicates.
     let (status, _) = app.open_installer(&portal, 1).await;
     assert_eq!(status, 200);
     assert_eq!(app.b24.robots(&portal.member_id).len(), 1);
-    assert_eq!(app.b24.bound_events(&portal.member_id).len(), 2);
+    assert_eq!(app.b24.bound_events(&portal.member_id).len(), 4);
     assert_eq!(
         app.b24.calls_to("bizproc.robot.update").len(),
         1,
@@ -305,4 +309,69 @@ async fn onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stor
 on_both_backends!(
     onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored,
     onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored
+);
+
+/// A manager (not an administrator) who opens the app holds a real token; the attack measured in
+/// #8 posts ONAPPINSTALL with it and an application token of the attacker's choosing.
+async fn a_managers_onappinstall_is_refused_and_the_genuine_robot_still_completes(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let portal = app.installed_portal("managed").await;
+    app.b24.add_user(&portal.member_id, 7, false);
+    let body = event_body_as_user(
+        &app.b24,
+        &portal,
+        "ONAPPINSTALL",
+        7,
+        "attacker-chosen-token",
+    );
+    let (status, answer) = app.post_form("/b24/install", body).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        app.stored_application_token(&portal.member_id).await,
+        Some(portal.application_token.clone()),
+        "the stored application token is unchanged"
+    );
+    app.robot_call_completes(&portal, "89001234567").await;
+    // The attacker's token opens nothing.
+    let deal = app.b24.add_deal(&portal.member_id, None);
+    let forged = app
+        .robot_body(
+            &portal,
+            deal,
+            &[("phone", "89990000000")],
+            Default::default(),
+        )
+        .replace(&portal.application_token, "attacker-chosen-token");
+    assert_eq!(app.post_form("/b24/robot", forged).await.0, 401);
+}
+on_both_backends!(
+    a_managers_onappinstall_is_refused_and_the_genuine_robot_still_completes,
+    a_managers_onappinstall_is_refused_and_the_genuine_robot_still_completes
+);
+
+async fn a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let portal = app.installed_portal("managed-upd").await;
+    app.b24.add_user(&portal.member_id, 7, false);
+    let body = event_body_as_user(&app.b24, &portal, "ONAPPUPDATE", 7, "attacker-chosen-token");
+    let (status, answer) = app.post_form("/b24/events", body).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        app.stored_application_token(&portal.member_id).await,
+        Some(portal.application_token.clone()),
+        "the stored application token is unchanged"
+    );
+    app.drain().await;
+    assert_eq!(
+        app.b24.calls_to("bizproc.robot.update").len(),
+        0,
+        "no robot re-registration was queued"
+    );
+    app.robot_call_completes(&portal, "89001234567").await;
+}
+on_both_backends!(
+    a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes,
+    a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes
 );

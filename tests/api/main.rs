@@ -10,5 +10,6 @@ mod jobs;
 mod limits;
 mod secrets;
 mod security;
+mod self_check;
 mod settings;
 mod tokens;
