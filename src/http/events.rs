@@ -137,3 +137,6 @@ pub async fn handle_event(
         }
     }
 }
+
+#[cfg(test)]
+mod props;

@@ -118,3 +118,6 @@ pub async fn receive(
     }
     Ok(ok())
 }
+
+#[cfg(test)]
+mod props;

@@ -7,6 +7,9 @@ pub mod mango;
 pub mod robot;
 pub mod settings;
 
+#[cfg(test)]
+mod props;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
