@@ -6,5 +6,6 @@ mod helpers;
 mod callback;
 mod install;
 mod jobs;
+mod props;
 mod settings;
 mod tokens;
