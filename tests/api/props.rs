@@ -21,7 +21,9 @@ use crate::on_both_backends;
 
 /// Fields whose values are not mutated while a REAL access token goes with them: an absurd
 /// token lifetime there is #8's "Must close" 1 (range checks, fixed and proved by its own
-/// table-driven test). Empty this list once that fix is merged, so these properties cover it too.
+/// table-driven test). Empty this list once that fix is merged, so these properties cover it too:
+/// with it empty they find that panic (`auth[expires_in]=10000000000000` on ONAPPINSTALL, kept
+/// as a seed in `tests/proptest-regressions/props.txt`).
 const LIFETIME_FIELDS_KEPT: &[&str] = &["AUTH_EXPIRES", "auth[expires_in]", "auth[expires]"];
 
 fn config(cases: u32) -> ProptestConfig {
