@@ -177,6 +177,31 @@ async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
     );
     assert_eq!(app.mango.callbacks().len(), 2);
 
+    // Refusals log the most: genuine tokens in requests that are refused all the same.
+    let third = app.b24.add_deal(&p.member_id, Some(contact));
+    let bogus_group = app.robot_body(&p, third, &[("group", "bogus")], RobotCallStyle::default());
+    let (status, answer) = post(&app, "/b24/robot", None, bogus_group).await;
+    assert!(status < 500, "{status}: {answer}");
+    let wrong_token = app
+        .robot_body(&p, third, &[], RobotCallStyle::default())
+        .replace(&p.application_token, "0123456789abcdef0123456789abcdef");
+    let (status, answer) = post(&app, "/b24/robot", None, wrong_token).await;
+    assert_eq!(status, 401, "{answer}");
+    let mut other_portal = app.b24.iframe_request(&p.member_id, 1, "DEFAULT", "en");
+    for (k, v) in other_portal.form.iter_mut() {
+        if k == "member_id" {
+            *v = "fedcba9876543210fedcba9876543210".into();
+        }
+    }
+    let (status, answer) = post(
+        &app,
+        &format!("/b24/app?{}", other_portal.query_string()),
+        None,
+        other_portal.to_form_body(),
+    )
+    .await;
+    assert!((400..500).contains(&status), "{status}: {answer}");
+
     let statuses = app
         .b24
         .send_event(&p.member_id, "ONAPPUNINSTALL", &[("CLEAN", "0")])
@@ -202,6 +227,8 @@ async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
         "Bitrix24 tokens refreshed",
         "Mango reported the callback_group result",
         "app uninstalled from the portal",
+        "wrong application token refused",
+        "request refused",
         p.member_id.as_str(),
     ] {
         assert!(

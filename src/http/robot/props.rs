@@ -265,3 +265,23 @@ proptest! {
         prop_assert_eq!(deal_id(&doc).ok(), Some(n.to_string()));
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A refused form is logged and answered with its error: that text must not quote a token.
+    #[test]
+    fn a_refused_robot_call_does_not_quote_its_tokens(
+        c in call(),
+        style in brackets(),
+        mutations in prop::collection::vec(mutation(), 1..6),
+    ) {
+        let body = mutate(c.pairs(), &mutations, style);
+        if let Err(e) = parse_form::<RobotForm>(&body) {
+            let text = e.to_string();
+            for secret in [&c.application_token, &c.access_token] {
+                prop_assert!(secret.len() < 8 || !text.contains(secret.as_str()), "{}", text);
+            }
+        }
+    }
+}
