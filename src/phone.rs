@@ -15,9 +15,11 @@
 //! 4. Russian (zone 7) forms: 11 digits `8XXXXXXXXXX` → `7XXXXXXXXXX` (also when typed "+8…",
 //!    a common slip), when the next digit starts a Russian national number (3, 4, 8 or 9);
 //!    10 digits starting with 9 (mobile) or 3/4/8 (area codes) get a `7`.
-//! 5. A number in zone 7 has exactly 11 digits. Others are kept as written if they have 10–15
-//!    digits with '+'/`00`/`810`, or 11–15 digits without (so that normalising an already
-//!    normalised number returns it unchanged).
+//! 5. No country code starts with 0, so a number that does after step 3 is refused.
+//!    A number in zone 7 has exactly 11 digits. Others are kept as written if they have 10–15
+//!    digits with '+'/`00`/`810`, or 11–15 digits without (so that a normalised number written
+//!    with '+' normalises to itself, and from 11 digits on also without it, unless it starts
+//!    with 810).
 
 /// A dialable number: ASCII digits only, E.164 without '+', e.g. `79001234567`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub enum PhoneError {
     TooShort,
     #[error("the phone number is too long (more than 15 digits)")]
     TooLong,
+    #[error("the phone number does not start with a country code (no country code starts with 0)")]
+    NoCountryCode,
 }
 
 impl PhoneError {
@@ -67,6 +71,9 @@ impl PhoneError {
             PhoneError::Letters => "Номер телефона содержит буквы или посторонние символы",
             PhoneError::TooShort => "Номер телефона слишком короткий (нужен полный номер с кодом)",
             PhoneError::TooLong => "Номер телефона слишком длинный (больше 15 цифр)",
+            PhoneError::NoCountryCode => {
+                "Номер телефона не начинается с кода страны (код страны не начинается с 0)"
+            }
         }
     }
 }
@@ -126,6 +133,11 @@ pub fn normalize(raw: &str) -> Result<Phone, PhoneError> {
     }
     if digits.len() < MIN_DIGITS {
         return Err(PhoneError::TooShort);
+    }
+    if digits.starts_with('0') {
+        // No country code starts with 0: this is a trunk prefix or a typo, and Mango would
+        // answer the call with an error that counts toward its lockout.
+        return Err(PhoneError::NoCountryCode);
     }
     if digits.starts_with('7') {
         // Zone 7 (Russia, Kazakhstan) numbers are exactly 11 digits.
@@ -253,6 +265,7 @@ mod tests {
             PhoneError::Letters,
             PhoneError::TooShort,
             PhoneError::TooLong,
+            PhoneError::NoCountryCode,
         ] {
             assert!(!err.to_string().is_empty());
             assert!(err.message_ru().chars().any(|c| ('а'..='я').contains(&c)));
@@ -260,7 +273,148 @@ mod tests {
     }
 
     #[test]
+    fn a_number_whose_country_code_would_start_with_zero_is_refused() {
+        // Found by `props::a_normalised_number_normalises_to_itself`: "000000000000" came out as
+        // "0000000000", which no longer normalised to itself, and Mango cannot dial it.
+        for raw in [
+            "000000000000",
+            "+0 495 123 45 67",
+            "0 (495) 123-45-67",
+            "00 0 495 123 45 67",
+        ] {
+            assert_eq!(
+                normalize(raw),
+                Err(PhoneError::NoCountryCode),
+                "input: {raw:?}"
+            );
+        }
+    }
+
+    #[test]
     fn absurdly_long_input_is_refused_without_work() {
         assert_eq!(normalize(&"1".repeat(10_000)), Err(PhoneError::TooLong));
+    }
+}
+
+/// Properties over generated input: whatever a CRM field holds, `normalize` answers without
+/// panicking, and what it returns is a fixed point that survives any human formatting.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Separators people type between digits; each must be ignored.
+    const SEPARATORS: [&str; 8] = [" ", "-", ".", "(", ")", "\u{a0}", "\u{2013}", "\u{2009}"];
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 512,
+            max_shrink_iters: 2048,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Digits mixed with the characters that phone fields really contain.
+    fn phone_like() -> impl Strategy<Value = String> {
+        prop::string::string_regex("[0-9 +()\\-.#\u{a0}extдобвн:]{0,40}").expect("valid regex")
+    }
+
+    /// A number as `normalize` returns it, derived from arbitrary digit strings.
+    fn normalised() -> impl Strategy<Value = Phone> {
+        prop_oneof![
+            "[0-9]{10,15}",
+            "\\+[0-9]{10,15}",
+            "00[0-9]{8,15}",
+            "810[0-9]{9,13}"
+        ]
+        .prop_filter_map("not a phone", |d| normalize(&d).ok())
+    }
+
+    /// `digits` with a random separator (or none) before each digit.
+    fn formatted(digits: String) -> impl Strategy<Value = String> {
+        let n = digits.len();
+        prop::collection::vec(prop::option::of(prop::sample::select(&SEPARATORS[..])), n).prop_map(
+            move |seps| {
+                digits
+                    .chars()
+                    .zip(seps)
+                    .map(|(c, s)| format!("{}{c}", s.unwrap_or("")))
+                    .collect()
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_text_gives_a_dialable_number_or_an_error(raw in prop_oneof![any::<String>(), phone_like(), "\\PC{90,110}"]) {
+            if let Ok(p) = normalize(&raw) {
+                let s = p.as_str();
+                prop_assert!(s.bytes().all(|b| b.is_ascii_digit()), "{s:?}");
+                prop_assert!((MIN_DIGITS..=MAX_DIGITS).contains(&s.len()), "{s:?}");
+                prop_assert!(!s.starts_with('7') || s.len() == 11, "zone 7 has 11 digits: {s:?}");
+            }
+        }
+
+        #[test]
+        fn a_normalised_number_written_in_e164_normalises_to_itself(p in normalised()) {
+            prop_assert_eq!(normalize(&format!("+{}", p.as_str())), Ok(p.clone()));
+        }
+
+        #[test]
+        fn a_normalised_number_of_eleven_digits_or_more_normalises_to_itself(
+            // Without '+', ten digits starting with 3, 4, 8 or 9 are a Russian national number,
+            // and a leading 810 is Russia's international prefix (no E.164 number starts with
+            // 810: Japanese national numbers never start with 0); only '+' can tell those apart.
+            p in normalised().prop_filter("ambiguous without '+'", |p| {
+                p.as_str().len() >= 11 && !p.as_str().starts_with("810")
+            })
+        ) {
+            prop_assert_eq!(normalize(p.as_str()), Ok(p.clone()));
+        }
+
+        #[test]
+        fn separators_between_digits_change_nothing(
+            (p, typed) in normalised().prop_flat_map(|p| {
+                let digits = p.as_str().to_owned();
+                (Just(p), formatted(digits))
+            })
+        ) {
+            prop_assert_eq!(normalize(&format!("+{typed}")), Ok(p));
+        }
+
+        #[test]
+        fn an_extension_after_a_number_is_dropped(
+            p in normalised(),
+            marker in prop::sample::select(&["доб.", "доб", "Доб. ", "ext", "EXT ", "#", "вн.", "добавочный: "][..]),
+            ext in "[0-9]{1,5}",
+        ) {
+            prop_assert_eq!(normalize(&format!("+{} {marker}{ext}", p.as_str())), Ok(p));
+        }
+
+        #[test]
+        fn every_way_of_writing_a_russian_mobile_gives_the_same_number(
+            national in "9[0-9]{9}",
+            style in 0..4usize,
+        ) {
+            let (a, b, c, d) = (&national[..3], &national[3..6], &national[6..8], &national[8..]);
+            let typed = match style {
+                0 => format!("+7 {a} {b}-{c}-{d}"),
+                1 => format!("8 ({a}) {b}-{c}-{d}"),
+                2 => national.clone(),
+                _ => format!("+7({a}){b}{c}{d} доб. 12"),
+            };
+            prop_assert_eq!(normalize(&typed), Ok(Phone(format!("7{national}"))));
+        }
+
+        #[test]
+        fn masking_keeps_the_length_and_the_last_four_characters(raw in any::<String>()) {
+            let masked = mask(&raw);
+            let (n, m) = (raw.chars().count(), masked.chars().count());
+            prop_assert_eq!(n, m);
+            let tail: String = raw.chars().skip(n.saturating_sub(4)).collect();
+            prop_assert!(masked.ends_with(&tail));
+        }
     }
 }

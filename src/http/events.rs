@@ -240,3 +240,6 @@ async fn on_app_test(
     );
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "reached" })))
 }
+
+#[cfg(test)]
+mod props;

@@ -41,7 +41,7 @@ pub async fn receive(
         // The personal account's "check connection" may post nothing at all.
         return Ok(ok());
     }
-    let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body)
+    let form: HashMap<String, String> = serde_urlencoded::from_str(super::form_text(&body)?)
         .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))?;
     let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let (Some(key), Some(sign), Some(json)) = (field("vpbx_api_key"), field("sign"), field("json"))
@@ -96,6 +96,12 @@ pub async fn receive(
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_owned();
+        if command_id.contains('\0') {
+            // Never one of ours, and PostgreSQL cannot even compare it: refuse, as for the form.
+            return Err(AppError::BadRequest(
+                "command_id contains a NUL character".into(),
+            ));
+        }
         let Some(code) = payload.get("result").and_then(code_of) else {
             return Err(AppError::BadRequest("result is missing".into()));
         };
@@ -127,3 +133,6 @@ pub async fn receive(
     }
     Ok(ok())
 }
+
+#[cfg(test)]
+mod props;

@@ -189,3 +189,6 @@ pub async fn handle_robot_call(
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "status": outcome, "callback_id": callback_id })))
 }
+
+#[cfg(test)]
+mod props;

@@ -2355,6 +2355,28 @@ impl BitrixSim {
         self.st().portal(member_id).refreshes
     }
 
+    /// Every access and refresh token issued for the portal so far (including refresh grants):
+    /// the secrets a test looks for where they must not appear, such as the app's logs.
+    pub fn issued_tokens(&self, member_id: &str) -> Vec<String> {
+        let st = self.st();
+        let access = st.access.iter().filter(|(_, t)| t.member_id == member_id);
+        let refresh = st.refresh.iter().filter(|(_, t)| t.member_id == member_id);
+        access
+            .map(|(k, _)| k.clone())
+            .chain(refresh.map(|(k, _)| k.clone()))
+            .collect()
+    }
+
+    /// Every `event_token` issued with a robot call on the portal so far.
+    pub fn issued_event_tokens(&self, member_id: &str) -> Vec<String> {
+        self.st()
+            .event_tokens
+            .iter()
+            .filter(|(_, m)| m.as_str() == member_id)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
     /// How many answers (including batch sub-answers) carried this `error` code.
     pub fn rejections(&self, error: &str) -> usize {
         self.st().rejections.get(error).copied().unwrap_or(0)

@@ -8,6 +8,7 @@ mod hostile;
 mod install;
 mod jobs;
 mod limits;
+mod props;
 mod secrets;
 mod security;
 mod self_check;
