@@ -21,6 +21,7 @@
 //! - [`http`]: the route table and thin request handlers.
 //! - [`sandbox`]: simulated Bitrix24 and Mango servers used by tests, the benchmark and the demo.
 //! - [`startup`]: building and running the application.
+//! - [`telemetry`]: logging, and panics logged once and caught at handlers, jobs and database tasks.
 
 pub mod bitrix;
 pub mod callback;
