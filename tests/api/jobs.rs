@@ -193,3 +193,33 @@ on_both_backends!(
     finished_jobs_are_purged_after_a_week_and_dead_ones_kept,
     finished_jobs_are_purged_after_a_week_and_dead_ones_kept
 );
+
+/// An acknowledged robot call and a recorded `calling` are on disk before the answer: with WAL,
+/// `synchronous=NORMAL` may lose the last commits on power loss, `FULL` does not.
+#[actix_web::test]
+async fn sqlite_connections_commit_durably_with_synchronous_full() {
+    let (url, _guard) = fresh_database(Backend::Sqlite);
+    let db = tokio::task::spawn_blocking(move || Db::connect(&url, 2))
+        .await
+        .expect("task")
+        .expect("db");
+    let modes = db
+        .run(|c| {
+            #[derive(diesel::QueryableByName)]
+            struct Row {
+                #[diesel(sql_type = diesel::sql_types::Integer)]
+                synchronous: i32,
+            }
+            use diesel::RunQueryDsl;
+            let mut out = Vec::new();
+            for _ in 0..2 {
+                let rows: Vec<Row> = diesel::sql_query("PRAGMA synchronous").load(c)?;
+                out.extend(rows.into_iter().map(|r| r.synchronous));
+            }
+            Ok(out)
+        })
+        .await
+        .expect("pragma read");
+    // 2 = FULL (0 OFF, 1 NORMAL, 3 EXTRA).
+    assert_eq!(modes, vec![2, 2]);
+}
