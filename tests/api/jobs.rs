@@ -185,3 +185,42 @@ async fn finished_jobs_are_purged_after_a_week_and_dead_ones_kept(backend: Backe
     assert_eq!(left.iter().filter(|s| *s == queue::DONE).count(), 1);
 }
 on_both_backends!(finished_jobs_are_purged_after_a_week_and_dead_ones_kept);
+
+/// Buries one queued job the way a worker gives up on it.
+async fn bury_one(app: &crate::helpers::TestApp) {
+    let now = app.clock.now();
+    app.shared
+        .db
+        .run(move |c| {
+            queue::enqueue(c, &job(1, now), now)?;
+            let claimed = queue::claim(c, "w", now, now + chrono::Duration::minutes(5), 1)?;
+            for j in claimed {
+                queue::bury(c, &j.id, "w", "broken for good", now)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("buried");
+}
+
+// The end-of-test check itself (the `Drop` of `TestApp`), on SQLite: the harness, not storage.
+#[actix_web::test]
+#[should_panic(expected = "jobs died that the test did not expect")]
+async fn a_test_whose_app_ends_with_an_undeclared_dead_job_fails() {
+    let app = spawn_app(Backend::Sqlite).await;
+    bury_one(&app).await;
+}
+
+#[actix_web::test]
+#[should_panic(expected = "noop: 0 dead, 1 expected")]
+async fn a_test_that_declares_a_dead_job_which_never_dies_fails() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.expect_dead_jobs("noop", 1);
+}
+
+#[actix_web::test]
+async fn a_test_that_declares_the_job_it_buries_passes() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.expect_dead_jobs("noop", 1);
+    bury_one(&app).await;
+}
