@@ -118,8 +118,8 @@ impl Drop for TestApp {
             .collect();
         assert!(
             wrong.is_empty(),
-            "jobs died that the test did not expect (declare deliberate ones with \
-             app.expect_dead_jobs(kind, count)):\n{}",
+            "jobs died unexpectedly, or a declared death did not happen (declare deliberate \
+             ones with app.expect_dead_jobs(kind, count)):\n{}",
             wrong.join("\n")
         );
     }
@@ -390,7 +390,8 @@ pub async fn start_instance(
 
 impl TestApp {
     /// Declares that this test buries `count` jobs of `kind` on purpose: the end-of-test check
-    /// (the `Drop` of [`TestApp`]) then requires exactly that many dead ones of that kind.
+    /// (the `Drop` of [`TestApp`]) then requires exactly that many dead ones of that kind. Apps
+    /// sharing one database each check it, so each needs the declaration.
     pub fn expect_dead_jobs(&self, kind: &str, count: usize) {
         self.expected_dead
             .borrow_mut()

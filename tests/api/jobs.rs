@@ -205,7 +205,7 @@ async fn bury_one(app: &crate::helpers::TestApp) {
 
 // The end-of-test check itself (the `Drop` of `TestApp`), on SQLite: the harness, not storage.
 #[actix_web::test]
-#[should_panic(expected = "jobs died that the test did not expect")]
+#[should_panic(expected = "jobs died unexpectedly")]
 async fn a_test_whose_app_ends_with_an_undeclared_dead_job_fails() {
     let app = spawn_app(Backend::Sqlite).await;
     bury_one(&app).await;
