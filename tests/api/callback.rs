@@ -87,10 +87,7 @@ async fn first_run_rings_trainees_and_a_later_run_the_experienced_group(backend:
     );
     assert_eq!(sends[0]["RETURN_VALUES"]["group_extension"], TRAINEES);
 }
-on_both_backends!(
-    first_run_rings_trainees_and_a_later_run_the_experienced_group,
-    first_run_rings_trainees_and_a_later_run_the_experienced_group
-);
+on_both_backends!(first_run_rings_trainees_and_a_later_run_the_experienced_group);
 
 async fn ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -118,10 +115,7 @@ async fn ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call(backend:
     assert_eq!(dup, 9);
     assert_eq!(app.b24.timeline_comments(&p.member_id, deal).len(), 10);
 }
-on_both_backends!(
-    ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call,
-    ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call
-);
+on_both_backends!(ten_concurrent_robot_calls_for_one_deal_place_exactly_one_call);
 
 async fn two_instances_on_one_database_place_one_call_for_simultaneous_runs(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -155,10 +149,7 @@ async fn two_instances_on_one_database_place_one_call_for_simultaneous_runs(back
     tokio::join!(app.drain(), second.drain());
     assert_eq!(app.mango.callbacks().len(), 1);
 }
-on_both_backends!(
-    two_instances_on_one_database_place_one_call_for_simultaneous_runs,
-    two_instances_on_one_database_place_one_call_for_simultaneous_runs
-);
+on_both_backends!(two_instances_on_one_database_place_one_call_for_simultaneous_runs);
 
 async fn the_same_event_token_delivered_twice_is_one_run(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -181,10 +172,7 @@ async fn the_same_event_token_delivered_twice_is_one_run(backend: Backend) {
     assert_eq!(app.mango.callbacks().len(), 1);
     assert_eq!(app.b24.event_sends(&p.member_id).len(), 1);
 }
-on_both_backends!(
-    the_same_event_token_delivered_twice_is_one_run,
-    the_same_event_token_delivered_twice_is_one_run
-);
+on_both_backends!(the_same_event_token_delivered_twice_is_one_run);
 
 async fn a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -236,10 +224,7 @@ async fn a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone
     );
     assert_eq!(app.mango.callbacks().len(), 1);
 }
-on_both_backends!(
-    a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone,
-    a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone
-);
+on_both_backends!(a_late_linked_contact_is_called_and_a_never_linked_one_ends_as_no_phone);
 
 async fn mango_3102_is_not_retried_and_429_then_1000_places_one_call(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -294,10 +279,7 @@ async fn mango_3102_is_not_retried_and_429_then_1000_places_one_call(backend: Ba
     assert_eq!(sends.len(), 2);
     assert_eq!(sends[1]["RETURN_VALUES"]["result"], "started");
 }
-on_both_backends!(
-    mango_3102_is_not_retried_and_429_then_1000_places_one_call,
-    mango_3102_is_not_retried_and_429_then_1000_places_one_call
-);
+on_both_backends!(mango_3102_is_not_retried_and_429_then_1000_places_one_call);
 
 async fn every_robot_call_gets_one_event_and_one_timeline_comment(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -351,10 +333,7 @@ async fn every_robot_call_gets_one_event_and_one_timeline_comment(backend: Backe
         "{ok_comments:?}"
     );
 }
-on_both_backends!(
-    every_robot_call_gets_one_event_and_one_timeline_comment,
-    every_robot_call_gets_one_event_and_one_timeline_comment
-);
+on_both_backends!(every_robot_call_gets_one_event_and_one_timeline_comment);
 
 async fn the_robot_handler_answers_without_waiting_for_slow_peers(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -379,10 +358,7 @@ async fn the_robot_handler_answers_without_waiting_for_slow_peers(backend: Backe
     );
     eprintln!("robot handler answered in {took:?} with 2 s simulator latency");
 }
-on_both_backends!(
-    the_robot_handler_answers_without_waiting_for_slow_peers,
-    the_robot_handler_answers_without_waiting_for_slow_peers
-);
+on_both_backends!(the_robot_handler_answers_without_waiting_for_slow_peers);
 
 /// The callbacks stored for a portal, newest first.
 async fn stored_callbacks(
@@ -526,10 +502,7 @@ async fn a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without
         "no job buried: {jobs:?}"
     );
 }
-on_both_backends!(
-    a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without_a_call,
-    a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without_a_call
-);
+on_both_backends!(a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without_a_call);
 
 async fn unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -566,10 +539,7 @@ async fn unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing(
     assert!(app.b24.event_sends(&p.member_id).is_empty());
     assert!(app.mango.requests().is_empty());
 }
-on_both_backends!(
-    unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing,
-    unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing
-);
+on_both_backends!(unverifiable_or_unanswerable_robot_calls_are_refused_and_store_nothing);
 
 async fn the_same_event_token_on_two_portals_gives_two_runs(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -604,10 +574,7 @@ async fn the_same_event_token_on_two_portals_gives_two_runs(backend: Backend) {
     assert_eq!(stored_callbacks(&app, &a.member_id).await.len(), 1);
     assert_eq!(stored_callbacks(&app, &b.member_id).await.len(), 1);
 }
-on_both_backends!(
-    the_same_event_token_on_two_portals_gives_two_runs,
-    the_same_event_token_on_two_portals_gives_two_runs
-);
+on_both_backends!(the_same_event_token_on_two_portals_gives_two_runs);
 
 async fn a_replayed_mango_result_does_not_overwrite_the_recorded_one(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -639,10 +606,7 @@ async fn a_replayed_mango_result_does_not_overwrite_the_recorded_one(backend: Ba
     let after = stored_callbacks(&app, &p.member_id).await.remove(0);
     assert_eq!(after.updated_at, recorded.updated_at, "not even touched");
 }
-on_both_backends!(
-    a_replayed_mango_result_does_not_overwrite_the_recorded_one,
-    a_replayed_mango_result_does_not_overwrite_the_recorded_one
-);
+on_both_backends!(a_replayed_mango_result_does_not_overwrite_the_recorded_one);
 
 async fn mango_gets_at_most_four_callbacks_per_second_per_account(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -672,10 +636,7 @@ async fn mango_gets_at_most_four_callbacks_per_second_per_account(backend: Backe
     );
     assert_eq!(app.mango.callbacks().len(), 9);
 }
-on_both_backends!(
-    mango_gets_at_most_four_callbacks_per_second_per_account,
-    mango_gets_at_most_four_callbacks_per_second_per_account
-);
+on_both_backends!(mango_gets_at_most_four_callbacks_per_second_per_account);
 
 async fn mango_results_are_verified_and_recorded_on_their_callback(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -732,10 +693,7 @@ async fn mango_results_are_verified_and_recorded_on_their_callback(backend: Back
         Ok(200)
     );
 }
-on_both_backends!(
-    mango_results_are_verified_and_recorded_on_their_callback,
-    mango_results_are_verified_and_recorded_on_their_callback
-);
+on_both_backends!(mango_results_are_verified_and_recorded_on_their_callback);
 
 async fn the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal(
     backend: Backend,
@@ -802,7 +760,4 @@ async fn the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_po
     let again = exec(&mut conn, &callback("c6", "portal_a", "'t1'")).expect_err("same portal");
     assert!(mango_callback::db::is_unique_violation(&again), "{again}");
 }
-on_both_backends!(
-    the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal,
-    the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal
-);
+on_both_backends!(the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal);

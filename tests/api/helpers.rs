@@ -1,6 +1,11 @@
 //! `spawn_app()` and friends: one app per test with its own database and simulators.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
 use std::rc::Rc;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
@@ -13,18 +18,24 @@ use mango_callback::sandbox::bitrix::{BitrixSim, BitrixSimOptions, RobotCallStyl
 use mango_callback::sandbox::mango::{MangoSim, MangoSimOptions};
 use mango_callback::startup::{Application, RunOptions};
 
-/// Runs the same async test body once per backend, as `<name>::on_sqlite` and `<name>::on_postgres`.
+/// Runs the async test body `fn $body(backend)` once per backend, as the tests
+/// `$body::on_sqlite` and `$body::on_postgres` (the module shares the function's name: modules and
+/// functions live in different namespaces). Without PostgreSQL the second one is skipped loudly, or
+/// fails under `CI=true` (see [`can_run_on`]).
 #[macro_export]
 macro_rules! on_both_backends {
-    ($name:ident, $body:ident) => {
-        mod $name {
+    ($body:ident) => {
+        mod $body {
             #[actix_web::test]
             async fn on_sqlite() {
                 super::$body(mango_callback::db::Backend::Sqlite).await
             }
             #[actix_web::test]
             async fn on_postgres() {
-                super::$body(mango_callback::db::Backend::Postgres).await
+                let backend = mango_callback::db::Backend::Postgres;
+                if $crate::helpers::can_run_on(backend, concat!(module_path!(), "::on_postgres")) {
+                    super::$body(backend).await
+                }
             }
         }
     };
@@ -45,7 +56,73 @@ pub struct TestApp {
     pub clock: Clock,
     pub db_url: String,
     pub http: awc::Client,
+    /// Dead jobs the test buries on purpose, by kind (see [`TestApp::expect_dead_jobs`]).
+    expected_dead: RefCell<BTreeMap<String, usize>>,
     _db: Option<DatabaseGuard>,
+}
+
+/// The reason an uninstall stores on the portal's queued jobs (`ONAPPUNINSTALL` in
+/// `src/http/events.rs`): stopped on purpose, not died, so the end-of-test check leaves them out.
+/// Were the text reworded there, tests that uninstall would fail loudly here, never pass silently.
+const CANCELLED_AT_UNINSTALL: &str = "the app was uninstalled";
+
+/// Every black-box test ends by checking that no job died unexpectedly: when its app goes out of
+/// scope at the end of the test, the jobs the queue buried (status `dead`) must be exactly those
+/// the test declared with [`TestApp::expect_dead_jobs`]. A `Drop` rather than a call each test
+/// must remember: it also covers tests outside `on_both_backends!` and every app of a
+/// two-instance test. Drop cannot be async, so it reads the queue over a blocking connection (the
+/// test is over, nothing else runs on the reactor); when the test is already panicking it stays
+/// silent, since that failure is the one to report.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let jobs = self
+            .shared
+            .db
+            .get_blocking()
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| mango_callback::jobs::queue::all(&mut c).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| panic!("the end-of-test check cannot read the job queue: {e}"));
+        let mut dead: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for j in jobs.into_iter().filter(|j| {
+            j.status == mango_callback::jobs::queue::DEAD
+                && j.last_error.as_deref() != Some(CANCELLED_AT_UNINSTALL)
+        }) {
+            dead.entry(j.kind.clone()).or_default().push(format!(
+                "  {} {} after {}/{} attempts: {}",
+                j.kind,
+                j.id,
+                j.attempts,
+                j.max_attempts,
+                j.last_error.as_deref().unwrap_or("-")
+            ));
+        }
+        let expected = self.expected_dead.borrow();
+        let kinds: std::collections::BTreeSet<&String> =
+            dead.keys().chain(expected.keys()).collect();
+        let wrong: Vec<String> = kinds
+            .into_iter()
+            .filter_map(|kind| {
+                let found = dead.get(kind).map_or(&[][..], |v| v.as_slice());
+                let want = expected.get(kind).copied().unwrap_or(0);
+                (found.len() != want).then(|| {
+                    format!(
+                        "{kind}: {} dead, {want} expected\n{}",
+                        found.len(),
+                        found.join("\n")
+                    )
+                })
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "jobs died unexpectedly, or a declared death did not happen (declare deliberate \
+             ones with app.expect_dead_jobs(kind, count)):\n{}",
+            wrong.join("\n")
+        );
+    }
 }
 
 /// Removes a test's database when the test ends: the temp folder of its SQLite file, or its
@@ -67,7 +144,114 @@ impl Drop for DatabaseGuard {
     }
 }
 
-/// A fresh database URL: a temp SQLite file, or a throwaway PostgreSQL database.
+// ---------------------------------------------------------------------------------------------
+// What this machine can run: a laptop without PostgreSQL or Chromium skips those tests loudly;
+// CI (`CI=true`, set by `.ci/run`) fails them instead, so a broken CI machine never passes green.
+
+/// Whether `CI` is set to anything but empty, `0` or `false` (CI services set `CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// The admin URL of the PostgreSQL server the tests create their databases on.
+fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Why PostgreSQL cannot be used, or `None` when it answers; asked once per test binary so that a
+/// missing server costs one refused connection, not one per test.
+/// The answer is what is missing and the driver's error, e.g. ("PostgreSQL not reachable at …",
+/// "connection … refused").
+fn postgres_unreachable() -> Option<&'static (String, String)> {
+    static PROBE: OnceLock<Option<(String, String)>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let admin = postgres_admin_url();
+            PgConnection::establish(&admin).err().map(|e| {
+                let e = e.to_string();
+                let first_line = e.lines().next().unwrap_or_default().trim().to_owned();
+                (format!("PostgreSQL not reachable at {admin}"), first_line)
+            })
+        })
+        .as_ref()
+}
+
+/// Whether the test named `test` can run on `backend` on this machine. SQLite always can. When
+/// PostgreSQL is not reachable the test is skipped (it passes without running) with a line on
+/// stderr saying so and how to enable it; under `CI=true` it fails instead.
+pub fn can_run_on(backend: Backend, test: &str) -> bool {
+    match (backend, postgres_unreachable()) {
+        (Backend::Sqlite, _) | (Backend::Postgres, None) => true,
+        (Backend::Postgres, Some((what, error))) => skip_or_fail(
+            test,
+            what,
+            error,
+            "start PostgreSQL (trust auth for user postgres) or set TEST_POSTGRES_URL",
+        ),
+    }
+}
+
+/// Whether the browser test named `test` can run: it needs `chromedriver` (Debian's
+/// `chromium-driver`, which brings `chromium`) on PATH or named by `CHROMEDRIVER`. Skipped loudly
+/// without it, failed under `CI=true`, like [`can_run_on`].
+pub fn can_run_browser(test: &str) -> bool {
+    let what = match std::env::var_os("CHROMEDRIVER") {
+        Some(path) if Path::new(&path).is_file() => return true,
+        Some(path) => format!("CHROMEDRIVER={} is not a file", Path::new(&path).display()),
+        None => {
+            let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+                std::env::split_paths(&paths).any(|d| d.join("chromedriver").is_file())
+            });
+            if on_path {
+                return true;
+            }
+            "chromedriver not found on PATH".to_owned()
+        }
+    };
+    skip_or_fail(
+        test,
+        &what,
+        "the browser test drives Chromium through chromedriver, its WebDriver server",
+        "apt-get install -y chromium chromium-driver, or set CHROMEDRIVER to the driver's path",
+    )
+}
+
+/// Under `CI=true` fails the test; elsewhere says loudly that it is skipped and returns `false`.
+/// `what` is the missing piece, `detail` why (printed once), `enable` how to get it.
+fn skip_or_fail(test: &str, what: &str, detail: &str, enable: &str) -> bool {
+    // Test names as the harness prints them, without the binary's crate name.
+    let test = test.split_once("::").map_or(test, |(_, rest)| rest);
+    if in_ci() {
+        panic!("{what} ({detail}); CI=true forbids skipping {test}: {enable}");
+    }
+    // Straight to the process's stderr: the harness captures `eprintln!` of passing tests, and a
+    // skip must be seen. The banner comes once per binary and missing piece.
+    static BANNERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let first = {
+        let mut shown = BANNERS.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = !shown.iter().any(|s| s == what);
+        if first {
+            shown.push(what.to_owned());
+        }
+        first
+    };
+    let mut err = std::io::stderr().lock();
+    if first {
+        let rule = "=".repeat(100);
+        let _ = writeln!(
+            err,
+            "\n{rule}\nSKIPPING TESTS: {what}\n  ({detail})\n  The tests that need it pass \
+             WITHOUT RUNNING; each is listed as SKIPPED below.\n  To run them: {enable}.\n  \
+             With CI=true they fail instead.\n{rule}"
+        );
+    }
+    let _ = writeln!(err, "SKIPPED {test}: {what} — {enable}");
+    false
+}
+
+/// A fresh database URL: a temp SQLite file, or a throwaway PostgreSQL database (tests reach this
+/// through [`can_run_on`], so here a missing server is a plain failure).
 pub fn fresh_database(backend: Backend) -> (String, Option<DatabaseGuard>) {
     match backend {
         Backend::Sqlite => {
@@ -76,8 +260,7 @@ pub fn fresh_database(backend: Backend) -> (String, Option<DatabaseGuard>) {
             (url, Some(DatabaseGuard::Sqlite(dir)))
         }
         Backend::Postgres => {
-            let admin = std::env::var("TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let admin = postgres_admin_url();
             let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
                 panic!("PostgreSQL is required for these tests ({admin}): {e}")
             });
@@ -200,11 +383,21 @@ pub async fn start_instance(
         clock,
         db_url,
         http: awc::Client::default(),
+        expected_dead: RefCell::default(),
         _db: db_guard,
     }
 }
 
 impl TestApp {
+    /// Declares that this test buries `count` jobs of `kind` on purpose: the end-of-test check
+    /// (the `Drop` of [`TestApp`]) then requires exactly that many dead ones of that kind. Apps
+    /// sharing one database each check it, so each needs the declaration.
+    pub fn expect_dead_jobs(&self, kind: &str, count: usize) {
+        self.expected_dead
+            .borrow_mut()
+            .insert(kind.to_owned(), count);
+    }
+
     /// Runs every due job until none is left.
     pub async fn drain(&self) -> usize {
         mango_callback::jobs::worker::drain(&self.ctx, "test-worker").await

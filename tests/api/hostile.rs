@@ -257,10 +257,7 @@ async fn every_route_refuses_forged_and_hostile_requests_and_changes_nothing(bac
     // The genuine robot still works, with the genuine application token.
     crate::security::genuine_robot_call_completes(&app, a_id).await;
 }
-on_both_backends!(
-    every_route_refuses_forged_and_hostile_requests,
-    every_route_refuses_forged_and_hostile_requests_and_changes_nothing
-);
+on_both_backends!(every_route_refuses_forged_and_hostile_requests_and_changes_nothing);
 
 fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("x", s)])

@@ -68,10 +68,7 @@ async fn a_full_install_stores_the_portal_registers_the_robot_and_binds_events(b
         "second install updates the robot"
     );
 }
-on_both_backends!(
-    a_full_install_stores_the_portal_registers_the_robot_and_binds_events,
-    a_full_install_stores_the_portal_registers_the_robot_and_binds_events
-);
+on_both_backends!(a_full_install_stores_the_portal_registers_the_robot_and_binds_events);
 
 async fn a_forged_installer_post_is_refused_and_stores_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -121,10 +118,7 @@ async fn a_forged_installer_post_is_refused_and_stores_nothing(backend: Backend)
     );
     assert!(app.b24.robots(&portal.member_id).is_empty());
 }
-on_both_backends!(
-    a_forged_installer_post_is_refused_and_stores_nothing,
-    a_forged_installer_post_is_refused_and_stores_nothing
-);
+on_both_backends!(a_forged_installer_post_is_refused_and_stores_nothing);
 
 async fn stored_tokens_and_the_mango_salt_are_not_readable_in_the_database(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -162,10 +156,7 @@ async fn stored_tokens_and_the_mango_salt_are_not_readable_in_the_database(backe
         );
     }
 }
-on_both_backends!(
-    stored_tokens_and_the_mango_salt_are_not_readable_in_the_database,
-    stored_tokens_and_the_mango_salt_are_not_readable_in_the_database
-);
+on_both_backends!(stored_tokens_and_the_mango_salt_are_not_readable_in_the_database);
 
 async fn update_rotates_the_application_token_and_re_adds_the_robot(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -198,10 +189,7 @@ async fn update_rotates_the_application_token_and_re_adds_the_robot(backend: Bac
         .expect("robot");
     assert_eq!(fired.status, 200, "{}", fired.body);
 }
-on_both_backends!(
-    update_rotates_the_application_token_and_re_adds_the_robot,
-    update_rotates_the_application_token_and_re_adds_the_robot
-);
+on_both_backends!(update_rotates_the_application_token_and_re_adds_the_robot);
 
 async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -259,10 +247,7 @@ async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(back
         .iter()
         .all(|j| j.member_id.as_deref() != Some(a.member_id.as_str())));
 }
-on_both_backends!(
-    uninstall_with_clean_removes_every_row_of_that_portal_and_no_other,
-    uninstall_with_clean_removes_every_row_of_that_portal_and_no_other
-);
+on_both_backends!(uninstall_with_clean_removes_every_row_of_that_portal_and_no_other);
 
 async fn onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored(
     backend: Backend,
@@ -306,10 +291,7 @@ async fn onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stor
         "robot registered by the queued job"
     );
 }
-on_both_backends!(
-    onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored,
-    onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored
-);
+on_both_backends!(onappinstall_is_verified_with_the_oauth_server_before_its_token_is_stored);
 
 /// A manager (not an administrator) who opens the app holds a real token; the attack measured in
 /// #8 posts ONAPPINSTALL with it and an application token of the attacker's choosing.
@@ -346,10 +328,7 @@ async fn a_managers_onappinstall_is_refused_and_the_genuine_robot_still_complete
         .replace(&portal.application_token, "attacker-chosen-token");
     assert_eq!(app.post_form("/b24/robot", forged).await.0, 401);
 }
-on_both_backends!(
-    a_managers_onappinstall_is_refused_and_the_genuine_robot_still_completes,
-    a_managers_onappinstall_is_refused_and_the_genuine_robot_still_completes
-);
+on_both_backends!(a_managers_onappinstall_is_refused_and_the_genuine_robot_still_completes);
 
 async fn a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -371,7 +350,4 @@ async fn a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes
     );
     app.robot_call_completes(&portal, "89001234567").await;
 }
-on_both_backends!(
-    a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes,
-    a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes
-);
+on_both_backends!(a_managers_onappupdate_is_refused_and_the_genuine_robot_still_completes);

@@ -61,10 +61,7 @@ async fn a_job_is_claimed_by_exactly_one_of_two_competing_workers(backend: Backe
     assert_eq!(claimed, 60, "every job claimed once in total");
     assert_eq!(all.len(), 60, "no job claimed twice");
 }
-on_both_backends!(
-    a_job_is_claimed_by_exactly_one_of_two_competing_workers,
-    a_job_is_claimed_by_exactly_one_of_two_competing_workers
-);
+on_both_backends!(a_job_is_claimed_by_exactly_one_of_two_competing_workers);
 
 async fn a_job_whose_worker_died_is_run_again_after_its_lease(backend: Backend) {
     let (url, _dir) = fresh_database(backend);
@@ -99,10 +96,7 @@ async fn a_job_whose_worker_died_is_run_again_after_its_lease(backend: Backend) 
     assert!(!queue::complete(&mut conn, &again[0].id, "dead-worker", later).expect("complete"));
     assert!(queue::complete(&mut conn, &again[0].id, "w2", later).expect("complete"));
 }
-on_both_backends!(
-    a_job_whose_worker_died_is_run_again_after_its_lease,
-    a_job_whose_worker_died_is_run_again_after_its_lease
-);
+on_both_backends!(a_job_whose_worker_died_is_run_again_after_its_lease);
 
 async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -119,6 +113,10 @@ async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backen
         .expect("robot call");
     app.b24
         .fail_next(&portal.member_id, 10_000, Fault::Internal);
+    // Every call to the portal fails from here on: the report and the self-check the install
+    // queued both exhaust their attempts.
+    app.expect_dead_jobs("report_callback", 1);
+    app.expect_dead_jobs("app_self_check", 1);
     let mut delays = Vec::new();
     for _ in 0..40 {
         app.drain().await;
@@ -159,10 +157,7 @@ async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backen
         "buried in the end"
     );
 }
-on_both_backends!(
-    a_failing_job_is_retried_with_growing_delay_then_buried,
-    a_failing_job_is_retried_with_growing_delay_then_buried
-);
+on_both_backends!(a_failing_job_is_retried_with_growing_delay_then_buried);
 
 async fn finished_jobs_are_purged_after_a_week_and_dead_ones_kept(backend: Backend) {
     let (url, _dir) = fresh_database(backend);
@@ -189,10 +184,46 @@ async fn finished_jobs_are_purged_after_a_week_and_dead_ones_kept(backend: Backe
     assert_eq!(left.iter().filter(|s| *s == queue::DEAD).count(), 1);
     assert_eq!(left.iter().filter(|s| *s == queue::DONE).count(), 1);
 }
-on_both_backends!(
-    finished_jobs_are_purged_after_a_week_and_dead_ones_kept,
-    finished_jobs_are_purged_after_a_week_and_dead_ones_kept
-);
+on_both_backends!(finished_jobs_are_purged_after_a_week_and_dead_ones_kept);
+
+/// Buries one queued job the way a worker gives up on it.
+async fn bury_one(app: &crate::helpers::TestApp) {
+    let now = app.clock.now();
+    app.shared
+        .db
+        .run(move |c| {
+            queue::enqueue(c, &job(1, now), now)?;
+            let claimed = queue::claim(c, "w", now, now + chrono::Duration::minutes(5), 1)?;
+            for j in claimed {
+                queue::bury(c, &j.id, "w", "broken for good", now)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("buried");
+}
+
+// The end-of-test check itself (the `Drop` of `TestApp`), on SQLite: the harness, not storage.
+#[actix_web::test]
+#[should_panic(expected = "jobs died unexpectedly")]
+async fn a_test_whose_app_ends_with_an_undeclared_dead_job_fails() {
+    let app = spawn_app(Backend::Sqlite).await;
+    bury_one(&app).await;
+}
+
+#[actix_web::test]
+#[should_panic(expected = "noop: 0 dead, 1 expected")]
+async fn a_test_that_declares_a_dead_job_which_never_dies_fails() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.expect_dead_jobs("noop", 1);
+}
+
+#[actix_web::test]
+async fn a_test_that_declares_the_job_it_buries_passes() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.expect_dead_jobs("noop", 1);
+    bury_one(&app).await;
+}
 
 /// An acknowledged robot call and a recorded `calling` are on disk before the answer: with WAL,
 /// `synchronous=NORMAL` may lose the last commits on power loss, `FULL` does not.

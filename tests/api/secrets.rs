@@ -41,10 +41,7 @@ async fn a_sealed_token_copied_into_another_portals_row_does_not_open(backend: B
     assert!(app.mango.callbacks().is_empty(), "no call placed");
     assert!(app.b24.event_sends(&beta.member_id).is_empty());
 }
-on_both_backends!(
-    a_sealed_token_copied_into_another_portals_row_does_not_open,
-    a_sealed_token_copied_into_another_portals_row_does_not_open
-);
+on_both_backends!(a_sealed_token_copied_into_another_portals_row_does_not_open);
 
 /// Every secret the structs below hold; none may appear in their Debug prints.
 const SECRETS: [&str; 5] = [
@@ -189,10 +186,7 @@ async fn debug_prints_of_structs_that_hold_secrets_show_none_of_them(backend: Ba
         "SimPortal: {printed}"
     );
 }
-on_both_backends!(
-    debug_prints_of_structs_that_hold_secrets_show_none_of_them,
-    debug_prints_of_structs_that_hold_secrets_show_none_of_them
-);
+on_both_backends!(debug_prints_of_structs_that_hold_secrets_show_none_of_them);
 
 /// Every sealed value as stored: (column, portal, value), in a stable order.
 async fn sealed_values(app: &TestApp) -> Vec<(SealedColumn, String, String)> {
@@ -341,10 +335,7 @@ async fn rotate_key_reseals_every_secret_and_the_app_runs_on_with_the_new_key(ba
         Ok(200)
     );
 }
-on_both_backends!(
-    rotate_key_reseals_every_secret_and_the_app_runs_on_with_the_new_key,
-    rotate_key_reseals_every_secret_and_the_app_runs_on_with_the_new_key
-);
+on_both_backends!(rotate_key_reseals_every_secret_and_the_app_runs_on_with_the_new_key);
 
 /// `v1:` as the code before #8 sealed: no associated data, key hashed from the key's text.
 fn legacy_seal(key_text: &str, plain: &str) -> String {
@@ -407,10 +398,7 @@ async fn values_sealed_before_binding_are_rebound_at_start_and_keep_working(back
     restarted.drain().await;
     assert_eq!(app.mango.callbacks().len(), 1, "signed with the salt");
 }
-on_both_backends!(
-    values_sealed_before_binding_are_rebound_at_start_and_keep_working,
-    values_sealed_before_binding_are_rebound_at_start_and_keep_working
-);
+on_both_backends!(values_sealed_before_binding_are_rebound_at_start_and_keep_working);
 
 async fn rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -459,7 +447,4 @@ async fn rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing(ba
     );
     assert_eq!(sealed_values(&app).await, before, "nothing changed");
 }
-on_both_backends!(
-    rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing,
-    rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing
-);
+on_both_backends!(rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing);

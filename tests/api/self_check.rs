@@ -88,7 +88,6 @@ async fn a_portal_installed_without_application_token_gets_it_from_onappinstall_
     assert!(page.contains("Application token: received"), "{page}");
 }
 on_both_backends!(
-    a_portal_installed_without_application_token_gets_it_from_onappinstall_after_install_finish,
     a_portal_installed_without_application_token_gets_it_from_onappinstall_after_install_finish
 );
 
@@ -131,10 +130,7 @@ async fn the_self_check_after_install_shows_that_bitrix24_reaches_the_app(backen
         "{page}"
     );
 }
-on_both_backends!(
-    the_self_check_after_install_shows_that_bitrix24_reaches_the_app,
-    the_self_check_after_install_shows_that_bitrix24_reaches_the_app
-);
+on_both_backends!(the_self_check_after_install_shows_that_bitrix24_reaches_the_app);
 
 async fn an_unreachable_app_shows_no_and_an_admin_visit_an_hour_later_checks_again(
     backend: Backend,
@@ -188,10 +184,7 @@ async fn an_unreachable_app_shows_no_and_an_admin_visit_an_hour_later_checks_aga
         "{page}"
     );
 }
-on_both_backends!(
-    an_unreachable_app_shows_no_and_an_admin_visit_an_hour_later_checks_again,
-    an_unreachable_app_shows_no_and_an_admin_visit_an_hour_later_checks_again
-);
+on_both_backends!(an_unreachable_app_shows_no_and_an_admin_visit_an_hour_later_checks_again);
 
 async fn onapptest_stores_the_application_token_of_a_portal_that_has_none(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -221,10 +214,7 @@ async fn onapptest_stores_the_application_token_of_a_portal_that_has_none(backen
     );
     app.robot_call_completes(&portal, "89001234567").await;
 }
-on_both_backends!(
-    onapptest_stores_the_application_token_of_a_portal_that_has_none,
-    onapptest_stores_the_application_token_of_a_portal_that_has_none
-);
+on_both_backends!(onapptest_stores_the_application_token_of_a_portal_that_has_none);
 
 async fn a_non_admins_onapptest_does_not_store_an_application_token(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -239,10 +229,7 @@ async fn a_non_admins_onapptest_does_not_store_an_application_token(backend: Bac
         "{page}"
     );
 }
-on_both_backends!(
-    a_non_admins_onapptest_does_not_store_an_application_token,
-    a_non_admins_onapptest_does_not_store_an_application_token
-);
+on_both_backends!(a_non_admins_onapptest_does_not_store_an_application_token);
 
 async fn an_onappupdate_arriving_while_the_oauth_server_is_down_is_kept_and_applied_later(
     backend: Backend,
@@ -291,10 +278,7 @@ async fn an_onappupdate_arriving_while_the_oauth_server_is_down_is_kept_and_appl
     );
     app.robot_call_completes(&portal, "89001234567").await;
 }
-on_both_backends!(
-    an_onappupdate_arriving_while_the_oauth_server_is_down_is_kept_and_applied_later,
-    an_onappupdate_arriving_while_the_oauth_server_is_down_is_kept_and_applied_later
-);
+on_both_backends!(an_onappupdate_arriving_while_the_oauth_server_is_down_is_kept_and_applied_later);
 
 async fn a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_applied(
     backend: Backend,
@@ -340,10 +324,7 @@ async fn a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_appli
     );
     app.robot_call_completes(&portal, "89001234568").await;
 }
-on_both_backends!(
-    a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_applied,
-    a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_applied
-);
+on_both_backends!(a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_applied);
 
 async fn a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token(
     backend: Backend,
@@ -376,10 +357,7 @@ async fn a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its
     );
     app.robot_call_completes(&portal, "89001234567").await;
 }
-on_both_backends!(
-    a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token,
-    a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token
-);
+on_both_backends!(a_kept_onappupdate_verified_after_a_newer_update_does_not_overwrite_its_token);
 
 async fn a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_install(
     backend: Backend,
@@ -408,7 +386,4 @@ async fn a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_ins
     );
     app.robot_call_completes(&portal, "89001234567").await;
 }
-on_both_backends!(
-    a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_install,
-    a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_install
-);
+on_both_backends!(a_reinstalled_portal_does_not_keep_the_application_token_of_its_old_install);

@@ -23,10 +23,7 @@ async fn an_expired_token_is_refreshed_once_and_the_call_retried(backend: Backen
     assert_eq!(r, json!(true));
     assert_eq!(app.b24.refresh_count(&p.member_id), 1);
 }
-on_both_backends!(
-    an_expired_token_is_refreshed_once_and_the_call_retried,
-    an_expired_token_is_refreshed_once_and_the_call_retried
-);
+on_both_backends!(an_expired_token_is_refreshed_once_and_the_call_retried);
 
 async fn twenty_concurrent_calls_on_an_expired_token_cause_one_refresh(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -51,10 +48,7 @@ async fn twenty_concurrent_calls_on_an_expired_token_cause_one_refresh(backend: 
     );
     assert_eq!(app.b24.rejections("invalid_grant"), 0);
 }
-on_both_backends!(
-    twenty_concurrent_calls_on_an_expired_token_cause_one_refresh,
-    twenty_concurrent_calls_on_an_expired_token_cause_one_refresh
-);
+on_both_backends!(twenty_concurrent_calls_on_an_expired_token_cause_one_refresh);
 
 async fn two_hundred_calls_stay_under_the_portal_rate_limit(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -74,10 +68,7 @@ async fn two_hundred_calls_stay_under_the_portal_rate_limit(backend: Backend) {
     assert_eq!(r, json!(true));
     assert_eq!(app.b24.rejections("QUERY_LIMIT_EXCEEDED"), 3);
 }
-on_both_backends!(
-    two_hundred_calls_stay_under_the_portal_rate_limit,
-    two_hundred_calls_stay_under_the_portal_rate_limit
-);
+on_both_backends!(two_hundred_calls_stay_under_the_portal_rate_limit);
 
 async fn a_refused_refresh_token_marks_the_portal_for_re_authorisation(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -119,10 +110,7 @@ async fn a_refused_refresh_token_marks_the_portal_for_re_authorisation(backend: 
             .needs_reauth
     );
 }
-on_both_backends!(
-    a_refused_refresh_token_marks_the_portal_for_re_authorisation,
-    a_refused_refresh_token_marks_the_portal_for_re_authorisation
-);
+on_both_backends!(a_refused_refresh_token_marks_the_portal_for_re_authorisation);
 
 async fn a_renamed_portal_is_followed_once_and_its_new_domain_stored(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -156,10 +144,7 @@ async fn a_renamed_portal_is_followed_once_and_its_new_domain_stored(backend: Ba
         "the new endpoint was confirmed with app.info"
     );
 }
-on_both_backends!(
-    a_renamed_portal_is_followed_once_and_its_new_domain_stored,
-    a_renamed_portal_is_followed_once_and_its_new_domain_stored
-);
+on_both_backends!(a_renamed_portal_is_followed_once_and_its_new_domain_stored);
 
 /// Calls `user.admin` through the stored tokens and expects the redirect to be refused with the
 /// stored endpoint kept and nothing sent anywhere else.
@@ -206,10 +191,7 @@ async fn a_redirect_to_a_loopback_http_endpoint_is_refused_in_production(backend
         "refused before asking anybody"
     );
 }
-on_both_backends!(
-    a_redirect_to_a_loopback_http_endpoint_is_refused_in_production,
-    a_redirect_to_a_loopback_http_endpoint_is_refused_in_production
-);
+on_both_backends!(a_redirect_to_a_loopback_http_endpoint_is_refused_in_production);
 
 async fn a_redirect_that_app_info_does_not_confirm_is_refused(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -226,10 +208,7 @@ async fn a_redirect_that_app_info_does_not_confirm_is_refused(backend: Backend) 
         app_info_before + 1
     );
 }
-on_both_backends!(
-    a_redirect_that_app_info_does_not_confirm_is_refused,
-    a_redirect_that_app_info_does_not_confirm_is_refused
-);
+on_both_backends!(a_redirect_that_app_info_does_not_confirm_is_refused);
 
 async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -272,7 +251,4 @@ async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Ba
         .expect("new tokens work");
     assert_eq!(r, json!(true));
 }
-on_both_backends!(
-    an_idle_portal_is_refreshed_after_twenty_days_and_only_once,
-    an_idle_portal_is_refreshed_after_twenty_days_and_only_once
-);
+on_both_backends!(an_idle_portal_is_refreshed_after_twenty_days_and_only_once);

@@ -251,7 +251,4 @@ async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
         }
     }
 }
-on_both_backends!(
-    the_logs_of_a_whole_scenario_hold_no_secret,
-    the_logs_of_a_whole_scenario_hold_no_secret
-);
+on_both_backends!(the_logs_of_a_whole_scenario_hold_no_secret);
