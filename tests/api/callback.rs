@@ -585,11 +585,8 @@ async fn a_replayed_mango_result_does_not_overwrite_the_recorded_one(backend: Ba
         .await
         .expect("robot");
     app.drain().await;
-    let command_id = app.mango.callbacks()[0]["command_id"]
-        .as_str()
-        .expect("command id")
-        .to_owned();
-    let mango_url = format!("{}/mango", app.base);
+    let command_id = app.command_id(0);
+    let mango_url = app.mango_url();
     let post = |code| {
         app.mango
             .post_result(&mango_url, MANGO_KEY, &command_id, code)
@@ -647,11 +644,8 @@ async fn mango_results_are_verified_and_recorded_on_their_callback(backend: Back
         .await
         .expect("robot");
     app.drain().await;
-    let command_id = app.mango.callbacks()[0]["command_id"]
-        .as_str()
-        .expect("command id")
-        .to_owned();
-    let mango_url = format!("{}/mango", app.base);
+    let command_id = app.command_id(0);
+    let mango_url = app.mango_url();
 
     // Signed with another salt: refused, nothing recorded.
     let stranger = mango_callback::sandbox::mango::MangoSim::start(Default::default())

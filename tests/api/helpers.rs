@@ -525,6 +525,19 @@ impl TestApp {
             .expect("db")
     }
 
+    /// The `command_id` of the `i`-th callback Mango received.
+    pub fn command_id(&self, i: usize) -> String {
+        self.mango.callbacks()[i]["command_id"]
+            .as_str()
+            .expect("command id")
+            .to_owned()
+    }
+
+    /// The URL Mango posts its notifications to (the settings page shows it).
+    pub fn mango_url(&self) -> String {
+        format!("{}/mango", self.base)
+    }
+
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }

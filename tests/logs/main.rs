@@ -151,11 +151,8 @@ async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
         .expect("robot");
     assert_eq!(fired.status, 200, "{}", fired.body);
     app.drain().await;
-    let command_id = app.mango.callbacks()[0]["command_id"]
-        .as_str()
-        .expect("command id")
-        .to_owned();
-    let mango_url = format!("{}/mango", app.base);
+    let command_id = app.command_id(0);
+    let mango_url = app.mango_url();
     let status = app
         .mango
         .post_result(&mango_url, MANGO_KEY, &command_id, 1000)
