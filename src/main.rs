@@ -54,12 +54,32 @@ async fn serve(args: mango_callback::config::SettingsArgs) -> anyhow::Result<()>
     tracing::info!(settings = ?settings, "starting");
     let app = Application::build(settings, RunOptions::default()).await?;
     tracing::info!(port = app.port(), "listening");
-    let handle = app.server_handle();
+    let stopper = app.stopper();
     actix_web::rt::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stopping");
-        handle.stop(true).await;
+        let signal = stop_signal().await;
+        tracing::info!(
+            signal,
+            "stopping: no new requests or jobs; running ones finish or are released"
+        );
+        stopper.stop().await;
     });
     app.run_until_stopped().await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for SIGTERM (systemd, container runtimes) or SIGINT (Ctrl-C); names the one that came.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT"
 }

@@ -11,12 +11,38 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::context::{Context, Shared};
 use crate::db::Db;
-use crate::jobs::worker::Worker;
+use crate::jobs::worker::{self, StopWorker, Worker};
 
 pub struct Application {
     port: u16,
     server: Server,
     shared: Shared,
+    worker: Option<RunningWorker>,
+}
+
+/// The background worker of this instance: its stop switch and its task.
+struct RunningWorker {
+    stop: Rc<StopWorker>,
+    done: actix_web::rt::task::JoinHandle<()>,
+}
+
+/// Stops the application gracefully from another task (a signal handler, a test).
+#[derive(Clone)]
+pub struct Stopper {
+    server: actix_web::dev::ServerHandle,
+    worker: Option<Rc<StopWorker>>,
+}
+
+impl Stopper {
+    /// Stops accepting connections and claiming jobs at once; requests in flight finish, and
+    /// [`Application::run_until_stopped`] returns once running jobs finished or, past the
+    /// grace period, were released for another instance.
+    pub async fn stop(&self) {
+        if let Some(w) = &self.worker {
+            w.stop();
+        }
+        self.server.stop(true).await;
+    }
 }
 
 /// Options that tests and the sandbox change; production uses the defaults.
@@ -26,6 +52,8 @@ pub struct RunOptions {
     pub background_worker: bool,
     pub clock: Clock,
     pub http_workers: usize,
+    /// How long a stop waits for running jobs before releasing them.
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl Default for RunOptions {
@@ -34,6 +62,7 @@ impl Default for RunOptions {
             background_worker: true,
             clock: Clock::system(),
             http_workers: 2,
+            shutdown_grace: worker::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -69,16 +98,25 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
-        if opts.background_worker {
+        let worker = if opts.background_worker {
             let ctx = Rc::new(Context::new(shared.clone()));
-            let worker = Worker::new(ctx.clone(), shared.settings.job_concurrency);
-            actix_web::rt::spawn(worker.run());
+            let (stop, stopped) = worker::stop_switch();
+            let worker = Worker::new(ctx.clone(), shared.settings.job_concurrency)
+                .with_shutdown_grace(opts.shutdown_grace);
+            let done = actix_web::rt::spawn(worker.run(stopped));
             actix_web::rt::spawn(keep_alive_loop(ctx));
-        }
+            Some(RunningWorker {
+                stop: Rc::new(stop),
+                done,
+            })
+        } else {
+            None
+        };
         Ok(Application {
             port,
             server,
             shared,
+            worker,
         })
     }
 
@@ -90,12 +128,23 @@ impl Application {
         &self.shared
     }
 
-    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
-        self.server.handle()
+    /// What stops this application gracefully (see [`Stopper::stop`]).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            server: self.server.handle(),
+            worker: self.worker.as_ref().map(|w| w.stop.clone()),
+        }
     }
 
+    /// Serves until stopped; then waits for the job worker to finish or release its jobs.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        if let Some(w) = self.worker {
+            // However the server ended, the worker stops with it.
+            w.stop.stop();
+            let _ = w.done.await;
+        }
+        served
     }
 }
 

@@ -198,6 +198,26 @@ fn requeue(
     Ok(n == 1)
 }
 
+/// Gives a running job back at shutdown, due at once and with its attempt refunded: it did not
+/// fail, its worker stopped, and another instance (or this one restarted) takes it immediately
+/// instead of waiting for the lease to run out.
+pub fn release(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    requeue(
+        conn,
+        id,
+        worker,
+        now,
+        "released: its worker shut down before it finished",
+        true,
+        now,
+    )
+}
+
 /// A permanent failure: kept as `dead` with its error, never run again.
 pub fn bury(
     conn: &mut DbConnection,

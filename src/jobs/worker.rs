@@ -1,10 +1,12 @@
 //! The worker loop: claims due jobs, runs them on the local task set, applies the failure policy.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use super::{dispatch, queue, JobError};
@@ -19,26 +21,59 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 /// Finished jobs are kept this long for debugging, then deleted.
 const DONE_JOBS_KEPT_DAYS: i64 = 7;
 
+/// How long a stopping worker waits for its running jobs before it gives the rest back.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 pub struct Worker {
     ctx: Rc<Context>,
     id: String,
+    concurrency: usize,
     slots: Arc<Semaphore>,
+    grace: Duration,
+    /// The jobs running now, by id, so that a stop past the grace period can abort them and
+    /// release their leases.
+    running: Rc<RefCell<HashMap<String, actix_web::rt::task::JoinHandle<()>>>>,
+}
+
+/// Tells a running [`Worker`] to stop; dropping it stops the worker too.
+pub struct StopWorker(watch::Sender<bool>);
+
+impl StopWorker {
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
 }
 
 impl Worker {
     pub fn new(ctx: Rc<Context>, concurrency: usize) -> Worker {
+        let concurrency = concurrency.max(1);
         Worker {
             ctx,
             id: format!("worker-{}", uuid::Uuid::new_v4()),
+            concurrency,
             slots: Arc::new(Semaphore::new(concurrency)),
+            grace: DEFAULT_SHUTDOWN_GRACE,
+            running: Rc::new(RefCell::new(HashMap::new())),
         }
     }
 
-    /// Runs until the process stops; spawn it with `actix_web::rt::spawn` (awc is !Send).
-    pub async fn run(self) {
+    /// How long [`Worker::run`] waits for running jobs once told to stop.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Worker {
+        self.grace = grace;
+        self
+    }
+
+    /// Runs until `stop` says so (or is dropped); spawn it with `actix_web::rt::spawn` (awc is
+    /// !Send). Stopping: no new job is claimed, running jobs get the grace period to finish, and
+    /// those still running then are aborted and their leases released, so another instance (or
+    /// this one restarted) takes them at once instead of after the lease.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
         tracing::info!(worker = %self.id, "job worker started");
         let mut last_reap: Option<std::time::Instant> = None;
         loop {
+            if *stop.borrow() {
+                break;
+            }
             if last_reap.is_none_or(|t| t.elapsed() >= REAP_EVERY) {
                 last_reap = Some(std::time::Instant::now());
                 let now = self.ctx.shared.clock.now();
@@ -70,12 +105,17 @@ impl Worker {
                 let ctx = self.ctx.clone();
                 let worker = self.id.clone();
                 let wake = self.ctx.shared.notify.clone();
-                actix_web::rt::spawn(async move {
+                let running = self.running.clone();
+                let id = job.id.clone();
+                let handle = actix_web::rt::spawn(async move {
+                    let id = job.id.clone();
                     run_one(&ctx, &worker, job).await;
+                    running.borrow_mut().remove(&id);
                     drop(permit);
                     // A freed slot may pick up a job that is already waiting.
                     wake.notify_one();
                 });
+                self.running.borrow_mut().insert(id, handle);
             }
             if full_batch {
                 continue;
@@ -83,9 +123,60 @@ impl Worker {
             tokio::select! {
                 _ = self.ctx.shared.notify.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
+                changed = stop.changed() => {
+                    // A dropped switch counts as a stop too.
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
+        self.stop_gracefully().await;
     }
+
+    async fn stop_gracefully(self) {
+        let running = self.running.borrow().len();
+        tracing::info!(worker = %self.id, running, grace_s = self.grace.as_secs_f64(), "job worker stopping: no new jobs are claimed; running ones get the grace period");
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(self.grace, self.slots.acquire_many(all))
+            .await
+            .is_ok()
+        {
+            tracing::info!(worker = %self.id, "job worker stopped: every running job finished");
+            return;
+        }
+        let left: Vec<(String, actix_web::rt::task::JoinHandle<()>)> =
+            self.running.borrow_mut().drain().collect();
+        for (id, handle) in left {
+            // Aborted at an await point: its last database write either happened or not, and
+            // the run that takes the job over reads the row as it is (a callback found in
+            // `calling` is never sent twice).
+            handle.abort();
+            let (jid, w, now) = (id.clone(), self.id.clone(), self.ctx.shared.clock.now());
+            match self
+                .ctx
+                .shared
+                .db
+                .run(move |c| Ok(queue::release(c, &jid, &w, now)?))
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(job.id = %id, "job still running at shutdown: aborted and released for another worker")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(job.id = %id, error = %e, "releasing a job at shutdown failed; it comes back when its lease expires")
+                }
+            }
+        }
+        tracing::info!(worker = %self.id, "job worker stopped");
+    }
+}
+
+/// A stop switch and the receiving end for [`Worker::run`].
+pub fn stop_switch() -> (StopWorker, watch::Receiver<bool>) {
+    let (tx, rx) = watch::channel(false);
+    (StopWorker(tx), rx)
 }
 
 async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobRow> {

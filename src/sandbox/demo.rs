@@ -57,7 +57,7 @@ pub async fn run(
     let app = Application::build(settings, RunOptions::default()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let shared = app.shared().clone();
-    let handle = app.server_handle();
+    let handle = app.stopper();
     actix_web::rt::spawn(app.run_until_stopped());
     println!("\n== mango-callback sandbox");
     println!("   app               {base}");
@@ -173,7 +173,7 @@ pub async fn run(
     }
     println!("\n   Mango received {} callback_group command(s); Bitrix24 got {} bizproc.event.send call(s).", mango.callbacks().len(), b24.calls_to("bizproc.event.send").len());
     if exit {
-        handle.stop(true).await;
+        handle.stop().await;
         return Ok(());
     }
     let page = b24.iframe_request(m, portal.admin_user_id, "DEFAULT", "ru");
@@ -184,7 +184,7 @@ pub async fn run(
     );
     println!("Ctrl+C stops.");
     let _ = tokio::signal::ctrl_c().await;
-    handle.stop(true).await;
+    handle.stop().await;
     Ok(())
 }
 

@@ -366,6 +366,7 @@ pub async fn start_instance(
             background_worker: false,
             clock: clock.clone(),
             http_workers: 1,
+            ..RunOptions::default()
         },
     )
     .await

@@ -13,4 +13,5 @@ mod secrets;
 mod security;
 mod self_check;
 mod settings;
+mod shutdown;
 mod tokens;
