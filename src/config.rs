@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::crypto::SecretKey;
-use crate::http::client_addr::TrustedProxies;
+use crate::trusted_proxies::TrustedProxies;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mango-callback.db";
 

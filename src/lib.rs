@@ -39,3 +39,4 @@ pub mod portal;
 pub mod sandbox;
 pub mod startup;
 pub mod telemetry;
+pub mod trusted_proxies;

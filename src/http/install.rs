@@ -80,7 +80,7 @@ pub async fn is_admin(
     verified: &VerifiedAuth,
     auth_id: &str,
 ) -> Result<bool, AppError> {
-    ask_is_admin(&ctx.bitrix, verified, auth_id)
+    ask_is_admin(ctx.bitrix.rest(), verified, auth_id)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "user.admin failed; cannot tell whether the user is an administrator");

@@ -13,6 +13,7 @@ use crate::context::Context;
 use crate::crypto::{Cipher, Slot};
 use crate::db::{DbConnection, DbError};
 use crate::jobs::{queue, Job, JobError};
+use crate::portal::api::PortalApi;
 use crate::portal::store;
 
 /// The robot's CODE; part of the public contract with portals that already use it.
@@ -63,7 +64,7 @@ pub fn robot_fields(public_url: &str) -> Value {
 
 /// Adds the robot, or updates it when it already exists (the installer may run many times).
 pub async fn register_robot(
-    bitrix: &BitrixClient,
+    bitrix: &PortalApi,
     member_id: &str,
     public_url: &str,
 ) -> Result<(), BitrixError> {
@@ -102,7 +103,7 @@ pub fn event_handlers(public_url: &str) -> [(&'static str, String); 4] {
 
 /// Binds one event handler; an existing binding is fine.
 async fn bind_event(
-    bitrix: &BitrixClient,
+    bitrix: &PortalApi,
     member_id: &str,
     event: &str,
     handler: &str,
@@ -127,7 +128,7 @@ async fn bind_event(
 
 /// Binds every handler of [`event_handlers`]; existing bindings are fine.
 pub async fn bind_events(
-    bitrix: &BitrixClient,
+    bitrix: &PortalApi,
     member_id: &str,
     public_url: &str,
 ) -> Result<(), BitrixError> {
@@ -427,7 +428,7 @@ impl Job for ApplyAppUpdate {
         if verified.member_id != self.member_id {
             return give_up("the token belongs to another portal");
         }
-        match ask_is_admin(&ctx.bitrix, &verified, &access).await {
+        match ask_is_admin(ctx.bitrix.rest(), &verified, &access).await {
             Ok(true) => {}
             Ok(false) => return give_up("the user is not a portal administrator"),
             Err(e) if e.is_transient() => return Err(job_error(e)),

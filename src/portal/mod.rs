@@ -1,5 +1,6 @@
 //! The tenant: one Bitrix24 portal keyed by `member_id`, its sealed tokens and its settings.
 
+pub mod api;
 pub mod jobs;
 pub mod reseal;
 pub mod store;
