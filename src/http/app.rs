@@ -30,8 +30,8 @@ use crate::callback::{status, Callback};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::mango::{describe_code, Credentials, MangoError};
-use crate::portal::jobs::SELF_CHECK_ANSWER_WITHIN;
 use crate::portal::throttle::{self, Wait};
+use crate::portal::upkeep::SELF_CHECK_ANSWER_WITHIN;
 use crate::portal::{store, Lang, Portal, PortalSettings, Reach};
 
 /// How many callbacks the call log shows.
@@ -219,7 +219,7 @@ pub async fn show_app(
         ));
     };
     if admin {
-        crate::portal::jobs::self_check_if_stale(&ctx, &portal).await;
+        crate::portal::upkeep::self_check_if_stale(&ctx, &portal).await;
     }
     // An administrator opening the app hands us a fresh token chain, which heals "needs
     // re-authorisation". Only an administrator's: the stored chain reads deals and contacts, and

@@ -9,7 +9,7 @@ use crate::context::Context;
 use crate::crypto::Slot;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
-use crate::portal::jobs::{
+use crate::portal::upkeep::{
     apply_verified_update, ApplyAppUpdate, VerifiedUpdate, MAX_PENDING_UPDATES,
 };
 use crate::portal::{store, Portal};

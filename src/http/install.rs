@@ -13,11 +13,10 @@ use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
-use crate::portal::jobs::{
-    ask_is_admin, bind_events, enqueue_self_check, register_robot, RegisterRobot,
-    SELF_CHECK_AFTER_INSTALL,
-};
+use crate::portal::api::ask_is_admin;
+use crate::portal::robot::{bind_events, register_robot};
 use crate::portal::store::{self, InstallData};
+use crate::portal::upkeep::{enqueue_self_check, RegisterRobot, SELF_CHECK_AFTER_INSTALL};
 use crate::portal::Lang;
 
 #[derive(Template)]

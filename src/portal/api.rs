@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::store;
 use crate::bitrix::address;
 use crate::bitrix::client::{BatchResult, BitrixClient};
 use crate::bitrix::limiter::RefreshGates;
-use crate::bitrix::oauth::{self, RefreshError, VerifyError};
+use crate::bitrix::oauth::{self, RefreshError, VerifiedAuth, VerifyError};
 use crate::bitrix::BitrixError;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -421,6 +421,24 @@ impl PortalApi {
             }
         }
     }
+}
+
+/// Asks the portal, with the user's own verified token, whether the user is an administrator.
+pub async fn ask_is_admin(
+    bitrix: &BitrixClient,
+    verified: &VerifiedAuth,
+    token: &str,
+) -> Result<bool, BitrixError> {
+    let answer = bitrix
+        .call_with_token(
+            &verified.member_id,
+            &verified.client_endpoint,
+            token,
+            "user.admin",
+            json!({}),
+        )
+        .await?;
+    Ok(answer == Value::Bool(true))
 }
 
 /// Whether two REST endpoints are the same: scheme, host, port and path, a trailing slash aside.

@@ -1,10 +1,11 @@
 //! The tenant: one Bitrix24 portal keyed by `member_id`, its sealed tokens and its settings.
 
 pub mod api;
-pub mod jobs;
 pub mod reseal;
+pub mod robot;
 pub mod store;
 pub mod throttle;
+pub mod upkeep;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

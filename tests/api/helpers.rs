@@ -207,7 +207,7 @@ pub async fn start_instance(
 impl TestApp {
     /// Runs every due job until none is left.
     pub async fn drain(&self) -> usize {
-        mango_callback::jobs::worker::drain(&self.ctx, "test-worker").await
+        mango_callback::startup::drain(&self.ctx, "test-worker").await
     }
 
     pub async fn post_form(&self, path_and_query: &str, body: String) -> (u16, String) {
