@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::crypto::SecretKey;
-use crate::trusted_proxies::TrustedProxies;
+use crate::net::trusted_proxies::TrustedProxies;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mango-callback.db";
 
@@ -304,8 +304,8 @@ impl Settings {
             b24_burst: a.b24_burst,
             allow_private_peers: false,
             trusted_proxies,
-            address_burst: crate::http::throttle::BURST,
-            address_refill_every: crate::http::throttle::REFILL_EVERY,
+            address_burst: crate::net::address_limit::BURST,
+            address_refill_every: crate::net::address_limit::REFILL_EVERY,
         })
     }
 
@@ -330,8 +330,8 @@ impl Settings {
             b24_burst: 50,
             allow_private_peers: true,
             trusted_proxies: TrustedProxies::default(),
-            address_burst: crate::http::throttle::BURST,
-            address_refill_every: crate::http::throttle::REFILL_EVERY,
+            address_burst: crate::net::address_limit::BURST,
+            address_refill_every: crate::net::address_limit::REFILL_EVERY,
         }
     }
 }

@@ -12,8 +12,8 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::crypto::Cipher;
 use crate::db::Db;
-use crate::http::throttle::AddressLimiter;
 use crate::mango::MangoClient;
+use crate::net::address_limit::AddressLimiter;
 use crate::portal::api::PortalApi;
 
 /// Timeout of one Mango request; a callback command either answers quickly or is in doubt.
@@ -43,7 +43,7 @@ impl Shared {
             clock.clone(),
             settings.address_burst,
             settings.address_refill_every,
-            crate::http::throttle::MAX_TRACKED,
+            crate::net::address_limit::MAX_TRACKED,
         );
         Shared {
             settings: Arc::new(settings),

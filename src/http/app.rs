@@ -671,7 +671,7 @@ async fn mango_turn(
     let (retry_after, message) = match wait {
         Wait::Portal(d) => {
             let (secs, every) = (
-                super::throttle::retry_after_secs(d),
+                crate::net::address_limit::retry_after_secs(d),
                 throttle::PAGE_INTERVAL.as_secs(),
             );
             (
@@ -688,7 +688,7 @@ async fn mango_turn(
             )
         }
         Wait::RefusedKey(d) => {
-            let secs = super::throttle::retry_after_secs(d);
+            let secs = crate::net::address_limit::retry_after_secs(d);
             (
                 secs,
                 format!(

@@ -16,7 +16,7 @@ use actix_web::{web, HttpMessage};
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 
 use crate::context::Context;
-use crate::trusted_proxies::{canonical, TrustedProxies};
+use crate::net::trusted_proxies::{canonical, TrustedProxies};
 
 /// One hop of a forwarding header: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:80`,
 /// optionally quoted (`Forwarded`). `unknown`, obfuscated names and garbage are `None`.

@@ -7,7 +7,6 @@ pub mod install;
 pub mod mango;
 pub mod robot;
 pub mod settings;
-pub mod throttle;
 
 #[cfg(test)]
 mod props;
@@ -215,7 +214,7 @@ pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
 pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option<HttpResponse> {
     let ip = client_ip(req)?;
     let wait = ctx.shared.address_limiter.take(ip).err()?;
-    let secs = throttle::retry_after_secs(wait);
+    let secs = crate::net::address_limit::retry_after_secs(wait);
     let lang = lang_of(req);
     tracing::warn!(peer = %ip, path = req.path(), retry_after = secs, "request refused: too many from this address");
     let message = format!(

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use mango_callback::db::Backend;
+use mango_callback::net::trusted_proxies::TrustedProxies;
 use mango_callback::portal::throttle::{PAGE_INTERVAL, REFUSED_KEY_PAUSE};
 use mango_callback::sandbox::bitrix::SimPortal;
-use mango_callback::trusted_proxies::TrustedProxies;
 
 use crate::helpers::{
     spawn_app, spawn_app_tweaked, spawn_instance, TestApp, MANGO_KEY, MANGO_SALT,
