@@ -4,7 +4,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::{application_token_matches, parse_form, peer, AuthBlock};
+use super::auth::application_token_matches;
+use super::{parse_form, peer, AuthBlock};
 use crate::context::Context;
 use crate::crypto::Slot;
 use crate::error::AppError;
@@ -122,7 +123,7 @@ async fn on_app_update(
     let expires = auth.lifetime()?.unwrap_or(3600);
     let now = shared.clock.now();
     let verified =
-        super::install::verify_admin(ctx, req, &token, &portal.member_id, "ONAPPUPDATE").await;
+        super::auth::verify_admin(ctx, req, &token, &portal.member_id, "ONAPPUPDATE").await;
     match verified {
         Ok(v) => {
             let update = VerifiedUpdate {
@@ -214,7 +215,7 @@ async fn on_app_test(
                     .into(),
             ));
         };
-        super::install::verify_admin(ctx, req, token, &mid, "ONAPPTEST").await?;
+        super::auth::verify_admin(ctx, req, token, &mid, "ONAPPTEST").await?;
         Some(app_token)
     } else {
         tracing::warn!(peer = %peer(req), "ONAPPTEST with a wrong application token refused");

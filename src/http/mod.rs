@@ -1,12 +1,12 @@
 //! The HTTP layer: the whole route table and the parsing of Bitrix24's bracketed forms.
 
-pub mod app;
+pub mod auth;
 pub mod client_addr;
 pub mod events;
 pub mod install;
 pub mod mango;
 pub mod robot;
-pub mod settings;
+pub mod settings_page;
 
 #[cfg(test)]
 mod props;
@@ -35,18 +35,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/b24/robot",
             web::post().to(robot::handle_robot_call),
         ))
-        .service(guarded("/b24/app", web::post().to(app::show_app)))
+        .service(guarded("/b24/app", web::post().to(settings_page::show_app)))
         .service(guarded(
             "/b24/app/settings",
-            web::post().to(app::save_settings),
+            web::post().to(settings_page::save_settings),
         ))
         .service(guarded(
             "/b24/app/mango/check",
-            web::post().to(app::check_mango),
+            web::post().to(settings_page::check_mango),
         ))
         .service(guarded(
             "/b24/app/mango/options",
-            web::post().to(app::mango_options),
+            web::post().to(settings_page::mango_options),
         ))
         .service(guarded("/mango/{tail:.*}", web::post().to(mango::receive)))
         .service(actix_files::Files::new(
@@ -225,7 +225,7 @@ pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option
         ),
         lang.pick("с.", "s."),
     );
-    let mut resp = app::error_html(
+    let mut resp = settings_page::view::error_html(
         actix_web::http::StatusCode::TOO_MANY_REQUESTS,
         lang,
         &message,
@@ -235,25 +235,6 @@ pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option
         actix_web::http::header::HeaderValue::from(secs),
     );
     Some(resp)
-}
-
-/// Checks an event's or robot call's `application_token` against the stored one, in constant time.
-pub fn application_token_matches(
-    cipher: &crate::crypto::Cipher,
-    portal: &crate::portal::Portal,
-    presented: Option<&str>,
-) -> bool {
-    let stored = portal.application_token.as_deref().and_then(|t| {
-        cipher
-            .open(crate::crypto::Slot::application_token(&portal.member_id), t)
-            .ok()
-    });
-    match (stored, presented) {
-        (Some(s), Some(p)) if !p.is_empty() => {
-            crate::crypto::constant_time_eq(s.as_bytes(), p.as_bytes())
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]

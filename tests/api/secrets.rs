@@ -131,7 +131,7 @@ async fn debug_prints_of_structs_that_hold_secrets_show_none_of_them(backend: Ba
     assert_no_secret("Settings", &printed);
     assert!(!printed.contains(LOCAL_SECRET_KEY), "{printed}");
 
-    use mango_callback::http::settings::PageToken;
+    use mango_callback::http::settings_page::page_token::PageToken;
     let cipher = Cipher::new(&SecretKey::generate());
     let token = PageToken::new("m1", 1, true, 0);
     let encoded = token.encode(&cipher);
