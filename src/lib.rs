@@ -37,6 +37,7 @@ pub mod mango;
 pub mod net;
 pub mod phone;
 pub mod portal;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod startup;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use mango_callback::db::Backend;
 use mango_callback::portal::{store, PortalSettings};
 use mango_callback::sandbox::bitrix::{BitrixSim, BitrixSimOptions, RobotCallStyle, SimPortal};
 use mango_callback::sandbox::mango::{MangoSim, MangoSimOptions};
+use mango_callback::sandbox::LocalSettings;
 use mango_callback::startup::{Application, RunOptions};
 
 /// Runs the same async test body once per backend, as `<name>::on_sqlite` and `<name>::on_postgres`.

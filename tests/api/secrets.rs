@@ -3,6 +3,7 @@
 use mango_callback::config::{Settings, LOCAL_SECRET_KEY};
 use mango_callback::crypto::{Cipher, SealedColumn, SecretKey, Slot};
 use mango_callback::db::Backend;
+use mango_callback::sandbox::LocalSettings;
 
 use crate::helpers::{spawn_app, start_instance, TestApp, MANGO_KEY};
 use crate::on_both_backends;
