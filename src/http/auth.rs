@@ -4,7 +4,7 @@
 
 use actix_web::HttpRequest;
 
-use super::peer;
+use super::client_addr::peer;
 use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
 use crate::context::Context;
 use crate::error::AppError;

@@ -12,9 +12,11 @@ use std::net::{IpAddr, SocketAddr};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
-use actix_web::{web, HttpMessage};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 
+use super::page::error_html;
+use super::request::lang_of;
 use crate::context::Context;
 use crate::net::trusted_proxies::{canonical, TrustedProxies};
 
@@ -146,6 +148,49 @@ impl RootSpanBuilder for RootSpan {
     ) {
         DefaultRootSpanBuilder::on_request_end(span, outcome);
     }
+}
+
+/// The caller's address for security log lines (see [`client_ip_of`]).
+pub fn peer(req: &HttpRequest) -> String {
+    client_ip_of(req).map_or_else(|| "-".to_owned(), |ip| ip.to_string())
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy (`APP_TRUSTED_PROXIES`) says
+/// it forwarded for. `None` only when the request has no TCP peer (in-process handler tests).
+pub fn client_ip_of(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    of_request(
+        req.peer_addr(),
+        req.headers(),
+        req.app_data::<web::Data<crate::context::Context>>(),
+    )
+}
+
+/// The per-address gate of the unauthenticated browser POSTs, taken before they cost an
+/// `app.info` request: `Some(429 page with Retry-After)` when this address is over its limit.
+pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option<HttpResponse> {
+    let ip = client_ip_of(req)?;
+    let wait = ctx.shared.address_limiter.take(ip).err()?;
+    let secs = crate::net::address_limit::retry_after_secs(wait);
+    let lang = lang_of(req);
+    tracing::warn!(peer = %ip, path = req.path(), retry_after = secs, "request refused: too many from this address");
+    let message = format!(
+        "{} {secs} {}",
+        lang.pick(
+            "Слишком много запросов с вашего адреса. Повторите через",
+            "Too many requests from your address. Please try again in",
+        ),
+        lang.pick("с.", "s."),
+    );
+    let mut resp = error_html(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        lang,
+        &message,
+    );
+    resp.headers_mut().insert(
+        actix_web::http::header::RETRY_AFTER,
+        actix_web::http::header::HeaderValue::from(secs),
+    );
+    Some(resp)
 }
 
 #[cfg(test)]

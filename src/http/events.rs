@@ -5,7 +5,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::auth::application_token_matches;
-use super::{parse_form, peer, AuthBlock};
+use super::client_addr::peer;
+use super::request::{parse_form, AuthBlock};
 use crate::context::Context;
 use crate::crypto::Slot;
 use crate::error::AppError;

@@ -8,8 +8,8 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::auth::{is_admin, verify, verify_admin};
-use super::lang_of;
-use super::{parse_form, peer, AuthBlock};
+use super::client_addr::{limit_address, peer};
+use super::request::{lang_of, parse_form, token_lifetime, AuthBlock};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
@@ -47,7 +47,7 @@ pub async fn install_app(
         return on_app_install(&req, ev.auth.unwrap_or_default(), &ctx).await;
     }
     // The installer form is a browser POST: limited per address before `app.info` costs anything.
-    if let Some(refused) = super::limit_address(&req, &ctx) {
+    if let Some(refused) = limit_address(&req, &ctx) {
         return Ok(refused);
     }
     let form: HashMap<String, String> = parse_form(&body)?;
@@ -61,7 +61,7 @@ pub async fn install_app(
         .to_owned();
     let lang = lang_of(&req);
     // Checked before anything costs a request to the OAuth server.
-    let expires_in = super::token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?;
+    let expires_in = token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?;
     let verified = verify(&ctx, &req, &auth_id, &member_id).await?;
 
     let is_admin = is_admin(&ctx, &verified, &auth_id).await?;

@@ -63,7 +63,7 @@ fn assert_no_secret(what: &str, printed: &str) {
 }
 
 async fn debug_prints_of_structs_that_hold_secrets_show_none_of_them(backend: Backend) {
-    use mango_callback::http::AuthBlock;
+    use mango_callback::http::request::AuthBlock;
     use mango_callback::portal::store::InstallData;
 
     let auth = AuthBlock {

@@ -5,11 +5,12 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::page_token::{authorise, field, Authorised};
-use super::view::{json_reply, Reply};
+use super::authorise::{authorise, field, Authorised};
+use super::view::Reply;
 use crate::context::Context;
 use crate::error::AppError;
-use crate::http::lang_of;
+use crate::http::page::json_reply;
+use crate::http::request::lang_of;
 use crate::mango::{describe_code, Credentials, MangoError};
 use crate::portal::throttle::{self, Wait};
 use crate::portal::{store, Lang, Portal, PortalSettings};

@@ -15,9 +15,11 @@
 //!
 //! - this file: the handlers of the page and of the form, and the page token check;
 //! - [`view`]: the templates and how a portal's state is printed;
-//! - [`form`]: the settings form's validation; [`page_token`]: the signed page token;
+//! - [`form`]: the settings form's validation; [`page_token`]: the signed page token, checked on
+//!   every later request by [`authorise`](mod@authorise);
 //! - [`mango_check`]: "Check connection" and "Load from Mango", throttled.
 
+pub mod authorise;
 pub mod form;
 pub mod mango_check;
 pub mod page_token;
@@ -30,13 +32,15 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use self::authorise::{authorise, field};
 use self::form::{validate, SettingsInput};
 use self::mango_check::{run_check, with_retry_after};
-use self::page_token::{authorise, field, PageToken};
-use self::view::{build_page, error_html, render, CheckView, Reply, LOG_ROWS};
+use self::page_token::PageToken;
+use self::view::{build_page, render, CheckView, Reply, LOG_ROWS};
 use super::auth::{is_admin, verify};
-use super::lang_of;
-use super::{parse_form, peer};
+use super::client_addr::{limit_address, peer};
+use super::page::error_html;
+use super::request::{lang_of, parse_form, token_lifetime};
 use crate::callback::store as callback_store;
 use crate::callback::Callback;
 use crate::context::Context;
@@ -50,7 +54,7 @@ pub async fn show_app(
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
     // Limited per address before the `app.info` below costs anything.
-    if let Some(refused) = super::limit_address(&req, &ctx) {
+    if let Some(refused) = limit_address(&req, &ctx) {
         return Ok(refused);
     }
     let form: HashMap<String, String> = parse_form(&body)?;
@@ -114,8 +118,7 @@ pub async fn show_app(
                 auth_id.clone(),
                 refresh.to_owned(),
             );
-            let expires =
-                super::token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?.unwrap_or(3600);
+            let expires = token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?.unwrap_or(3600);
             ctx.shared
                 .db
                 .run(move |c| {

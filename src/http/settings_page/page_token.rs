@@ -1,16 +1,8 @@
 //! The signed page token that replaces a session cookie: who opened the page, as vouched for by
-//! Bitrix24 when it was opened. The token itself is free of I/O, so forging and expiry are
-//! unit-tested here; [`authorise`] checks it on every later request of the page.
+//! Bitrix24 when it was opened. Free of I/O, so forging and expiry are unit-tested here;
+//! [`super::authorise`] checks it on every later request of the page.
 
-use std::collections::HashMap;
-
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
-
-use super::view::Reply;
-use crate::context::Context;
 use crate::crypto::Cipher;
-use crate::http::{parse_form, peer};
 use crate::portal::Lang;
 
 /// How long a page token lets the opened page save and ask Mango: the access token Bitrix24
@@ -118,54 +110,6 @@ impl PageToken {
         }
         Ok(token)
     }
-}
-
-/// A later request, authorised: the token, the portal it names, and the parsed form.
-pub(super) struct Authorised {
-    pub(super) token: PageToken,
-    pub(super) form: HashMap<String, String>,
-}
-
-/// Checks the page token (header first, then form field) and, for changes, the admin flag.
-pub(super) fn authorise(
-    req: &HttpRequest,
-    body: &[u8],
-    ctx: &Context,
-    lang: Lang,
-    reply: Reply,
-    need_admin: bool,
-) -> Result<Authorised, Box<HttpResponse>> {
-    let form: HashMap<String, String> = parse_form(body)
-        .map_err(|e| Box::new(reply.refuse(StatusCode::BAD_REQUEST, lang, &e.to_string())))?;
-    let raw = req
-        .headers()
-        .get(PAGE_TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| form.get(PAGE_TOKEN_FIELD).cloned())
-        .unwrap_or_default();
-    let now = ctx.shared.clock.now_utc().timestamp();
-    let token = PageToken::decode(&ctx.shared.cipher, &raw, now).map_err(|e| {
-        tracing::warn!(peer = %peer(req), path = req.path(), error = %e, "app request refused: bad page token");
-        Box::new(reply.refuse(StatusCode::UNAUTHORIZED, lang, e.message(lang)))
-    })?;
-    tracing::Span::current().record("portal", token.member_id.as_str());
-    if need_admin && !token.admin {
-        tracing::warn!(peer = %peer(req), path = req.path(), user = token.user_id, "app request refused: not a portal administrator");
-        return Err(Box::new(reply.refuse(
-            StatusCode::FORBIDDEN,
-            lang,
-            lang.pick(
-                "Изменять настройки может только администратор портала.",
-                "Only a portal administrator can change the settings.",
-            ),
-        )));
-    }
-    Ok(Authorised { token, form })
-}
-
-pub(super) fn field<'a>(form: &'a HashMap<String, String>, name: &str) -> &'a str {
-    form.get(name).map(|v| v.trim()).unwrap_or("")
 }
 
 #[cfg(test)]

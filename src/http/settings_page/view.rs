@@ -11,6 +11,7 @@ use super::page_token::PageToken;
 use crate::callback::{status, Callback};
 use crate::context::Context;
 use crate::error::AppError;
+use crate::http::page::{error_html, html, json_reply};
 use crate::mango::describe_code;
 use crate::portal::upkeep::SELF_CHECK_ANSWER_WITHIN;
 use crate::portal::{Lang, Portal, PortalSettings, Reach};
@@ -77,58 +78,6 @@ impl AppPage {
             en
         }
     }
-}
-
-#[derive(Template)]
-#[template(path = "app_error.html")]
-pub struct ErrorPage<'a> {
-    pub ru: bool,
-    pub title: &'a str,
-    pub message: &'a str,
-}
-
-/// `frame-ancestors` names exactly the portal that may frame the page (never X-Frame-Options,
-/// which cannot name a third-party origin); the rest keeps the page to its own scripts and styles.
-pub(super) fn csp(domain: &str) -> String {
-    format!(
-        "default-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; \
-         frame-ancestors https://{domain}"
-    )
-}
-
-pub(super) fn html(status: StatusCode, domain: Option<&str>, body: String) -> HttpResponse {
-    let mut r = HttpResponse::build(status);
-    r.content_type("text/html; charset=utf-8")
-        .insert_header(("Cache-Control", "no-store"));
-    if let Some(d) = domain {
-        r.insert_header(("Content-Security-Policy", csp(d)));
-    }
-    r.body(body)
-}
-
-pub fn error_html(status: StatusCode, lang: Lang, message: &str) -> HttpResponse {
-    let page = ErrorPage {
-        ru: lang == Lang::Ru,
-        title: lang.pick("Mango Office: обратный звонок", "Mango Office callback"),
-        message,
-    };
-    match page.render() {
-        Ok(body) => html(status, None, body),
-        Err(e) => actix_web::ResponseError::error_response(&AppError::Internal(e.into())),
-    }
-}
-
-pub(super) fn json_reply(
-    status: StatusCode,
-    domain: Option<&str>,
-    body: serde_json::Value,
-) -> HttpResponse {
-    let mut r = HttpResponse::build(status);
-    r.insert_header(("Cache-Control", "no-store"));
-    if let Some(d) = domain {
-        r.insert_header(("Content-Security-Policy", csp(d)));
-    }
-    r.json(body)
 }
 
 /// What a refused later request looks like: an HTML page for the form, JSON for the scripts.
