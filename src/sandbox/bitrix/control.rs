@@ -452,3 +452,23 @@ impl BitrixSim {
         self.st().rejections.get(error).copied().unwrap_or(0)
     }
 }
+
+impl IframeRequest {
+    /// The form as an `application/x-www-form-urlencoded` body.
+    pub fn to_form_body(&self) -> String {
+        encode_pairs(&self.form, true)
+    }
+
+    /// The query parameters as a query string (without `?`).
+    pub fn query_string(&self) -> String {
+        encode_pairs(&self.query, true)
+    }
+
+    /// Value of one form field.
+    pub fn form_value(&self, key: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}

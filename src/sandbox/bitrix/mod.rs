@@ -35,8 +35,6 @@ use actix_web::http::{header, StatusCode};
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
-use php_form::*;
-
 /// client_id the simulated OAuth server accepts.
 pub const SANDBOX_CLIENT_ID: &str = "app.sandbox0000000001.00000001";
 /// client_secret the simulated OAuth server accepts.
@@ -154,26 +152,6 @@ impl fmt::Debug for IframeRequest {
             .field("query", &self.query)
             .field("form", &form)
             .finish()
-    }
-}
-
-impl IframeRequest {
-    /// The form as an `application/x-www-form-urlencoded` body.
-    pub fn to_form_body(&self) -> String {
-        encode_pairs(&self.form, true)
-    }
-
-    /// The query parameters as a query string (without `?`).
-    pub fn query_string(&self) -> String {
-        encode_pairs(&self.query, true)
-    }
-
-    /// Value of one form field.
-    pub fn form_value(&self, key: &str) -> Option<&str> {
-        self.form
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
     }
 }
 
