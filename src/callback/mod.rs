@@ -211,6 +211,18 @@ impl Unusable {
     }
 }
 
+/// What Mango's asynchronous result of a command says, as the call log shows it.
+pub fn mango_outcome(code: i32) -> String {
+    if code == 1000 {
+        "mango accepted the command".to_owned()
+    } else {
+        format!(
+            "mango result {code}: {}",
+            crate::mango::describe_code(u32::try_from(code).unwrap_or(0)).1
+        )
+    }
+}
+
 /// A deal id has at most this many digits: Bitrix24's ids are 64-bit integers (≤ 20 digits),
 /// and the cap keeps [`command_id`] within Mango's 128 bytes.
 pub const MAX_DEAL_ID_DIGITS: usize = 20;

@@ -300,16 +300,9 @@ pub fn record_mango_result(
     member_ids: &[String],
     command_id: &str,
     code: i32,
+    outcome: &str,
     now: NaiveDateTime,
 ) -> QueryResult<usize> {
-    let outcome = if code == 1000 {
-        "mango accepted the command".to_owned()
-    } else {
-        format!(
-            "mango result {code}: {}",
-            crate::mango::describe_code(u32::try_from(code).unwrap_or(0)).1
-        )
-    };
     diesel::update(
         callbacks::table
             .filter(callbacks::command_id.eq(command_id))

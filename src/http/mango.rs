@@ -116,6 +116,7 @@ pub async fn receive(
                     &verified,
                     &command_id,
                     code,
+                    &crate::callback::mango_outcome(code),
                     now,
                 )?)
             })
