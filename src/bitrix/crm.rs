@@ -1,5 +1,6 @@
 //! The deal's client phone in CRM terms: the deal → contact → phone `batch`, and reading its
-//! answer (primary contact, the deal's own `CONTACT_ID`, MOBILE before WORK).
+//! answer (the deal's sub-command errors, primary contact, the deal's own `CONTACT_ID`, MOBILE
+//! before WORK).
 
 use serde_json::Value;
 
@@ -13,6 +14,36 @@ pub enum DealContact {
     Other(String),
     /// No contact linked (yet).
     NoContact,
+    /// Bitrix24 did not let the deal be read (deleted, access denied): its sub-command's error.
+    Unreadable(SubError),
+}
+
+/// A `batch` sub-command's entry in `result_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubError {
+    pub method: String,
+    pub code: String,
+    pub description: String,
+}
+
+impl SubError {
+    /// Limits and server trouble pass; a missing deal or a denied access does not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" | "INTERNAL_SERVER_ERROR"
+        )
+    }
+}
+
+impl std::fmt::Display for SubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code.is_empty(), self.description.is_empty()) {
+            (true, _) => write!(f, "{}: {}", self.method, self.description),
+            (false, true) => write!(f, "{}: {}", self.method, self.code),
+            (false, false) => write!(f, "{}: {} {}", self.method, self.code, self.description),
+        }
+    }
 }
 
 /// The client phone found for a deal, or why there is none.
@@ -22,6 +53,8 @@ pub enum PhoneLookup {
     NoContact,
     /// A contact without any phone.
     NoPhone,
+    /// Bitrix24 did not let the deal be read.
+    Unreadable(SubError),
 }
 
 impl PhoneLookup {
@@ -48,8 +81,27 @@ pub fn phone_batch(deal_id: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// Reads the answer of [`phone_batch`].
+/// Reads the answer of [`phone_batch`]. An error of a command that reads the deal itself means the
+/// deal cannot be read; the contact command's error is expected when no contact is linked.
 pub fn read_phone_batch(batch: &BatchResult) -> DealContact {
+    for (key, method) in [
+        ("items", "crm.deal.contact.items.get"),
+        ("deal", "crm.deal.get"),
+    ] {
+        if let Some(e) = batch.errors.get(key) {
+            let text = |field: &str| {
+                e.get(field)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            return DealContact::Unreadable(SubError {
+                method: method.to_owned(),
+                code: text("error"),
+                description: text("error_description"),
+            });
+        }
+    }
     let items = batch
         .result
         .get("items")

@@ -42,6 +42,7 @@ impl PlaceCall {
             .await?;
         let contact = match crm::read_phone_batch(&batch) {
             DealContact::NoContact => return Ok(PhoneLookup::NoContact),
+            DealContact::Unreadable(e) => return Ok(PhoneLookup::Unreadable(e)),
             DealContact::Fetched(c) => c,
             DealContact::Other(contact_id) => {
                 ctx.bitrix
@@ -206,6 +207,15 @@ impl PlaceCall {
                         settings.contact_wait_seconds
                     );
                     return end_without_call(ctx, &cb, status::NO_PHONE, msg).await;
+                }
+                PhoneLookup::Unreadable(e) if e.is_transient() => {
+                    return Err(JobError::Transient(format!(
+                        "Bitrix24 did not let the deal be read yet: {e}"
+                    )))
+                }
+                PhoneLookup::Unreadable(e) => {
+                    let msg = format!("Bitrix24 could not read the deal: {e}");
+                    return end_without_call(ctx, &cb, status::FAILED, msg).await;
                 }
                 PhoneLookup::NoPhone => {
                     return end_without_call(

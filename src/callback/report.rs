@@ -56,6 +56,8 @@ fn localized_reason(cb: &Callback, lang: Lang) -> String {
         "номер телефона клиента некорректен"
     } else if e.contains("not set in the app's settings") {
         "в настройках приложения не заданы ключи Mango, номер группы или линия"
+    } else if e.starts_with("Bitrix24 could not read the deal") {
+        "Битрикс24 не дал прочитать сделку (удалена или нет доступа)"
     } else if e.starts_with("interrupted while ordering") {
         "заказ звонка прервался; повторно не заказываем, чтобы не позвонить дважды"
     } else {
