@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::crypto::SecretKey;
-use crate::http::client_addr::TrustedProxies;
+use crate::net::trusted_proxies::TrustedProxies;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mango-callback.db";
 
@@ -130,7 +130,7 @@ pub struct SettingsArgs {
     pub trusted_proxies: String,
 }
 
-/// The key of [`Settings::for_local`]: public, so good for tests only.
+/// The key of the sandbox's local settings (`Settings::for_local`): public, so good for tests only.
 pub const LOCAL_SECRET_KEY: &str =
     "6c6f63616c2d746573742d7365637265742d6b65792d30313233343536373839";
 
@@ -304,35 +304,9 @@ impl Settings {
             b24_burst: a.b24_burst,
             allow_private_peers: false,
             trusted_proxies,
-            address_burst: crate::http::throttle::BURST,
-            address_refill_every: crate::http::throttle::REFILL_EVERY,
+            address_burst: crate::net::address_limit::BURST,
+            address_refill_every: crate::net::address_limit::REFILL_EVERY,
         })
-    }
-
-    /// Settings for tests and the sandbox: everything explicit, nothing read from the environment.
-    /// Every call gets the same [`LOCAL_SECRET_KEY`], so two instances share one database.
-    pub fn for_local(database_url: &str, oauth_url: &str, mango_url: &str) -> Settings {
-        Settings {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            // Filled in with the bound port by Application::build.
-            public_url: "http://127.0.0.1:0".into(),
-            public_url_explicit: false,
-            database_url: database_url.into(),
-            b24_client_id: Some(crate::sandbox::bitrix::SANDBOX_CLIENT_ID.into()),
-            b24_client_secret: Some(crate::sandbox::bitrix::SANDBOX_CLIENT_SECRET.into()),
-            b24_oauth_url: oauth_url.trim_end_matches('/').into(),
-            mango_api_url: format!("{}/", mango_url.trim_end_matches('/')),
-            secret_key: SecretKey::parse(LOCAL_SECRET_KEY)
-                .unwrap_or_else(|e| unreachable!("the local key is valid: {e}")),
-            job_concurrency: 4,
-            db_pool_size: 8,
-            b24_requests_per_second: 2.0,
-            b24_burst: 50,
-            allow_private_peers: true,
-            trusted_proxies: TrustedProxies::default(),
-            address_burst: crate::http::throttle::BURST,
-            address_refill_every: crate::http::throttle::REFILL_EVERY,
-        }
     }
 }
 

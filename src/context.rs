@@ -6,19 +6,18 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::bitrix::client::BitrixClient;
+use crate::bitrix::client::{BitrixClient, BITRIX_TIMEOUT};
 use crate::bitrix::limiter::{RateLimiter, RefreshGates};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::crypto::Cipher;
 use crate::db::Db;
-use crate::http::throttle::AddressLimiter;
 use crate::mango::MangoClient;
+use crate::net::address_limit::AddressLimiter;
+use crate::portal::api::PortalApi;
 
 /// Timeout of one Mango request; a callback command either answers quickly or is in doubt.
 pub const MANGO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Timeout of one Bitrix24 request: the platform allows a single call up to 60 s.
-pub const BITRIX_TIMEOUT: Duration = Duration::from_secs(65);
 
 #[derive(Clone)]
 pub struct Shared {
@@ -44,7 +43,7 @@ impl Shared {
             clock.clone(),
             settings.address_burst,
             settings.address_refill_every,
-            crate::http::throttle::MAX_TRACKED,
+            crate::net::address_limit::MAX_TRACKED,
         );
         Shared {
             settings: Arc::new(settings),
@@ -64,14 +63,25 @@ impl Shared {
 pub struct Context {
     pub shared: Shared,
     pub http: awc::Client,
-    pub bitrix: BitrixClient,
+    /// Bitrix24 REST of a portal, with its stored tokens.
+    pub bitrix: PortalApi,
     pub mango: MangoClient,
 }
 
 impl Context {
     pub fn new(shared: Shared) -> Context {
         let http = http_client();
-        let bitrix = BitrixClient::new(shared.clone(), http.clone());
+        let rest = BitrixClient::new(http.clone(), shared.limiter.clone(), shared.clock.clone());
+        let bitrix = PortalApi::new(
+            rest,
+            http.clone(),
+            shared.settings.clone(),
+            shared.db.clone(),
+            shared.cipher.clone(),
+            shared.clock.clone(),
+            shared.refresh_gates.clone(),
+            shared.instance_id.clone(),
+        );
         let mango = MangoClient::new(http.clone(), &shared.settings.mango_api_url, MANGO_TIMEOUT);
         Context {
             shared,

@@ -4,24 +4,32 @@
 //! deal's first run, experienced managers after) and, when one answers, Mango dials the client.
 //!
 //! # Layout
-//! - [`config`]: typed settings from environment variables.
+//! Each module imports only the ones listed after it, with one exception: [`context`] holds the
+//! [`portal::api`] client, while the portal's upkeep jobs run with the context.
+//! - [`startup`]: building and running the application; the one list of job kinds
+//!   ([`startup::job_registry`]) handed to the worker.
+//! - [`http`]: the route table and thin request handlers — installer, events, robot, Mango's
+//!   notifications, the settings page ([`http::settings_page`]), request reading and caller checks.
+//! - [`callback`]: the product's rules — accept a run and finish it, each with its job in one
+//!   transaction ([`callback::lifecycle`]); the jobs [`callback::place_call`] and [`callback::report`].
+//! - [`portal`]: the tenant — one Bitrix24 portal, its tokens and settings ([`portal::store`]);
+//!   calling it with its stored tokens ([`portal::api`]); our robot ([`portal::robot`]); upkeep
+//!   jobs ([`portal::upkeep`]); re-sealing for `rotate-key` ([`portal::reseal`]).
+//! - [`jobs`]: the durable job queue (outbox) and its worker; it knows no job kind.
 //! - [`context`]: shared state and the per-thread HTTP clients handlers and jobs use.
-//! - [`clock`]: "now", movable by tests instead of sleeping.
-//! - [`crypto`]: secrets sealed at rest (bound to their table, column and portal), the checked
-//!   `APP_SECRET_KEY`, signed page tokens, constant-time comparison.
+//! - [`config`]: typed settings from environment variables.
+//! - [`bitrix`]: Bitrix24 REST transport (limits, batch), OAuth, the deal's phone in CRM terms.
+//! - [`mango`]: Mango Office VPBX client, request signing, result codes, the per-account rate.
 //! - [`error`]: HTTP-facing errors.
 //! - [`db`]: one diesel connection type over SQLite and PostgreSQL, pool, migrations.
-//! - [`jobs`]: the durable job queue (outbox) and its worker.
-//! - [`portal`]: the tenant — one Bitrix24 portal, its tokens and settings; re-sealing them
-//!   (`rotate-key`).
-//! - [`bitrix`]: outbound Bitrix24 REST and OAuth client.
-//! - [`mango`]: outbound Mango Office VPBX client and request signing.
+//! - [`net`]: client addresses — trusted proxies and the per-address limit.
 //! - [`phone`]: client phone numbers normalised for Mango.
-//! - [`callback`]: the product's rules — duplicate cut-off, group choice, the call and its report.
-//! - [`http`]: the route table and thin request handlers.
-//! - [`sandbox`]: simulated Bitrix24 and Mango servers used by tests, the benchmark and the demo.
-//! - [`startup`]: building and running the application.
+//! - [`crypto`]: secrets sealed at rest (bound to their table, column and portal), the checked
+//!   `APP_SECRET_KEY`, signed page tokens, constant-time comparison.
+//! - [`clock`]: "now", movable by tests instead of sleeping.
 //! - [`telemetry`]: logging, and panics logged once and caught at handlers, jobs and database tasks.
+//! - `sandbox` (cargo feature `sandbox`, on by default): simulated Bitrix24 and Mango servers for
+//!   the tests and the demo; nothing else imports it.
 
 pub mod bitrix;
 pub mod callback;
@@ -34,8 +42,10 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod mango;
+pub mod net;
 pub mod phone;
 pub mod portal;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod startup;
 pub mod telemetry;

@@ -18,11 +18,17 @@ async fn main() -> std::process::ExitCode {
     mango_callback::telemetry::install_panic_hook();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
+        #[cfg(feature = "sandbox")]
         Command::Sandbox {
             bitrix_port,
             mango_port,
             exit,
         } => mango_callback::sandbox::demo::run(cli.settings, bitrix_port, mango_port, exit).await,
+        #[cfg(not(feature = "sandbox"))]
+        Command::Sandbox { .. } => Err(anyhow::anyhow!(
+            "this build has no sandbox: it was built without the `sandbox` feature \
+             (build with the default features to run the demo)"
+        )),
         Command::RotateKey { old_key } => rotate_key(cli.settings, old_key).await,
     };
     match result {

@@ -7,11 +7,14 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
+use crate::callback::{PlaceCall, ReportCallback};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::context::{Context, Shared};
 use crate::db::Db;
 use crate::jobs::worker::{self, StopWorker, Worker};
+use crate::jobs::Registry;
+use crate::portal::upkeep::{ApplyAppUpdate, KeepTokensAlive, RegisterRobot, SelfCheck};
 
 pub struct Application {
     port: u16,
@@ -101,7 +104,7 @@ impl Application {
         let worker = if opts.background_worker {
             let ctx = Rc::new(Context::new(shared.clone()));
             let (stop, stopped) = worker::stop_switch();
-            let worker = Worker::new(ctx.clone(), shared.settings.job_concurrency)
+            let worker = Worker::new(ctx.clone(), job_registry(), shared.settings.job_concurrency)
                 .with_shutdown_grace(opts.shutdown_grace);
             let done = actix_web::rt::spawn(worker.run(stopped));
             actix_web::rt::spawn(keep_alive_loop(ctx));
@@ -148,11 +151,28 @@ impl Application {
     }
 }
 
+/// The registry: every job kind the worker runs, in one place.
+pub fn job_registry() -> Registry {
+    Registry::new()
+        .with::<PlaceCall>()
+        .with::<ReportCallback>()
+        .with::<RegisterRobot>()
+        .with::<KeepTokensAlive>()
+        .with::<SelfCheck>()
+        .with::<ApplyAppUpdate>()
+}
+
+/// Runs every due job to completion, repeatedly, until none is due: the tests' and the
+/// sandbox's deterministic alternative to the background worker. Returns how many runs happened.
+pub async fn drain(ctx: &Context, worker: &str) -> usize {
+    worker::drain(ctx, &job_registry(), worker).await
+}
+
 /// Schedules keep-alive refreshes for idle portals a few times a day (never on a tight loop:
 /// Bitrix24 may block apps that refresh on a schedule without need).
 async fn keep_alive_loop(ctx: Rc<Context>) {
     loop {
-        match crate::portal::jobs::schedule_keep_alive(&ctx).await {
+        match crate::portal::upkeep::schedule_keep_alive(&ctx).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(

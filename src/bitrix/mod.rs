@@ -1,7 +1,8 @@
-//! Outbound Bitrix24: the REST client (limits, refresh, renamed portals, batch) and OAuth.
+//! Outbound Bitrix24: the REST transport (limits, batch), OAuth, CRM reading, peer address checks.
 
 pub mod address;
 pub mod client;
+pub mod crm;
 pub mod limiter;
 pub mod oauth;
 

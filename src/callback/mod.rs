@@ -1,11 +1,20 @@
 //! The product's rules: accept a robot run (duplicate cut-off, trainee-then-experienced), then
 //! place the Mango call and report back to the business process and the deal.
+//!
+//! - this file: the callback's types and its two job payloads;
+//! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
+//! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
+//! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
+//! - [`store`]: the SQL of `callbacks` and `deals`.
 
-pub mod jobs;
+pub mod lifecycle;
+pub mod place_call;
+pub mod report;
 pub mod store;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::db::schema::callbacks;
 
@@ -83,6 +92,18 @@ pub struct Callback {
     pub finished_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+}
+
+/// The job that finds the client's phone and orders Mango's `callback_group` ([`place_call`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlaceCall {
+    pub callback_id: String,
+}
+
+/// The job that answers the business process and comments on the deal ([`report`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReportCallback {
+    pub callback_id: String,
 }
 
 /// A verified robot call, parsed at the HTTP edge.
@@ -179,14 +200,26 @@ impl Unusable {
             (Unusable::WrongCode(c), Lang::Ru) => format!(
                 "код робота {} — не робот этого приложения ({})",
                 shown(c),
-                crate::portal::jobs::ROBOT_CODE
+                crate::portal::robot::ROBOT_CODE
             ),
             (Unusable::WrongCode(c), Lang::En) => format!(
                 "robot code {} is not this app's robot ({})",
                 shown(c),
-                crate::portal::jobs::ROBOT_CODE
+                crate::portal::robot::ROBOT_CODE
             ),
         }
+    }
+}
+
+/// What Mango's asynchronous result of a command says, as the call log shows it.
+pub fn mango_outcome(code: i32) -> String {
+    if code == 1000 {
+        "mango accepted the command".to_owned()
+    } else {
+        format!(
+            "mango result {code}: {}",
+            crate::mango::describe_code(u32::try_from(code).unwrap_or(0)).1
+        )
     }
 }
 

@@ -4,12 +4,14 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::{application_token_matches, parse_form, peer, AuthBlock};
+use super::auth::application_token_matches;
+use super::client_addr::peer;
+use super::request::{parse_form, AuthBlock};
 use crate::context::Context;
 use crate::crypto::Slot;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
-use crate::portal::jobs::{
+use crate::portal::upkeep::{
     apply_verified_update, ApplyAppUpdate, VerifiedUpdate, MAX_PENDING_UPDATES,
 };
 use crate::portal::{store, Portal};
@@ -122,7 +124,7 @@ async fn on_app_update(
     let expires = auth.lifetime()?.unwrap_or(3600);
     let now = shared.clock.now();
     let verified =
-        super::install::verify_admin(ctx, req, &token, &portal.member_id, "ONAPPUPDATE").await;
+        super::auth::verify_admin(ctx, req, &token, &portal.member_id, "ONAPPUPDATE").await;
     match verified {
         Ok(v) => {
             let update = VerifiedUpdate {
@@ -214,7 +216,7 @@ async fn on_app_test(
                     .into(),
             ));
         };
-        super::install::verify_admin(ctx, req, token, &mid, "ONAPPTEST").await?;
+        super::auth::verify_admin(ctx, req, token, &mid, "ONAPPTEST").await?;
         Some(app_token)
     } else {
         tracing::warn!(peer = %peer(req), "ONAPPTEST with a wrong application token refused");

@@ -7,17 +7,15 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
 
-use super::lang_of;
-use super::{parse_form, peer, AuthBlock};
-use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
+use super::auth::{is_admin, verify, verify_admin};
+use super::client_addr::{limit_address, peer};
+use super::request::{lang_of, parse_form, token_lifetime, AuthBlock};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
-use crate::portal::jobs::{
-    ask_is_admin, bind_events, enqueue_self_check, register_robot, RegisterRobot,
-    SELF_CHECK_AFTER_INSTALL,
-};
+use crate::portal::robot::{bind_events, register_robot};
 use crate::portal::store::{self, InstallData};
+use crate::portal::upkeep::{enqueue_self_check, RegisterRobot, SELF_CHECK_AFTER_INSTALL};
 use crate::portal::Lang;
 
 #[derive(Template)]
@@ -32,85 +30,6 @@ pub struct InstallPage {
 struct EventForm {
     event: Option<String>,
     auth: Option<AuthBlock>,
-}
-
-/// Maps a failed verification to 401/403/503 and logs it.
-pub fn verify_error(e: VerifyError, req: &HttpRequest, member_id: &str) -> AppError {
-    tracing::warn!(peer = %peer(req), portal = member_id, error = %e, "request refused: Bitrix24 auth not verified");
-    match e {
-        VerifyError::Rejected(_) => AppError::Unauthorized(e.to_string()),
-        VerifyError::Mismatch(_) => AppError::Forbidden(e.to_string()),
-        VerifyError::Unavailable(_) => AppError::Unavailable(e.to_string()),
-    }
-}
-
-/// Verifies `access_token` via the configured OAuth server and requires our client id and the
-/// same `member_id` as the request claims.
-pub async fn verify(
-    ctx: &Context,
-    req: &HttpRequest,
-    access_token: &str,
-    claimed_member_id: &str,
-) -> Result<VerifiedAuth, AppError> {
-    let s = &ctx.shared.settings;
-    let Some(client_id) = s.b24_client_id.as_deref() else {
-        tracing::error!("B24_CLIENT_ID is not configured: cannot verify Bitrix24 requests");
-        return Err(AppError::Unavailable(
-            "the app is not configured (B24_CLIENT_ID)".into(),
-        ));
-    };
-    let verified =
-        oauth::verify_access_token(&ctx.http, &s.b24_oauth_url, access_token, Some(client_id))
-            .await
-            .map_err(|e| verify_error(e, req, claimed_member_id))?;
-    if verified.member_id != claimed_member_id {
-        return Err(verify_error(
-            VerifyError::Mismatch("member_id does not match the verified token".into()),
-            req,
-            claimed_member_id,
-        ));
-    }
-    Ok(verified)
-}
-
-/// Asks the portal, with the user's own verified token, whether the user is an administrator.
-/// A portal that cannot answer is a 503: we cannot tell, and must not guess either way.
-pub async fn is_admin(
-    ctx: &Context,
-    verified: &VerifiedAuth,
-    auth_id: &str,
-) -> Result<bool, AppError> {
-    ask_is_admin(&ctx.bitrix, verified, auth_id)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "user.admin failed; cannot tell whether the user is an administrator");
-            AppError::Unavailable(format!("could not ask the portal whether you are an administrator: {e}"))
-        })
-}
-
-/// Verifies an event's `access_token` like [`verify`] and requires a portal administrator: only
-/// an administrator installs or updates the app, so only an administrator's event may change the
-/// portal's tokens. Any user who opens the app holds a real token; a non-admin's is a 403.
-pub async fn verify_admin(
-    ctx: &Context,
-    req: &HttpRequest,
-    access_token: &str,
-    claimed_member_id: &str,
-    event: &str,
-) -> Result<VerifiedAuth, AppError> {
-    let verified = verify(ctx, req, access_token, claimed_member_id).await?;
-    if !is_admin(ctx, &verified, access_token).await? {
-        tracing::warn!(
-            peer = %peer(req),
-            user = verified.user_id.unwrap_or(0),
-            event,
-            "event refused: its token is real but not a portal administrator's; nothing stored"
-        );
-        return Err(AppError::Forbidden(format!(
-            "{event} must carry a portal administrator's authorisation"
-        )));
-    }
-    Ok(verified)
 }
 
 #[tracing::instrument(name = "install", skip_all, fields(portal))]
@@ -128,7 +47,7 @@ pub async fn install_app(
         return on_app_install(&req, ev.auth.unwrap_or_default(), &ctx).await;
     }
     // The installer form is a browser POST: limited per address before `app.info` costs anything.
-    if let Some(refused) = super::limit_address(&req, &ctx) {
+    if let Some(refused) = limit_address(&req, &ctx) {
         return Ok(refused);
     }
     let form: HashMap<String, String> = parse_form(&body)?;
@@ -142,7 +61,7 @@ pub async fn install_app(
         .to_owned();
     let lang = lang_of(&req);
     // Checked before anything costs a request to the OAuth server.
-    let expires_in = super::token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?;
+    let expires_in = token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?;
     let verified = verify(&ctx, &req, &auth_id, &member_id).await?;
 
     let is_admin = is_admin(&ctx, &verified, &auth_id).await?;

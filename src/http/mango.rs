@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::peer;
+use super::client_addr::peer;
+use super::request::form_text;
 use crate::callback::store as callback_store;
 use crate::context::Context;
 use crate::error::AppError;
@@ -41,7 +42,7 @@ pub async fn receive(
         // The personal account's "check connection" may post nothing at all.
         return Ok(ok());
     }
-    let form: HashMap<String, String> = serde_urlencoded::from_str(super::form_text(&body)?)
+    let form: HashMap<String, String> = serde_urlencoded::from_str(form_text(&body)?)
         .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))?;
     let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let (Some(key), Some(sign), Some(json)) = (field("vpbx_api_key"), field("sign"), field("json"))
@@ -115,6 +116,7 @@ pub async fn receive(
                     &verified,
                     &command_id,
                     code,
+                    &crate::callback::mango_outcome(code),
                     now,
                 )?)
             })

@@ -1,24 +1,22 @@
-//! The HTTP layer: the whole route table and the parsing of Bitrix24's bracketed forms.
+//! The HTTP layer: the whole route table (here) and thin handlers; what a request brings is read
+//! in [`request`], who sent it in [`client_addr`] and [`auth`].
 
-pub mod app;
+pub mod auth;
 pub mod client_addr;
 pub mod events;
 pub mod install;
 pub mod mango;
+pub mod page;
+pub mod request;
 pub mod robot;
-pub mod settings;
-pub mod throttle;
+pub mod settings_page;
 
 #[cfg(test)]
 mod props;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use actix_web::{web, HttpResponse};
 
-use crate::error::AppError;
-
-/// The request logger: `tracing-actix-web`'s, with the client address of [`client_ip`].
+/// The request logger: `tracing-actix-web`'s, with the client address of [`client_addr::client_ip_of`].
 pub type RequestLogger = tracing_actix_web::TracingLogger<client_addr::RootSpan>;
 
 /// Largest form body we read; Bitrix24's requests are a few kilobytes.
@@ -36,18 +34,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/b24/robot",
             web::post().to(robot::handle_robot_call),
         ))
-        .service(guarded("/b24/app", web::post().to(app::show_app)))
+        .service(guarded("/b24/app", web::post().to(settings_page::show_app)))
         .service(guarded(
             "/b24/app/settings",
-            web::post().to(app::save_settings),
+            web::post().to(settings_page::save_settings),
         ))
         .service(guarded(
             "/b24/app/mango/check",
-            web::post().to(app::check_mango),
+            web::post().to(settings_page::check_mango),
         ))
         .service(guarded(
             "/b24/app/mango/options",
-            web::post().to(app::mango_options),
+            web::post().to(settings_page::mango_options),
         ))
         .service(guarded("/mango/{tail:.*}", web::post().to(mango::receive)))
         .service(actix_files::Files::new(
@@ -86,177 +84,6 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Parses a PHP-style bracketed form (`auth[member_id]=…`, `document_id[2]=DEAL_5`).
-///
-/// Bitrix24 may percent-encode the brackets; serde_qs decodes `%5B`/`%5D` but not the lower-case
-/// forms, so those are upper-cased first.
-pub fn parse_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
-    let text = form_text(body)?;
-    let text = text.replace("%5b", "%5B").replace("%5d", "%5D");
-    serde_qs::Config::new()
-        .max_depth(5)
-        .use_form_encoding(true)
-        .deserialize_str::<T>(&text)
-        .map_err(|e| AppError::BadRequest(format!("malformed form: {e}")))
-}
-
-/// A form body as text: UTF-8 and free of NUL characters, literal or `%00`. No field of ours
-/// ever holds one, and PostgreSQL refuses NUL in text, so letting it through would turn a bad
-/// request into a 500 on one backend and a stored oddity on the other. (A `%` that is data is
-/// sent as `%25`, so `%00` in the raw text is always an encoded NUL.)
-pub fn form_text(body: &[u8]) -> Result<&str, AppError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| AppError::BadRequest("the form body is not UTF-8".into()))?;
-    if text.contains('\0') || text.contains("%00") {
-        return Err(AppError::BadRequest(
-            "the form contains a NUL character".into(),
-        ));
-    }
-    Ok(text)
-}
-
-/// The `auth[...]` block of events and robot calls (all strings; most optional). `Debug` hides
-/// the tokens.
-#[derive(Clone, Default, Deserialize)]
-pub struct AuthBlock {
-    pub member_id: Option<String>,
-    pub application_token: Option<String>,
-    pub access_token: Option<String>,
-    pub refresh_token: Option<String>,
-    pub expires_in: Option<String>,
-    pub domain: Option<String>,
-    pub client_endpoint: Option<String>,
-    pub server_endpoint: Option<String>,
-    pub scope: Option<String>,
-    pub status: Option<String>,
-    pub user_id: Option<String>,
-}
-
-/// Reads a token lifetime from a request (`AUTH_EXPIRES`, `auth[expires_in]`): absent or empty
-/// is `None`; otherwise whole seconds within the range [`crate::portal::TOKEN_LIFETIME_SECS`]
-/// allows, or a 400 naming the field. Bitrix24 issues one-hour tokens; an absurd number here
-/// would only ever come from a forged request.
-pub fn token_lifetime(field: &str, raw: Option<&str>) -> Result<Option<i64>, AppError> {
-    let Some(raw) = raw.map(str::trim).filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    raw.parse::<i64>()
-        .ok()
-        .filter(|s| crate::portal::TOKEN_LIFETIME_SECS.contains(s))
-        .map(Some)
-        .ok_or_else(|| {
-            AppError::BadRequest(format!(
-                "{field} must be a token lifetime in whole seconds from {} to {}",
-                crate::portal::TOKEN_LIFETIME_SECS.start(),
-                crate::portal::TOKEN_LIFETIME_SECS.end()
-            ))
-        })
-}
-
-impl std::fmt::Debug for AuthBlock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::crypto::Redacted;
-        f.debug_struct("AuthBlock")
-            .field("member_id", &self.member_id)
-            .field("application_token", &Redacted(&self.application_token))
-            .field("access_token", &Redacted(&self.access_token))
-            .field("refresh_token", &Redacted(&self.refresh_token))
-            .field("expires_in", &self.expires_in)
-            .field("domain", &self.domain)
-            .field("client_endpoint", &self.client_endpoint)
-            .field("server_endpoint", &self.server_endpoint)
-            .field("scope", &self.scope)
-            .field("status", &self.status)
-            .field("user_id", &self.user_id)
-            .finish()
-    }
-}
-
-impl AuthBlock {
-    /// `auth[expires_in]`, range-checked by [`token_lifetime`].
-    pub fn lifetime(&self) -> Result<Option<i64>, AppError> {
-        token_lifetime("auth[expires_in]", self.expires_in.as_deref())
-    }
-
-    /// `auth[member_id]`, required by every event and robot call.
-    pub fn require_member_id(&self) -> Result<String, AppError> {
-        self.member_id
-            .clone()
-            .filter(|m| !m.is_empty())
-            .ok_or_else(|| AppError::Unauthorized("auth[member_id] is missing".into()))
-    }
-}
-
-/// The user's Bitrix24 language from the `LANG` query parameter that Bitrix24 adds to page URLs.
-pub fn lang_of(req: &HttpRequest) -> crate::portal::Lang {
-    let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default();
-    crate::portal::Lang::parse(q.get("LANG").map(String::as_str).unwrap_or("ru"))
-}
-
-/// The caller's address for security log lines (see [`client_ip`]).
-pub fn peer(req: &HttpRequest) -> String {
-    client_ip(req).map_or_else(|| "-".to_owned(), |ip| ip.to_string())
-}
-
-/// The client's address: the TCP peer, or what a trusted proxy (`APP_TRUSTED_PROXIES`) says
-/// it forwarded for. `None` only when the request has no TCP peer (in-process handler tests).
-pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
-    client_addr::of_request(
-        req.peer_addr(),
-        req.headers(),
-        req.app_data::<web::Data<crate::context::Context>>(),
-    )
-}
-
-/// The per-address gate of the unauthenticated browser POSTs, taken before they cost an
-/// `app.info` request: `Some(429 page with Retry-After)` when this address is over its limit.
-pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option<HttpResponse> {
-    let ip = client_ip(req)?;
-    let wait = ctx.shared.address_limiter.take(ip).err()?;
-    let secs = throttle::retry_after_secs(wait);
-    let lang = lang_of(req);
-    tracing::warn!(peer = %ip, path = req.path(), retry_after = secs, "request refused: too many from this address");
-    let message = format!(
-        "{} {secs} {}",
-        lang.pick(
-            "Слишком много запросов с вашего адреса. Повторите через",
-            "Too many requests from your address. Please try again in",
-        ),
-        lang.pick("с.", "s."),
-    );
-    let mut resp = app::error_html(
-        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-        lang,
-        &message,
-    );
-    resp.headers_mut().insert(
-        actix_web::http::header::RETRY_AFTER,
-        actix_web::http::header::HeaderValue::from(secs),
-    );
-    Some(resp)
-}
-
-/// Checks an event's or robot call's `application_token` against the stored one, in constant time.
-pub fn application_token_matches(
-    cipher: &crate::crypto::Cipher,
-    portal: &crate::portal::Portal,
-    presented: Option<&str>,
-) -> bool {
-    let stored = portal.application_token.as_deref().and_then(|t| {
-        cipher
-            .open(crate::crypto::Slot::application_token(&portal.member_id), t)
-            .ok()
-    });
-    match (stored, presented) {
-        (Some(s), Some(p)) if !p.is_empty() => {
-            crate::crypto::constant_time_eq(s.as_bytes(), p.as_bytes())
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,29 +112,5 @@ mod tests {
         let res =
             atest::call_service(&app, atest::TestRequest::get().uri("/health").to_request()).await;
         assert_eq!(res.status().as_u16(), 200);
-    }
-
-    #[test]
-    fn token_lifetimes_outside_one_second_to_one_day_are_refused() {
-        for ok in ["1", "3600", "86400", " 60 "] {
-            assert!(
-                token_lifetime("f", Some(ok)).is_ok_and(|v| v.is_some()),
-                "{ok}"
-            );
-        }
-        assert!(matches!(token_lifetime("f", None), Ok(None)));
-        assert!(matches!(token_lifetime("f", Some("")), Ok(None)));
-        for bad in [
-            "0",
-            "-1",
-            "86401",
-            "99999999999999999",
-            "1e3",
-            "3600.0",
-            "x",
-        ] {
-            let e = token_lifetime("AUTH_EXPIRES", Some(bad)).expect_err(bad);
-            assert!(e.to_string().contains("AUTH_EXPIRES"), "{e}");
-        }
     }
 }

@@ -8,7 +8,7 @@ use actix_web::ResponseError;
 use proptest::prelude::*;
 use serde::Deserialize;
 
-use super::{parse_form, AuthBlock};
+use super::request::{parse_form, AuthBlock};
 
 pub(crate) fn config() -> ProptestConfig {
     ProptestConfig {

@@ -4,9 +4,12 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::{application_token_matches, parse_form, peer, AuthBlock};
+use super::auth::application_token_matches;
+use super::client_addr::peer;
+use super::request::{parse_form, AuthBlock};
 use crate::callback::{
-    is_member_id_shaped, store, Accepted, RequestedGroup, RobotRun, Unusable, MAX_DEAL_ID_DIGITS,
+    is_member_id_shaped, lifecycle, Accepted, RequestedGroup, RobotRun, Unusable,
+    MAX_DEAL_ID_DIGITS,
 };
 use crate::context::Context;
 use crate::error::AppError;
@@ -56,7 +59,7 @@ fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<Strin
     if let Some(code) = form
         .code
         .as_deref()
-        .filter(|c| *c != crate::portal::jobs::ROBOT_CODE)
+        .filter(|c| *c != crate::portal::robot::ROBOT_CODE)
     {
         return Err((Some(deal), Unusable::WrongCode(code.to_owned())));
     }
@@ -129,11 +132,11 @@ pub async fn handle_robot_call(
                 return Ok(Verdict::Untrusted);
             };
             match checked {
-                Ok(run) => Ok(Verdict::Accepted(store::accept(c, &run, now)?, None)),
+                Ok(run) => Ok(Verdict::Accepted(lifecycle::accept(c, &run, now)?, None)),
                 Err((_, why)) if event_token.is_none() => Ok(Verdict::NobodyToTell(why)),
                 Err((deal, why)) => {
                     let reason = why.message(Lang::parse(&portal.lang));
-                    let accepted = store::record_unusable(
+                    let accepted = lifecycle::record_unusable(
                         c,
                         &mid,
                         deal.as_deref().unwrap_or_default(),

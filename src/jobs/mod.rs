@@ -1,4 +1,6 @@
-//! Background jobs: typed job structs, the one registry that runs them, and their failure policy.
+//! Background jobs: the [`Job`] trait, the [`Registry`] of kinds a worker runs, and the failure
+//! policy. It knows no job kind: each kind lives in its domain module, and the application
+//! lists them once (`startup::job_registry`).
 //!
 //! A job is a serde struct with a stable `KIND`; once released a KIND never changes, because
 //! queued rows name it. Handlers enqueue jobs in the same transaction as their domain write
@@ -10,6 +12,7 @@ pub mod worker;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
+use futures_util::future::LocalBoxFuture;
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,7 +42,7 @@ impl From<crate::db::DbError> for JobError {
 
 /// A typed background job.
 #[allow(async_fn_in_trait)] // jobs run on the worker's local task set; no Send bound wanted (awc is !Send)
-pub trait Job: Serialize + DeserializeOwned {
+pub trait Job: Serialize + DeserializeOwned + 'static {
     /// Stored in `jobs.kind`; never change it once released.
     const KIND: &'static str;
     const MAX_ATTEMPTS: i32 = 8;
@@ -75,25 +78,50 @@ pub fn backoff(attempts: i32) -> Duration {
     Duration::from_millis((base as f64 * jitter) as u64)
 }
 
-/// The registry: every job kind the worker knows, in one place.
-pub async fn dispatch(ctx: &Context, row: &queue::JobRow) -> Result<(), JobError> {
-    use crate::callback::jobs::{PlaceCall, ReportCallback};
-    use crate::portal::jobs::{ApplyAppUpdate, KeepTokensAlive, RegisterRobot, SelfCheck};
-    match row.kind.as_str() {
-        PlaceCall::KIND => run_typed::<PlaceCall>(ctx, row).await,
-        ReportCallback::KIND => run_typed::<ReportCallback>(ctx, row).await,
-        RegisterRobot::KIND => run_typed::<RegisterRobot>(ctx, row).await,
-        KeepTokensAlive::KIND => run_typed::<KeepTokensAlive>(ctx, row).await,
-        SelfCheck::KIND => run_typed::<SelfCheck>(ctx, row).await,
-        ApplyAppUpdate::KIND => run_typed::<ApplyAppUpdate>(ctx, row).await,
-        other => Err(JobError::Permanent(format!("unknown job kind {other:?}"))),
+/// Runs one claimed job of one kind: parses its payload and runs it.
+pub type Runner =
+    for<'a> fn(&'a Context, &'a queue::JobRow) -> LocalBoxFuture<'a, Result<(), JobError>>;
+
+/// The job kinds a worker runs, `KIND` → runner. The application builds it once
+/// (`startup::job_registry`) and hands it to the worker.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: Vec<(&'static str, Runner)>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds the job kind `J`.
+    pub fn with<J: Job>(mut self) -> Registry {
+        self.kinds.push((J::KIND, run_typed::<J>));
+        self
+    }
+
+    /// Runs a claimed row with the runner of its kind; an unknown kind fails for good.
+    pub async fn dispatch(&self, ctx: &Context, row: &queue::JobRow) -> Result<(), JobError> {
+        match self.kinds.iter().find(|(kind, _)| *kind == row.kind) {
+            Some((_, run)) => run(ctx, row).await,
+            None => Err(JobError::Permanent(format!(
+                "unknown job kind {:?}",
+                row.kind
+            ))),
+        }
     }
 }
 
-async fn run_typed<J: Job>(ctx: &Context, row: &queue::JobRow) -> Result<(), JobError> {
-    let job: J = serde_json::from_str(&row.payload)
-        .map_err(|e| JobError::Permanent(format!("payload of {} does not parse: {e}", J::KIND)))?;
-    job.run(ctx, row).await
+fn run_typed<'a, J: Job>(
+    ctx: &'a Context,
+    row: &'a queue::JobRow,
+) -> LocalBoxFuture<'a, Result<(), JobError>> {
+    Box::pin(async move {
+        let job: J = serde_json::from_str(&row.payload).map_err(|e| {
+            JobError::Permanent(format!("payload of {} does not parse: {e}", J::KIND))
+        })?;
+        job.run(ctx, row).await
+    })
 }
 
 #[cfg(test)]

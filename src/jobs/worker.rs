@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-use super::{dispatch, queue, JobError};
+use super::{queue, JobError, Registry};
 use crate::context::Context;
 
 /// How long a claimed job is ours. Longer than any job's total peer timeouts, so a slow job is
@@ -26,6 +26,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 pub struct Worker {
     ctx: Rc<Context>,
+    registry: Rc<Registry>,
     id: String,
     concurrency: usize,
     slots: Arc<Semaphore>,
@@ -45,10 +46,11 @@ impl StopWorker {
 }
 
 impl Worker {
-    pub fn new(ctx: Rc<Context>, concurrency: usize) -> Worker {
+    pub fn new(ctx: Rc<Context>, registry: Registry, concurrency: usize) -> Worker {
         let concurrency = concurrency.max(1);
         Worker {
             ctx,
+            registry: Rc::new(registry),
             id: format!("worker-{}", uuid::Uuid::new_v4()),
             concurrency,
             slots: Arc::new(Semaphore::new(concurrency)),
@@ -103,13 +105,14 @@ impl Worker {
                     break;
                 };
                 let ctx = self.ctx.clone();
+                let registry = self.registry.clone();
                 let worker = self.id.clone();
                 let wake = self.ctx.shared.notify.clone();
                 let running = self.running.clone();
                 let id = job.id.clone();
                 let handle = actix_web::rt::spawn(async move {
                     let id = job.id.clone();
-                    run_one(&ctx, &worker, job).await;
+                    run_one(&ctx, &registry, &worker, job).await;
                     running.borrow_mut().remove(&id);
                     drop(permit);
                     // A freed slot may pick up a job that is already waiting.
@@ -199,12 +202,12 @@ async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobR
 }
 
 /// Runs one claimed job and records its outcome; never panics the worker.
-pub async fn run_one(ctx: &Context, worker: &str, job: queue::JobRow) {
+pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queue::JobRow) {
     let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, portal = job.member_id.as_deref().unwrap_or("-"), attempt = job.attempts);
     async {
         // A panicking job (a bug) is retried like a transient failure and buried after its
         // attempts, instead of taking the worker down with it; the panic hook logged the cause.
-        let result = crate::telemetry::catch_panic(dispatch(ctx, &job))
+        let result = crate::telemetry::catch_panic(registry.dispatch(ctx, &job))
             .await
             .unwrap_or_else(|panic| Err(JobError::Transient(format!("the job panicked: {panic}"))));
         let now = ctx.shared.clock.now();
@@ -241,7 +244,7 @@ pub async fn run_one(ctx: &Context, worker: &str, job: queue::JobRow) {
 
 /// Runs every due job to completion, repeatedly, until none is due: the tests' and the
 /// sandbox's deterministic alternative to the background loop. Returns how many runs happened.
-pub async fn drain(ctx: &Context, worker: &str) -> usize {
+pub async fn drain(ctx: &Context, registry: &Registry, worker: &str) -> usize {
     let mut runs = 0;
     loop {
         let batch = claim_due(ctx, worker, 64).await;
@@ -249,7 +252,11 @@ pub async fn drain(ctx: &Context, worker: &str) -> usize {
             return runs;
         }
         runs += batch.len();
-        futures_util::future::join_all(batch.into_iter().map(|job| run_one(ctx, worker, job)))
-            .await;
+        futures_util::future::join_all(
+            batch
+                .into_iter()
+                .map(|job| run_one(ctx, registry, worker, job)),
+        )
+        .await;
     }
 }

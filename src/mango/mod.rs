@@ -5,6 +5,7 @@
 //! - [`client`]: the awc-based HTTP client.
 //! - [`answer`]: the pure (status, body) → outcome classification, with [`MangoError`].
 //! - [`codes`]: human descriptions of Mango's hierarchical result codes.
+//! - [`rate`]: the per-account limit of callback commands, shared by all instances.
 //!
 //! Wire facts come from `mango-vpbx-api.md`; the decisions here answer the predecessor's
 //! defects: numbers stay strings, the signed JSON is the sent JSON, every answer is read, and a
@@ -13,6 +14,7 @@
 pub mod answer;
 pub mod client;
 pub mod codes;
+pub mod rate;
 pub mod sign;
 
 pub use answer::{interpret, Answer, MangoError};

@@ -1,9 +1,20 @@
 //! The tenant: one Bitrix24 portal keyed by `member_id`, its sealed tokens and its settings.
+//!
+//! - this file: the portal's and its settings' rows;
+//! - [`store`]: their SQL (tokens are sealed where they are written);
+//! - [`api`]: calling the portal with its stored tokens (single-flight refresh, renamed portals);
+//! - [`robot`]: our robot's contract, registering it and binding the app's events;
+//! - [`upkeep`]: the jobs that keep a portal working (robot re-registration, token keep-alive,
+//!   the self-check, kept ONAPPUPDATEs);
+//! - [`reseal`]: re-sealing stored secrets (`rotate-key`); [`throttle`]: the settings page's
+//!   Mango throttle.
 
-pub mod jobs;
+pub mod api;
 pub mod reseal;
+pub mod robot;
 pub mod store;
 pub mod throttle;
+pub mod upkeep;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

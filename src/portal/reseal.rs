@@ -185,7 +185,7 @@ pub fn rotate(
     let result = write_tx(conn, |c| {
         let waiting = crate::jobs::queue::count_pending_of_kind(
             c,
-            <crate::portal::jobs::ApplyAppUpdate as crate::jobs::Job>::KIND,
+            <crate::portal::upkeep::ApplyAppUpdate as crate::jobs::Job>::KIND,
         )?;
         if waiting > 0 {
             return Ok(Err(RotateError::UpdatesWaiting(waiting)));

@@ -249,7 +249,7 @@ fn print_trace(cb: &Callback, b24: &BitrixSim, mango: &MangoSim) {
         }
     }
     // The comment this callback wrote, if the simulated portal has it.
-    let ours = crate::callback::jobs::comment_text(cb, crate::portal::Lang::Ru);
+    let ours = crate::callback::report::comment_text(cb, crate::portal::Lang::Ru);
     if b24.timeline_comments(&cb.member_id, deal).contains(&ours) {
         println!("     timeline      {ours}");
     }

@@ -1,10 +1,51 @@
-//! Simulated peers (Bitrix24, Mango) and the sandbox demo built on them.
+//! Simulated peers (Bitrix24, Mango), the settings that point the app at them, and the sandbox
+//! demo built on them. Behind the `sandbox` cargo feature (on by default): nothing outside this
+//! folder imports it, so `cargo build --no-default-features` builds the server without it.
+
 pub mod bitrix;
 pub mod demo;
 pub mod mango;
 
+use std::net::SocketAddr;
+
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
+
+use crate::config::{Settings, LOCAL_SECRET_KEY};
+use crate::crypto::SecretKey;
+use crate::net::trusted_proxies::TrustedProxies;
+
+/// `Settings::for_local`: settings that point the app at the simulators. An extension of
+/// [`Settings`] kept here so that the configuration never depends on the simulators.
+pub trait LocalSettings {
+    /// Settings for tests and the sandbox: everything explicit, nothing read from the environment.
+    /// Every call gets the same [`LOCAL_SECRET_KEY`], so two instances share one database.
+    fn for_local(database_url: &str, oauth_url: &str, mango_url: &str) -> Settings {
+        Settings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            // Filled in with the bound port by Application::build.
+            public_url: "http://127.0.0.1:0".into(),
+            public_url_explicit: false,
+            database_url: database_url.into(),
+            b24_client_id: Some(bitrix::SANDBOX_CLIENT_ID.into()),
+            b24_client_secret: Some(bitrix::SANDBOX_CLIENT_SECRET.into()),
+            b24_oauth_url: oauth_url.trim_end_matches('/').into(),
+            mango_api_url: format!("{}/", mango_url.trim_end_matches('/')),
+            secret_key: SecretKey::parse(LOCAL_SECRET_KEY)
+                .unwrap_or_else(|e| unreachable!("the local key is valid: {e}")),
+            job_concurrency: 4,
+            db_pool_size: 8,
+            b24_requests_per_second: 2.0,
+            b24_burst: 50,
+            allow_private_peers: true,
+            trusted_proxies: TrustedProxies::default(),
+            address_burst: crate::net::address_limit::BURST,
+            address_refill_every: crate::net::address_limit::REFILL_EVERY,
+        }
+    }
+}
+
+impl LocalSettings for Settings {}
 
 /// Serves a simulator's routes from `listener` on one worker of the current actix system (so it
 /// runs beside the app in tests and in the sandbox) and returns the handle that stops it.

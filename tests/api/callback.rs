@@ -755,3 +755,34 @@ async fn the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_po
     assert!(mango_callback::db::is_unique_violation(&again), "{again}");
 }
 on_both_backends!(the_event_token_migration_keeps_every_callback_and_scopes_tokens_per_portal);
+
+async fn a_deal_bitrix24_refuses_to_read_fails_at_once_with_the_reason_instead_of_no_phone(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("gone").await;
+    // A deal the portal does not have (deleted after the robot started): every sub-command of
+    // the phone batch that reads it answers in `result_error`.
+    let deleted = 987_654;
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, deleted, &[])
+        .await
+        .expect("robot");
+    app.drain().await;
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(
+        sends.len(),
+        1,
+        "answered at once, not after the contact wait: {sends:?}"
+    );
+    assert_eq!(sends[0]["RETURN_VALUES"]["result"], "failed", "{sends:?}");
+    let error = sends[0]["RETURN_VALUES"]["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("could not read the deal") && error.contains("Not found"),
+        "{error}"
+    );
+    assert!(app.mango.callbacks().is_empty(), "nobody is rung");
+}
+on_both_backends!(
+    a_deal_bitrix24_refuses_to_read_fails_at_once_with_the_reason_instead_of_no_phone
+);

@@ -16,6 +16,7 @@ use mango_callback::db::Backend;
 use mango_callback::portal::{store, PortalSettings};
 use mango_callback::sandbox::bitrix::{BitrixSim, BitrixSimOptions, RobotCallStyle, SimPortal};
 use mango_callback::sandbox::mango::{MangoSim, MangoSimOptions};
+use mango_callback::sandbox::LocalSettings;
 use mango_callback::startup::{Application, RunOptions};
 
 /// Runs the async test body `fn $body(backend)` once per backend, as the tests
@@ -401,7 +402,7 @@ impl TestApp {
 
     /// Runs every due job until none is left.
     pub async fn drain(&self) -> usize {
-        mango_callback::jobs::worker::drain(&self.ctx, "test-worker").await
+        mango_callback::startup::drain(&self.ctx, "test-worker").await
     }
 
     pub async fn post_form(&self, path_and_query: &str, body: String) -> (u16, String) {

@@ -3,7 +3,7 @@
 //! right after still completes.
 
 use mango_callback::db::Backend;
-use mango_callback::http::settings::PageToken;
+use mango_callback::http::settings_page::page_token::PageToken;
 use mango_callback::sandbox::bitrix::RobotCallStyle;
 
 use crate::helpers::{spawn_app, TestApp, MANGO_KEY, MANGO_SALT};

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mango_callback::db::Backend;
-use mango_callback::http::client_addr::TrustedProxies;
+use mango_callback::net::trusted_proxies::TrustedProxies;
 use mango_callback::portal::throttle::{PAGE_INTERVAL, REFUSED_KEY_PAUSE};
 use mango_callback::sandbox::bitrix::SimPortal;
 

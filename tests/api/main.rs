@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod browser;
 mod callback;
 mod hostile;
 mod install;

@@ -3,6 +3,7 @@
 use mango_callback::config::{Settings, LOCAL_SECRET_KEY};
 use mango_callback::crypto::{Cipher, SealedColumn, SecretKey, Slot};
 use mango_callback::db::Backend;
+use mango_callback::sandbox::LocalSettings;
 
 use crate::helpers::{spawn_app, start_instance, TestApp, MANGO_KEY};
 use crate::on_both_backends;
@@ -59,7 +60,7 @@ fn assert_no_secret(what: &str, printed: &str) {
 }
 
 async fn debug_prints_of_structs_that_hold_secrets_show_none_of_them(backend: Backend) {
-    use mango_callback::http::AuthBlock;
+    use mango_callback::http::request::AuthBlock;
     use mango_callback::portal::store::InstallData;
 
     let auth = AuthBlock {
@@ -128,7 +129,7 @@ async fn debug_prints_of_structs_that_hold_secrets_show_none_of_them(backend: Ba
     assert_no_secret("Settings", &printed);
     assert!(!printed.contains(LOCAL_SECRET_KEY), "{printed}");
 
-    use mango_callback::http::settings::PageToken;
+    use mango_callback::http::settings_page::page_token::PageToken;
     let cipher = Cipher::new(&SecretKey::generate());
     let token = PageToken::new("m1", 1, true, 0);
     let encoded = token.encode(&cipher);

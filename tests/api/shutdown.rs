@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use mango_callback::config::Settings;
 use mango_callback::db::Backend;
 use mango_callback::jobs::queue::{self, JobRow};
+use mango_callback::sandbox::LocalSettings;
 use mango_callback::startup::{Application, RunOptions, Stopper};
 
 use crate::helpers::{spawn_app, TestApp};

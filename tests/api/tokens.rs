@@ -214,7 +214,7 @@ async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Ba
     let app = spawn_app(backend).await;
     let p = app.installed_portal("idle").await;
     assert_eq!(
-        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+        mango_callback::portal::upkeep::schedule_keep_alive(&app.ctx)
             .await
             .expect("schedule"),
         0,
@@ -222,13 +222,13 @@ async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Ba
     );
     app.advance(std::time::Duration::from_secs(21 * 24 * 3600));
     assert_eq!(
-        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+        mango_callback::portal::upkeep::schedule_keep_alive(&app.ctx)
             .await
             .expect("schedule"),
         1
     );
     assert_eq!(
-        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+        mango_callback::portal::upkeep::schedule_keep_alive(&app.ctx)
             .await
             .expect("schedule"),
         0,
@@ -237,7 +237,7 @@ async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Ba
     app.drain().await;
     assert_eq!(app.b24.refresh_count(&p.member_id), 1);
     assert_eq!(
-        mango_callback::portal::jobs::schedule_keep_alive(&app.ctx)
+        mango_callback::portal::upkeep::schedule_keep_alive(&app.ctx)
             .await
             .expect("schedule"),
         0,

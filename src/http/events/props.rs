@@ -5,8 +5,8 @@ use actix_web::ResponseError;
 use proptest::prelude::*;
 
 use super::EventForm;
-use crate::http::parse_form;
 use crate::http::props::{brackets, config, encode, hostile_body, value};
+use crate::http::request::parse_form;
 
 fn event_name() -> impl Strategy<Value = String> {
     prop_oneof![

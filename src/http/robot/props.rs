@@ -6,8 +6,8 @@ use actix_web::ResponseError;
 use proptest::prelude::*;
 
 use super::{deal_id, RobotForm};
-use crate::http::parse_form;
 use crate::http::props::{brackets, config, encode, hostile_body, value};
+use crate::http::request::parse_form;
 
 /// The fields of one generated robot call, in the order Bitrix24 sends them.
 #[derive(Debug, Clone)]

@@ -1,0 +1,143 @@
+//! A callback's life in transactions: accepting a robot run and finishing a callback each write
+//! their rows and queue their job in one transaction, so no run is accepted without its job and
+//! no callback ends without its report.
+
+use chrono::NaiveDateTime;
+
+use super::{store, Accepted, Callback, PlaceCall, ReportCallback, RobotRun};
+use crate::db::{write_tx, DbConnection, DbError};
+use crate::jobs::queue;
+use crate::jobs::Job;
+
+/// Accepts a robot run: callback row, duplicate decision and its job, all in one transaction.
+///
+/// The cut-off is a compare-and-set on the deal's row: a run proceeds only if no callback of
+/// the deal is active (queued or calling) and none started within the duplicate window. Two
+/// simultaneous runs — even in two instances on one PostgreSQL — cannot both win the update.
+pub fn accept(
+    conn: &mut DbConnection,
+    run: &RobotRun,
+    now: NaiveDateTime,
+) -> Result<Accepted, DbError> {
+    write_tx(conn, |c| {
+        if let Some(callback_id) =
+            store::run_of_event_token(c, &run.member_id, run.event_token.as_deref())?
+        {
+            return Ok(Accepted::Redelivered { callback_id });
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        if !store::insert_queued(c, &id, run, now)? {
+            // Lost a race on the same event_token: the other delivery owns the run.
+            let callback_id =
+                store::run_of_event_token(c, &run.member_id, run.event_token.as_deref())?
+                    .ok_or(diesel::result::Error::NotFound)?;
+            return Ok(Accepted::Redelivered { callback_id });
+        }
+        store::ensure_deal(c, run, now)?;
+        // Read inside the transaction: a just-saved setting applies to this very call.
+        let window = crate::portal::store::settings_or_default(c, &run.member_id, now)?
+            .duplicate_window_minutes;
+        let window_start = now - chrono::Duration::minutes(i64::from(window.max(0)));
+        if store::claim_deal(c, run, &id, window_start, now)? {
+            let runs = store::deal_runs(c, &run.member_id, &run.deal_id)?;
+            let group = run.requested.resolve(runs);
+            store::set_group(c, &id, group)?;
+            let job = PlaceCall {
+                callback_id: id.clone(),
+            }
+            .to_new_job(Some(&run.member_id), Some(format!("place_call:{id}")), now);
+            queue::enqueue(c, &job, now)?;
+            Ok(Accepted::Queued {
+                callback_id: id,
+                group,
+            })
+        } else {
+            store::mark_duplicate(c, &id, now)?;
+            let job = ReportCallback {
+                callback_id: id.clone(),
+            }
+            .to_new_job(Some(&run.member_id), Some(format!("report:{id}")), now);
+            queue::enqueue(c, &job, now)?;
+            Ok(Accepted::Duplicate { callback_id: id })
+        }
+    })
+}
+
+/// A verified robot call that cannot be acted on, recorded straight as `failed` with its reason
+/// and its report job in one transaction. No deal row is touched and nothing calls Mango; the
+/// report answers the business process (and comments on the deal when there is one).
+///
+/// `deal_id` is empty when the call names no deal. The same `event_token` again is
+/// [`Accepted::Redelivered`], as for usable calls.
+pub fn record_unusable(
+    conn: &mut DbConnection,
+    member_id: &str,
+    deal_id: &str,
+    event_token: &str,
+    workflow_id: Option<&str>,
+    reason: &str,
+    now: NaiveDateTime,
+) -> Result<Accepted, DbError> {
+    write_tx(conn, |c| {
+        if let Some(callback_id) = store::run_of_event_token(c, member_id, Some(event_token))? {
+            return Ok(Accepted::Redelivered { callback_id });
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let inserted = store::insert_unusable(
+            c,
+            &id,
+            member_id,
+            deal_id,
+            event_token,
+            workflow_id,
+            reason,
+            now,
+        )?;
+        if !inserted {
+            let callback_id = store::run_of_event_token(c, member_id, Some(event_token))?
+                .ok_or(diesel::result::Error::NotFound)?;
+            return Ok(Accepted::Redelivered { callback_id });
+        }
+        let job = ReportCallback {
+            callback_id: id.clone(),
+        }
+        .to_new_job(Some(member_id), Some(format!("report:{id}")), now);
+        queue::enqueue(c, &job, now)?;
+        Ok(Accepted::Unusable { callback_id: id })
+    })
+}
+
+/// Terminal transition plus its report job, in one transaction; releases the deal.
+#[allow(clippy::too_many_arguments)]
+pub fn finish(
+    conn: &mut DbConnection,
+    cb: &Callback,
+    new_status: &str,
+    group_extension: Option<&str>,
+    phone: Option<&str>,
+    mango_code: Option<i32>,
+    error: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<bool, DbError> {
+    write_tx(conn, |c| {
+        if !store::set_finished(
+            c,
+            cb,
+            new_status,
+            group_extension,
+            phone,
+            mango_code,
+            error,
+            now,
+        )? {
+            return Ok(false);
+        }
+        store::release_deal(c, cb, new_status == super::status::STARTED, now)?;
+        let job = ReportCallback {
+            callback_id: cb.id.clone(),
+        }
+        .to_new_job(Some(&cb.member_id), Some(format!("report:{}", cb.id)), now);
+        queue::enqueue(c, &job, now)?;
+        Ok(true)
+    })
+}

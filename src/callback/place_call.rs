@@ -1,0 +1,306 @@
+//! The [`PlaceCall`] job: find the client's phone (the robot's override, else the deal's primary
+//! contact, possibly linked late), take a slot of Mango's per-account rate, order
+//! `callback_group`, and finish the callback with its report queued.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{lifecycle, status, store, Callback, PlaceCall};
+use crate::bitrix::crm::{self, DealContact, PhoneLookup};
+use crate::bitrix::BitrixError;
+use crate::context::Context;
+use crate::jobs::{Job, JobError};
+use crate::mango::{CallbackGroup, Credentials, MangoError};
+use crate::phone;
+use crate::portal::{store as portal_store, PortalSettings};
+
+/// Mango attempts for one callback when it is surely not accepted (429, refused connection).
+const MAX_CALL_ATTEMPTS: i32 = 5;
+/// Delay between checks for a contact that a web form links a few seconds after the deal.
+pub const CONTACT_RECHECK: Duration = Duration::from_secs(5);
+
+/// A Bitrix24 error as a job's: transient ones are retried.
+pub(super) fn bitrix_error(e: BitrixError) -> JobError {
+    if e.is_transient() {
+        JobError::Transient(e.to_string())
+    } else {
+        JobError::Permanent(e.to_string())
+    }
+}
+
+impl PlaceCall {
+    /// Deal → primary contact → phone, in one batch call.
+    async fn lookup_phone(
+        ctx: &Context,
+        member_id: &str,
+        deal_id: &str,
+    ) -> Result<PhoneLookup, BitrixError> {
+        let batch = ctx
+            .bitrix
+            .batch(member_id, &crm::phone_batch(deal_id))
+            .await?;
+        let contact = match crm::read_phone_batch(&batch) {
+            DealContact::NoContact => return Ok(PhoneLookup::NoContact),
+            DealContact::Unreadable(e) => return Ok(PhoneLookup::Unreadable(e)),
+            DealContact::Fetched(c) => c,
+            DealContact::Other(contact_id) => {
+                ctx.bitrix
+                    .call(member_id, "crm.contact.get", json!({ "id": contact_id }))
+                    .await?
+            }
+        };
+        Ok(PhoneLookup::of_contact(&contact))
+    }
+}
+
+/// Ends a callback that never reached Mango (no phone, not configured, given up) with its reason.
+async fn end_without_call(
+    ctx: &Context,
+    cb: &Callback,
+    st: &'static str,
+    reason: impl Into<String>,
+) -> Result<(), JobError> {
+    finish(ctx, cb, st, None, None, None, Some(reason.into())).await
+}
+
+/// Ends the callback with a terminal status and queues its report.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    ctx: &Context,
+    cb: &Callback,
+    st: &'static str,
+    ext: Option<String>,
+    phone: Option<String>,
+    code: Option<i32>,
+    error: Option<String>,
+) -> Result<(), JobError> {
+    let now = ctx.shared.clock.now();
+    let cb2 = cb.clone();
+    let changed = ctx
+        .shared
+        .db
+        .run(move |c| {
+            lifecycle::finish(
+                c,
+                &cb2,
+                st,
+                ext.as_deref(),
+                phone.as_deref(),
+                code,
+                error.as_deref(),
+                now,
+            )
+        })
+        .await?;
+    if changed {
+        tracing::info!(callback = %cb.id, deal = %cb.deal_id, status = st, "callback finished");
+        ctx.shared.notify.notify_one();
+    }
+    Ok(())
+}
+
+impl Job for PlaceCall {
+    const KIND: &'static str = "place_call";
+    const MAX_ATTEMPTS: i32 = 12;
+
+    /// Whatever goes wrong, the callback ends in a terminal state with a report: a buried job
+    /// would leave the business process waiting and the deal blocked for new runs.
+    async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+        let id = self.callback_id.clone();
+        let give_up = |e: String| async move {
+            let Some(cb) = ctx.shared.db.run(move |c| Ok(store::find(c, &id)?)).await? else {
+                return Ok(());
+            };
+            end_without_call(ctx, &cb, status::FAILED, e).await
+        };
+        match self.place(ctx).await {
+            Err(JobError::Permanent(e)) => give_up(e).await,
+            Err(JobError::Transient(e)) if job.attempts >= job.max_attempts => give_up(e).await,
+            other => other,
+        }
+    }
+}
+
+impl PlaceCall {
+    async fn place(&self, ctx: &Context) -> Result<(), JobError> {
+        let db = &ctx.shared.db;
+        let id = self.callback_id.clone();
+        let Some(cb) = db.run(move |c| Ok(store::find(c, &id)?)).await? else {
+            return Ok(());
+        };
+        if cb.status == status::CALLING {
+            // A previous run sent (or was sending) the command and stopped before recording the
+            // answer. Mango does not deduplicate command_id, so sending again could ring twice.
+            let msg = "interrupted while ordering the call; not repeated so nobody is rung twice"
+                .to_owned();
+            return end_without_call(ctx, &cb, status::FAILED, msg).await;
+        }
+        if cb.status != status::QUEUED {
+            return Ok(());
+        }
+        let (mid, now) = (cb.member_id.clone(), ctx.shared.clock.now());
+        let settings: PortalSettings = db
+            .run(move |c| Ok(portal_store::settings_or_default(c, &mid, now)?))
+            .await?;
+
+        let group_kind = cb.group_kind.as_deref().unwrap_or("trainee");
+        let extension = if group_kind == "experienced" {
+            &settings.experienced_extension
+        } else {
+            &settings.trainee_extension
+        };
+        let creds = match (
+            &settings.mango_api_key,
+            settings.mango_api_salt.as_deref().map(|s| {
+                let slot = crate::crypto::Slot::mango_api_salt(&settings.member_id);
+                ctx.shared.cipher.open(slot, s)
+            }),
+        ) {
+            (Some(key), Some(Ok(salt))) if !key.is_empty() && !salt.is_empty() => Credentials {
+                api_key: key.clone(),
+                api_salt: salt,
+            },
+            _ => {
+                return end_without_call(
+                    ctx,
+                    &cb,
+                    status::FAILED,
+                    "Mango keys are not set in the app's settings",
+                )
+                .await
+            }
+        };
+        if extension.is_empty() || settings.line_number.is_empty() {
+            let msg = format!("the {group_kind} group extension or the outgoing line is not set in the app's settings");
+            return end_without_call(ctx, &cb, status::FAILED, msg).await;
+        }
+
+        // The phone: the robot's override, else the deal's primary contact (possibly linked late).
+        let raw_phone = match cb
+            .phone_override
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            Some(p) => p.to_owned(),
+            None => match PlaceCall::lookup_phone(ctx, &cb.member_id, &cb.deal_id)
+                .await
+                .map_err(bitrix_error)?
+            {
+                PhoneLookup::Found(p) => p,
+                PhoneLookup::NoContact => {
+                    let waited = (now - cb.created_at).num_seconds();
+                    if waited < i64::from(settings.contact_wait_seconds) {
+                        let cid = cb.id.clone();
+                        db.run(move |c| Ok(store::count_contact_check(c, &cid, now)?))
+                            .await?;
+                        let at =
+                            now + chrono::Duration::from_std(CONTACT_RECHECK).unwrap_or_default();
+                        return Err(JobError::RetryAt(
+                            at,
+                            "no contact linked to the deal yet".into(),
+                        ));
+                    }
+                    let msg = format!(
+                        "no contact linked to the deal after {}s",
+                        settings.contact_wait_seconds
+                    );
+                    return end_without_call(ctx, &cb, status::NO_PHONE, msg).await;
+                }
+                PhoneLookup::Unreadable(e) if e.is_transient() => {
+                    return Err(JobError::Transient(format!(
+                        "Bitrix24 did not let the deal be read yet: {e}"
+                    )))
+                }
+                PhoneLookup::Unreadable(e) => {
+                    let msg = format!("Bitrix24 could not read the deal: {e}");
+                    return end_without_call(ctx, &cb, status::FAILED, msg).await;
+                }
+                PhoneLookup::NoPhone => {
+                    return end_without_call(
+                        ctx,
+                        &cb,
+                        status::NO_PHONE,
+                        "the deal's contact has no phone number",
+                    )
+                    .await
+                }
+            },
+        };
+        let phone = match phone::normalize(&raw_phone) {
+            Ok(p) => p,
+            Err(e) => {
+                return end_without_call(
+                    ctx,
+                    &cb,
+                    status::NO_PHONE,
+                    format!("invalid phone number: {e}"),
+                )
+                .await
+            }
+        };
+
+        // Mango allows 4 callback commands per second per account, across all our instances.
+        crate::mango::rate::wait_for_callback_slot(db, &ctx.shared.clock, &creds.api_key).await?;
+
+        let command_id = super::command_id(&cb.member_id, &cb.deal_id, &cb.id);
+        let (cid, ext, ph, cmd_id) = (
+            cb.id.clone(),
+            extension.clone(),
+            phone.as_str().to_owned(),
+            command_id.clone(),
+        );
+        let now = ctx.shared.clock.now();
+        if !db
+            .run(move |c| Ok(store::mark_calling(c, &cid, &ext, &ph, &cmd_id, now)?))
+            .await?
+        {
+            return Ok(());
+        }
+        let cmd = CallbackGroup {
+            command_id,
+            from: extension.clone(),
+            to: phone.as_str().to_owned(),
+            line_number: settings.line_number.clone(),
+        };
+        let answer = ctx.mango.callback_group(&creds, &cmd).await;
+        let (ext, ph) = (Some(extension.clone()), Some(phone.as_str().to_owned()));
+        let mid = cb.member_id.clone();
+        match answer {
+            Ok(_) => {
+                let now = ctx.shared.clock.now();
+                db.run(move |c| Ok(portal_store::record_mango_status(c, &mid, None, now)?))
+                    .await?;
+                finish(ctx, &cb, status::STARTED, ext, ph, Some(1000), None).await
+            }
+            Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
+                let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
+                db.run(move |c| Ok(store::back_to_queued(c, &cid, &msg, now)?))
+                    .await?;
+                Err(JobError::Transient(format!(
+                    "Mango did not accept the command, will retry: {e}"
+                )))
+            }
+            Err(e) => {
+                let code = e.code().and_then(|c| i32::try_from(c).ok());
+                let msg = match &e {
+                    MangoError::Rejected { code, .. } => format!("Mango {code}: {}", crate::mango::describe_code(*code).1),
+                    MangoError::Unavailable { maybe_accepted: true, .. } => format!("Mango did not answer; the call may have been placed, so it is not repeated ({e})"),
+                    other => other.to_string(),
+                };
+                let (m, now, stored) = (mid.clone(), ctx.shared.clock.now(), msg.clone());
+                db.run(move |c| {
+                    Ok(portal_store::record_mango_status(
+                        c,
+                        &m,
+                        Some(&stored),
+                        now,
+                    )?)
+                })
+                .await?;
+                finish(ctx, &cb, status::FAILED, ext, ph, code, Some(msg)).await
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The [`ReportCallback`] job: answer the waiting business process (`bizproc.event.send`) and
+//! write the outcome on the deal's timeline, in the portal's language.
+
+use serde_json::json;
+
+use super::place_call::bitrix_error;
+use super::{status, store, Callback, ReportCallback};
+use crate::bitrix::BitrixError;
+use crate::context::Context;
+use crate::jobs::{Job, JobError};
+use crate::portal::{store as portal_store, Lang};
+
+/// The timeline comment for a finished callback, in the portal's language.
+pub fn comment_text(cb: &Callback, lang: Lang) -> String {
+    let group = match (cb.group_kind.as_deref(), lang) {
+        (Some("experienced"), Lang::Ru) => "опытных менеджеров",
+        (Some("experienced"), Lang::En) => "experienced managers",
+        (_, Lang::Ru) => "стажёров",
+        (_, Lang::En) => "trainees",
+    };
+    let ext = cb.group_extension.as_deref().unwrap_or("-");
+    let phone = cb.phone.as_deref().unwrap_or("-");
+    let error = localized_reason(cb, lang);
+    match (cb.status.as_str(), lang) {
+        (status::STARTED, Lang::Ru) => format!("Mango Office: звоним группе {group} (номер группы {ext}); когда менеджер ответит, наберём клиента +{phone}."),
+        (status::STARTED, Lang::En) => format!("Mango Office: ringing the {group} group (extension {ext}); once a manager answers, the client +{phone} is dialed."),
+        (status::DUPLICATE, Lang::Ru) => "Mango Office: повторный запуск робота для этой сделки — звонок уже заказан недавно, второй не заказываем.".into(),
+        (status::DUPLICATE, Lang::En) => "Mango Office: repeated robot run for this deal — a call was ordered recently, so no second one.".into(),
+        (status::NO_PHONE, Lang::Ru) => format!("Mango Office: звонок не заказан — нет телефона клиента ({error})."),
+        (status::NO_PHONE, Lang::En) => format!("Mango Office: no call ordered — no client phone ({error})."),
+        (_, Lang::Ru) => format!("Mango Office: звонок не заказан — ошибка: {error}"),
+        (_, Lang::En) => format!("Mango Office: no call ordered — error: {error}"),
+    }
+}
+
+/// The reason of a callback without a call, in the portal's language. `callbacks.error` is kept in
+/// English (logs, the business process's `error` value); the known reasons are translated here.
+fn localized_reason(cb: &Callback, lang: Lang) -> String {
+    let e = cb.error.as_deref().unwrap_or("");
+    if let Some(code) = cb
+        .mango_code
+        .filter(|c| *c != 1000)
+        .and_then(|c| u32::try_from(c).ok())
+    {
+        let (ru, en) = crate::mango::describe_code(code);
+        return format!("Mango {code}: {}", lang.pick(ru, en));
+    }
+    if lang == Lang::En {
+        return e.to_owned();
+    }
+    let ru = if e.starts_with("no contact linked") {
+        "к сделке не привязан контакт"
+    } else if e.starts_with("the deal's contact has no phone") {
+        "у контакта сделки нет телефона"
+    } else if e.starts_with("invalid phone number") {
+        "номер телефона клиента некорректен"
+    } else if e.contains("not set in the app's settings") {
+        "в настройках приложения не заданы ключи Mango, номер группы или линия"
+    } else if e.starts_with("Bitrix24 could not read the deal") {
+        "Битрикс24 не дал прочитать сделку (удалена или нет доступа)"
+    } else if e.starts_with("interrupted while ordering") {
+        "заказ звонка прервался; повторно не заказываем, чтобы не позвонить дважды"
+    } else {
+        e
+    };
+    ru.to_owned()
+}
+
+/// How long a report waits for a portal to be re-authorised before it is given up.
+const REPORT_WAIT_FOR_REAUTH_DAYS: i64 = 3;
+
+/// Report errors: a portal that needs re-authorisation is waited for (an admin opening the app
+/// heals it), so the business process still gets its answer.
+fn report_error(ctx: &Context, cb: &Callback, e: BitrixError) -> JobError {
+    let now = ctx.shared.clock.now();
+    match e {
+        BitrixError::NeedsReauth { .. }
+            if now - cb.created_at < chrono::Duration::days(REPORT_WAIT_FOR_REAUTH_DAYS) =>
+        {
+            JobError::RetryAt(now + chrono::Duration::minutes(15), e.to_string())
+        }
+        e => bitrix_error(e),
+    }
+}
+
+impl Job for ReportCallback {
+    const KIND: &'static str = "report_callback";
+    /// A waiting business process depends on this answer: with backoff capped at 10 minutes,
+    /// 20 attempts ride out a Bitrix24 outage of about two and a half hours.
+    const MAX_ATTEMPTS: i32 = 20;
+
+    async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+        let db = &ctx.shared.db;
+        let id = self.callback_id.clone();
+        let found = db
+            .run(move |c| {
+                let Some(cb) = store::find(c, &id)? else {
+                    return Ok(None);
+                };
+                let portal = portal_store::find(c, &cb.member_id)?;
+                Ok(portal.map(|p| (cb, p)))
+            })
+            .await?;
+        let Some((cb, portal)) = found.filter(|(_, p)| p.is_active()) else {
+            return Ok(());
+        };
+        if cb.event_sent_at.is_none() {
+            if let Some(token) = &cb.event_token {
+                let values = json!({
+                    "result": cb.status,
+                    "group_extension": cb.group_extension.clone().unwrap_or_default(),
+                    "command_id": cb.command_id.clone().unwrap_or_default(),
+                    "error": cb.error.clone().unwrap_or_default(),
+                });
+                let params = json!({ "EVENT_TOKEN": token, "RETURN_VALUES": values, "LOG_MESSAGE": format!("mango-callback: {}", cb.status) });
+                match ctx
+                    .bitrix
+                    .call(&cb.member_id, "bizproc.event.send", params)
+                    .await
+                {
+                    Ok(_) => {}
+                    // A refused event token will never be accepted; the comment still goes out.
+                    Err(e) if e.code() == Some("ACCESS_DENIED") => {
+                        tracing::error!(callback = %cb.id, error = %e, "bizproc.event.send refused the event token")
+                    }
+                    Err(e) => return Err(report_error(ctx, &cb, e)),
+                }
+            }
+            let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
+            db.run(move |c| Ok(store::mark_event_sent(c, &cid, now)?))
+                .await?;
+        }
+        // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
+        if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() {
+            let text = comment_text(&cb, Lang::parse(&portal.lang));
+            let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
+            match ctx
+                .bitrix
+                .call(&cb.member_id, "crm.timeline.comment.add", params)
+                .await
+            {
+                Ok(_) => {}
+                // The deal was deleted or cannot be written by the app's user: no retry can add
+                // the comment, and the business process already has its answer.
+                Err(crate::bitrix::BitrixError::Api {
+                    status, ref code, ..
+                }) if matches!(status, 400 | 403 | 404) && code != "QUERY_LIMIT_EXCEEDED" => {
+                    tracing::warn!(callback = %cb.id, deal = %cb.deal_id, status, code = %code, "the deal does not take the timeline comment (deleted or not writable); the report ends without it");
+                    return Ok(());
+                }
+                Err(e) => return Err(report_error(ctx, &cb, e)),
+            }
+            let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
+            db.run(move |c| Ok(store::mark_comment_added(c, &cid, now)?))
+                .await?;
+        }
+        Ok(())
+    }
+}

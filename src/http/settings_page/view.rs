@@ -1,0 +1,212 @@
+//! What the settings page shows: the askama templates, the call log's rows, the portal's state
+//! in words, and the HTML and JSON replies with the page's Content-Security-Policy.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use askama::Template;
+use serde_json::json;
+
+use super::form::{FieldErrors, SettingsInput};
+use super::page_token::PageToken;
+use crate::callback::{status, Callback};
+use crate::context::Context;
+use crate::error::AppError;
+use crate::http::page::{error_html, html, json_reply};
+use crate::mango::describe_code;
+use crate::portal::upkeep::SELF_CHECK_ANSWER_WITHIN;
+use crate::portal::{Lang, Portal, PortalSettings, Reach};
+
+/// How many callbacks the call log shows.
+pub(super) const LOG_ROWS: i64 = 50;
+
+/// One line of the call log, ready to print (the phone already masked).
+pub struct LogRow {
+    pub time: String,
+    pub deal_id: String,
+    pub deal_url: String,
+    pub phone: String,
+    pub group: String,
+    pub status: String,
+    pub status_class: &'static str,
+    pub code: String,
+    pub error: String,
+    pub outcome: String,
+}
+
+/// The result of "Check connection", shown under the keys.
+pub struct CheckView {
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "app.html")]
+pub struct AppPage {
+    pub ru: bool,
+    /// `ru` or `en`: carried in the URLs of later requests so they answer in the same language.
+    pub lang: &'static str,
+    pub domain: String,
+    pub admin: bool,
+    pub page_token: String,
+    pub reauth: bool,
+    pub mango_configured: bool,
+    pub mango_checked: bool,
+    pub mango_error: Option<String>,
+    pub form: SettingsInput,
+    /// Only whether a salt is stored; the salt itself never reaches the template.
+    pub salt_set: bool,
+    pub errors: FieldErrors,
+    pub notice: Option<String>,
+    pub alert: Option<String>,
+    pub check: Option<CheckView>,
+    /// What to paste into Mango's "external system" field.
+    pub events_url: String,
+    /// Whether an application token is stored (robot calls and events are refused without one).
+    pub app_token_received: bool,
+    /// "Bitrix24 reaches the app": the self-check's answer in the page's language, and its badge.
+    pub reach: String,
+    pub reach_class: &'static str,
+    pub rows: Vec<LogRow>,
+}
+
+impl AppPage {
+    /// Picks the string in the page's language (used by the template for every text).
+    pub fn tr<'a>(&self, ru: &'a str, en: &'a str) -> &'a str {
+        if self.ru {
+            ru
+        } else {
+            en
+        }
+    }
+}
+
+/// What a refused later request looks like: an HTML page for the form, JSON for the scripts.
+#[derive(Clone, Copy)]
+pub(super) enum Reply {
+    Html,
+    Json,
+}
+
+impl Reply {
+    pub(super) fn refuse(self, status: StatusCode, lang: Lang, message: &str) -> HttpResponse {
+        match self {
+            Reply::Html => error_html(status, lang, message),
+            Reply::Json => json_reply(status, None, json!({ "ok": false, "error": message })),
+        }
+    }
+}
+
+pub(super) fn build_page(
+    ctx: &Context,
+    lang: Lang,
+    token: &PageToken,
+    portal: &Portal,
+    settings: &PortalSettings,
+    log: Vec<Callback>,
+) -> AppPage {
+    let ru = lang == Lang::Ru;
+    AppPage {
+        ru,
+        lang: lang.code(),
+        domain: portal.domain.clone(),
+        admin: token.admin,
+        page_token: token.encode(&ctx.shared.cipher),
+        reauth: portal.needs_reauth,
+        mango_configured: settings.mango_api_key.is_some() && settings.mango_api_salt.is_some(),
+        mango_checked: settings.mango_checked_at.is_some(),
+        mango_error: settings.mango_last_error.clone(),
+        form: SettingsInput::from_settings(settings),
+        salt_set: settings.mango_api_salt.is_some(),
+        errors: FieldErrors::default(),
+        notice: None,
+        alert: None,
+        check: None,
+        // Mango posts call events to {this}/events/call, /events/summary and
+        // /result/callback_group; the receiving routes arrive with the call-events issue.
+        events_url: format!("{}/mango", ctx.shared.settings.public_url),
+        app_token_received: portal.application_token.is_some(),
+        reach: reach_text(portal, lang, ctx.shared.clock.now()),
+        reach_class: match portal.reach(ctx.shared.clock.now(), SELF_CHECK_ANSWER_WITHIN) {
+            Reach::Yes(_) => "good",
+            Reach::No(_) => "bad",
+            Reach::Waiting(_) => "wait",
+            Reach::NotChecked => "muted",
+        },
+        // Deal links and phones are for administrators; others see health and settings only.
+        rows: if token.admin {
+            log.into_iter()
+                .map(|cb| log_row(cb, &portal.domain, lang))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// "yes (checked at …)", "no (checked at …)", "checking…" or "not checked yet".
+pub(super) fn reach_text(portal: &Portal, lang: Lang, now: chrono::NaiveDateTime) -> String {
+    let t = |at: chrono::NaiveDateTime| at.format("%Y-%m-%d %H:%M UTC").to_string();
+    match portal.reach(now, SELF_CHECK_ANSWER_WITHIN) {
+        Reach::NotChecked => lang.pick("ещё не проверялось", "not checked yet").to_owned(),
+        Reach::Waiting(sent) => format!(
+            "{} {})",
+            lang.pick("проверяется (запрос отправлен", "checking (test sent at"),
+            t(sent)
+        ),
+        Reach::Yes(at) => format!("{} {})", lang.pick("да (проверено", "yes (checked at"), t(at)),
+        Reach::No(sent) => format!(
+            "{} {}; {})",
+            lang.pick("нет (проверено", "no (checked at"),
+            t(sent),
+            lang.pick(
+                "тестовое событие не пришло: проверьте, что APP_PUBLIC_URL доступен из интернета",
+                "the test event did not arrive: check that APP_PUBLIC_URL is reachable from the internet"
+            )
+        ),
+    }
+}
+
+pub(super) fn log_row(cb: Callback, domain: &str, lang: Lang) -> LogRow {
+    let (label, class) = match cb.status.as_str() {
+        status::QUEUED => (lang.pick("в очереди", "queued"), "wait"),
+        status::CALLING => (lang.pick("звоним", "calling"), "wait"),
+        status::STARTED => (lang.pick("звонок начат", "call started"), "good"),
+        status::DUPLICATE => (lang.pick("повтор, пропущен", "duplicate, skipped"), "muted"),
+        status::NO_PHONE => (lang.pick("нет телефона", "no phone"), "bad"),
+        status::FAILED => (lang.pick("ошибка", "failed"), "bad"),
+        other => (other, "muted"),
+    };
+    let code = cb
+        .mango_code
+        .and_then(|c| u32::try_from(c).ok())
+        .map(|c| {
+            let (ru, en) = describe_code(c);
+            format!("{c} — {}", lang.pick(ru, en))
+        })
+        .unwrap_or_default();
+    LogRow {
+        time: cb.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        deal_url: format!("https://{domain}/crm/deal/details/{}/", cb.deal_id),
+        deal_id: cb.deal_id,
+        phone: cb
+            .phone
+            .as_deref()
+            .map(crate::phone::mask)
+            .unwrap_or_default(),
+        group: cb.group_extension.unwrap_or_default(),
+        status: label.to_owned(),
+        status_class: class,
+        code,
+        error: cb.error.unwrap_or_default(),
+        outcome: cb.outcome.unwrap_or_default(),
+    }
+}
+
+pub(super) fn render(
+    status: StatusCode,
+    domain: &str,
+    page: &AppPage,
+) -> Result<HttpResponse, AppError> {
+    let body = page.render().map_err(|e| AppError::Internal(e.into()))?;
+    Ok(html(status, Some(domain), body))
+}
