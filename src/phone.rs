@@ -76,7 +76,7 @@ pub fn mask(digits: &str) -> String {
 }
 
 /// Why a string is not a usable phone number.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum PhoneError {
     #[error("the phone number is empty")]
     Empty,

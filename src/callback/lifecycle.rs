@@ -4,10 +4,13 @@
 
 use chrono::NaiveDateTime;
 
-use super::{store, Accepted, Callback, PlaceCall, ReportCallback, RobotRun};
+use super::{
+    store, Accepted, Callback, PlaceCall, Reason, ReportCallback, RobotRun, Status, Unusable,
+};
 use crate::db::{write_tx, DbConnection, DbError};
 use crate::jobs::queue;
 use crate::jobs::Job;
+use crate::portal::Lang;
 
 /// Accepts a robot run: callback row, duplicate decision and its job, all in one transaction.
 ///
@@ -52,9 +55,11 @@ pub fn accept(
                 group,
             })
         } else {
-            store::mark_duplicate(c, &id, now)?;
+            let reason = Reason::Duplicate;
+            store::mark_duplicate(c, &id, &reason.stored_error(Lang::En), now)?;
             let job = ReportCallback {
                 callback_id: id.clone(),
+                reason: Some(reason),
             }
             .to_new_job(Some(&run.member_id), Some(format!("report:{id}")), now);
             queue::enqueue(c, &job, now)?;
@@ -64,20 +69,24 @@ pub fn accept(
 }
 
 /// A verified robot call that cannot be acted on, recorded straight as `failed` with its reason
-/// and its report job in one transaction. No deal row is touched and nothing calls Mango; the
+/// (in the portal's language `lang`) and its report job in one transaction. No deal row is touched and nothing calls Mango; the
 /// report answers the business process (and comments on the deal when there is one).
 ///
 /// `deal_id` is empty when the call names no deal. The same `event_token` again is
 /// [`Accepted::Redelivered`], as for usable calls.
+#[allow(clippy::too_many_arguments)]
 pub fn record_unusable(
     conn: &mut DbConnection,
     member_id: &str,
     deal_id: &str,
     event_token: &str,
     workflow_id: Option<&str>,
-    reason: &str,
+    why: &Unusable,
+    lang: Lang,
     now: NaiveDateTime,
 ) -> Result<Accepted, DbError> {
+    let reason = Reason::Unusable { why: why.clipped() };
+    let error = reason.stored_error(lang);
     write_tx(conn, |c| {
         if let Some(callback_id) = store::run_of_event_token(c, member_id, Some(event_token))? {
             return Ok(Accepted::Redelivered { callback_id });
@@ -90,7 +99,7 @@ pub fn record_unusable(
             deal_id,
             event_token,
             workflow_id,
-            reason,
+            &error,
             now,
         )?;
         if !inserted {
@@ -100,6 +109,7 @@ pub fn record_unusable(
         }
         let job = ReportCallback {
             callback_id: id.clone(),
+            reason: Some(reason.clone()),
         }
         .to_new_job(Some(member_id), Some(format!("report:{id}")), now);
         queue::enqueue(c, &job, now)?;
@@ -107,18 +117,20 @@ pub fn record_unusable(
     })
 }
 
-/// Terminal transition plus its report job, in one transaction; releases the deal.
-#[allow(clippy::too_many_arguments)]
+/// Terminal transition plus its report job, in one transaction; releases the deal. Without a
+/// reason the call started; with one, the callback ends in the reason's status, its English
+/// text kept as `error` and the reason itself handed to the report.
 pub fn finish(
     conn: &mut DbConnection,
     cb: &Callback,
-    new_status: &str,
     group_extension: Option<&str>,
     phone: Option<&str>,
     mango_code: Option<i32>,
-    error: Option<&str>,
+    reason: Option<Reason>,
     now: NaiveDateTime,
 ) -> Result<bool, DbError> {
+    let new_status = reason.as_ref().map_or(Status::Started, Reason::status);
+    let error = reason.as_ref().map(|r| r.stored_error(Lang::En));
     write_tx(conn, |c| {
         if !store::set_finished(
             c,
@@ -127,14 +139,15 @@ pub fn finish(
             group_extension,
             phone,
             mango_code,
-            error,
+            error.as_deref(),
             now,
         )? {
             return Ok(false);
         }
-        store::release_deal(c, cb, new_status == super::status::STARTED, now)?;
+        store::release_deal(c, cb, new_status == Status::Started, now)?;
         let job = ReportCallback {
             callback_id: cb.id.clone(),
+            reason: reason.clone(),
         }
         .to_new_job(Some(&cb.member_id), Some(format!("report:{}", cb.id)), now);
         queue::enqueue(c, &job, now)?;

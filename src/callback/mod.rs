@@ -9,6 +9,7 @@
 
 pub mod lifecycle;
 pub mod place_call;
+pub mod reason;
 pub mod report;
 pub mod store;
 
@@ -17,17 +18,131 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::db::schema::callbacks;
+pub use reason::Reason;
 
-/// Callback statuses; `result` sent to Bitrix24 is one of the four terminal ones.
-pub mod status {
-    pub const QUEUED: &str = "queued";
+/// A callback's status, stored as its string code (the codes predate the enum and never change:
+/// `result` sent to Bitrix24 is one of the four terminal ones).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum Status {
+    Queued,
     /// The Mango command is being sent: a crash here must not lead to a second command.
-    pub const CALLING: &str = "calling";
-    pub const STARTED: &str = "started";
-    pub const DUPLICATE: &str = "duplicate";
-    pub const NO_PHONE: &str = "no_phone";
-    pub const FAILED: &str = "failed";
+    Calling,
+    Started,
+    Duplicate,
+    NoPhone,
+    Failed,
 }
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Queued,
+        Status::Calling,
+        Status::Started,
+        Status::Duplicate,
+        Status::NoPhone,
+        Status::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Calling => "calling",
+            Status::Started => "started",
+            Status::Duplicate => "duplicate",
+            Status::NoPhone => "no_phone",
+            Status::Failed => "failed",
+        }
+    }
+    pub fn parse(code: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == code)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The group a callback rings, stored as its string code.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[serde(rename_all = "snake_case")]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum Group {
+    Trainee,
+    Experienced,
+}
+
+impl Group {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Trainee => "trainee",
+            Group::Experienced => "experienced",
+        }
+    }
+    pub fn parse(code: &str) -> Option<Group> {
+        [Group::Trainee, Group::Experienced]
+            .into_iter()
+            .find(|g| g.as_str() == code)
+    }
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stores an enum as its string code in a TEXT column, for any backend that stores strings
+/// (so also diesel's `MultiBackend`, whose `str`/`String` impls these delegate to). An unknown
+/// code in the database is a deserialisation error, not a panic.
+macro_rules! stored_as_text_code {
+    ($t:ty) => {
+        impl<DB> diesel::serialize::ToSql<diesel::sql_types::Text, DB> for $t
+        where
+            DB: diesel::backend::Backend,
+            str: diesel::serialize::ToSql<diesel::sql_types::Text, DB>,
+        {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, DB>,
+            ) -> diesel::serialize::Result {
+                self.as_str().to_sql(out)
+            }
+        }
+        impl<DB> diesel::deserialize::FromSql<diesel::sql_types::Text, DB> for $t
+        where
+            DB: diesel::backend::Backend,
+            String: diesel::deserialize::FromSql<diesel::sql_types::Text, DB>,
+        {
+            fn from_sql(bytes: DB::RawValue<'_>) -> diesel::deserialize::Result<Self> {
+                let code = String::from_sql(bytes)?;
+                <$t>::parse(&code)
+                    .ok_or_else(|| format!("unknown {} code {code:?}", stringify!($t)).into())
+            }
+        }
+    };
+}
+stored_as_text_code!(Status);
+stored_as_text_code!(Group);
 
 /// The group the robot asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +170,12 @@ impl RequestedGroup {
         }
     }
     /// The predecessor's rule, kept: the deal's first run rings trainees, later runs the experienced.
-    pub fn resolve(self, run_number: i32) -> &'static str {
+    pub fn resolve(self, run_number: i32) -> Group {
         match self {
-            RequestedGroup::Trainee => "trainee",
-            RequestedGroup::Experienced => "experienced",
-            RequestedGroup::Auto if run_number <= 1 => "trainee",
-            RequestedGroup::Auto => "experienced",
+            RequestedGroup::Trainee => Group::Trainee,
+            RequestedGroup::Experienced => Group::Experienced,
+            RequestedGroup::Auto if run_number <= 1 => Group::Trainee,
+            RequestedGroup::Auto => Group::Experienced,
         }
     }
 }
@@ -75,11 +190,11 @@ pub struct Callback {
     pub event_token: Option<String>,
     pub workflow_id: Option<String>,
     pub requested_group: String,
-    pub group_kind: Option<String>,
+    pub group_kind: Option<Group>,
     pub group_extension: Option<String>,
     pub phone_override: Option<String>,
     pub phone: Option<String>,
-    pub status: String,
+    pub status: Status,
     pub command_id: Option<String>,
     pub mango_code: Option<i32>,
     pub error: Option<String>,
@@ -104,6 +219,11 @@ pub struct PlaceCall {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReportCallback {
     pub callback_id: String,
+    /// Why the callback ended without a call, as it was decided: the report's texts come from
+    /// it. Absent for a started call and in reports queued before reasons were typed (those
+    /// show the stored `error` as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
 }
 
 /// A verified robot call, parsed at the HTTP edge.
@@ -121,10 +241,7 @@ pub struct RobotRun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
     /// A new callback was queued; `group` is trainee or experienced.
-    Queued {
-        callback_id: String,
-        group: &'static str,
-    },
+    Queued { callback_id: String, group: Group },
     /// Cut off as a duplicate; it is reported as such.
     Duplicate { callback_id: String },
     /// The same `event_token` was delivered again: nothing new was done.
@@ -136,7 +253,7 @@ pub enum Accepted {
 
 /// Why a verified robot call cannot be acted on. Raw values are kept short ([`shown`]): they
 /// come from the request and end up in the business process's `error` and the call log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Unusable {
     /// `document_id[2]` is absent.
     NoDocument,
@@ -163,6 +280,20 @@ pub fn shown(raw: &str) -> String {
 }
 
 impl Unusable {
+    /// The same reason with its raw value cut to what [`shown`] quotes (one character more, so
+    /// the "…" stays): it travels in the report's job payload, which need not carry a whole
+    /// request value.
+    pub fn clipped(&self) -> Unusable {
+        let cut = |s: &String| s.chars().take(SHOWN_CHARS + 1).collect::<String>();
+        match self {
+            Unusable::NoDocument => Unusable::NoDocument,
+            Unusable::NotADeal(s) => Unusable::NotADeal(cut(s)),
+            Unusable::BadDealId(s) => Unusable::BadDealId(cut(s)),
+            Unusable::UnknownGroup(s) => Unusable::UnknownGroup(cut(s)),
+            Unusable::WrongCode(s) => Unusable::WrongCode(cut(s)),
+        }
+    }
+
     /// The reason in the portal's language: it is what the business process's `error` shows.
     pub fn message(&self, lang: crate::portal::Lang) -> String {
         use crate::portal::Lang;
@@ -281,10 +412,41 @@ mod tests {
     }
 
     #[test]
+    fn statuses_and_groups_keep_their_stored_codes() {
+        let codes: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        // The strings stored before the enums existed: changing one would need a migration.
+        assert_eq!(
+            codes,
+            [
+                "queued",
+                "calling",
+                "started",
+                "duplicate",
+                "no_phone",
+                "failed"
+            ]
+        );
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("Failed"), None);
+        for g in [Group::Trainee, Group::Experienced] {
+            assert_eq!(Group::parse(g.as_str()), Some(g));
+        }
+        assert_eq!(Group::parse("trainees"), None);
+    }
+
+    #[test]
     fn quoted_values_are_cut_and_escaped() {
         assert_eq!(shown("LEAD_5"), "\"LEAD_5\"");
         let long = shown(&"7".repeat(500));
         assert!(long.chars().count() < 50, "{long}");
         assert_eq!(shown("a\nb"), "\"a\\nb\"");
+        let raw = Unusable::NotADeal("Я".repeat(500));
+        assert_eq!(
+            raw.clipped().message(crate::portal::Lang::Ru),
+            raw.message(crate::portal::Lang::Ru),
+            "clipping changes no text"
+        );
     }
 }

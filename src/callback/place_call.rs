@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{lifecycle, status, store, Callback, PlaceCall};
+use super::{lifecycle, store, Callback, Group, PlaceCall, Reason, Status};
 use crate::bitrix::crm::{self, DealContact, PhoneLookup};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
@@ -55,46 +55,32 @@ impl PlaceCall {
 }
 
 /// Ends a callback that never reached Mango (no phone, not configured, given up) with its reason.
-async fn end_without_call(
-    ctx: &Context,
-    cb: &Callback,
-    st: &'static str,
-    reason: impl Into<String>,
-) -> Result<(), JobError> {
-    finish(ctx, cb, st, None, None, None, Some(reason.into())).await
+async fn end_without_call(ctx: &Context, cb: &Callback, reason: Reason) -> Result<(), JobError> {
+    finish(ctx, cb, None, None, None, Some(reason)).await
 }
 
-/// Ends the callback with a terminal status and queues its report.
-#[allow(clippy::too_many_arguments)]
+/// Ends the callback with its report queued: `started` without a reason, else the reason's
+/// status.
 async fn finish(
     ctx: &Context,
     cb: &Callback,
-    st: &'static str,
     ext: Option<String>,
     phone: Option<String>,
     code: Option<i32>,
-    error: Option<String>,
+    reason: Option<Reason>,
 ) -> Result<(), JobError> {
+    let st = reason.as_ref().map_or(Status::Started, Reason::status);
     let now = ctx.shared.clock.now();
     let cb2 = cb.clone();
     let changed = ctx
         .shared
         .db
         .run(move |c| {
-            lifecycle::finish(
-                c,
-                &cb2,
-                st,
-                ext.as_deref(),
-                phone.as_deref(),
-                code,
-                error.as_deref(),
-                now,
-            )
+            lifecycle::finish(c, &cb2, ext.as_deref(), phone.as_deref(), code, reason, now)
         })
         .await?;
     if changed {
-        tracing::info!(callback = %cb.id, deal = %cb.deal_id, status = st, "callback finished");
+        tracing::info!(callback = %cb.id, deal = %cb.deal_id, status = %st, "callback finished");
         ctx.shared.notify.notify_one();
     }
     Ok(())
@@ -112,7 +98,7 @@ impl Job for PlaceCall {
             let Some(cb) = ctx.shared.db.run(move |c| Ok(store::find(c, &id)?)).await? else {
                 return Ok(());
             };
-            end_without_call(ctx, &cb, status::FAILED, e).await
+            end_without_call(ctx, &cb, Reason::GaveUp { detail: e }).await
         };
         match self.place(ctx).await {
             Err(JobError::Permanent(e)) => give_up(e).await,
@@ -129,14 +115,12 @@ impl PlaceCall {
         let Some(cb) = db.run(move |c| Ok(store::find(c, &id)?)).await? else {
             return Ok(());
         };
-        if cb.status == status::CALLING {
+        if cb.status == Status::Calling {
             // A previous run sent (or was sending) the command and stopped before recording the
             // answer. Mango does not deduplicate command_id, so sending again could ring twice.
-            let msg = "interrupted while ordering the call; not repeated so nobody is rung twice"
-                .to_owned();
-            return end_without_call(ctx, &cb, status::FAILED, msg).await;
+            return end_without_call(ctx, &cb, Reason::Interrupted).await;
         }
-        if cb.status != status::QUEUED {
+        if cb.status != Status::Queued {
             return Ok(());
         }
         let (mid, now) = (cb.member_id.clone(), ctx.shared.clock.now());
@@ -144,8 +128,8 @@ impl PlaceCall {
             .run(move |c| Ok(portal_store::settings_or_default(c, &mid, now)?))
             .await?;
 
-        let group_kind = cb.group_kind.as_deref().unwrap_or("trainee");
-        let extension = if group_kind == "experienced" {
+        let group_kind = cb.group_kind.unwrap_or(Group::Trainee);
+        let extension = if group_kind == Group::Experienced {
             &settings.experienced_extension
         } else {
             &settings.trainee_extension
@@ -161,19 +145,11 @@ impl PlaceCall {
                 api_key: key.clone(),
                 api_salt: salt,
             },
-            _ => {
-                return end_without_call(
-                    ctx,
-                    &cb,
-                    status::FAILED,
-                    "Mango keys are not set in the app's settings",
-                )
-                .await
-            }
+            _ => return end_without_call(ctx, &cb, Reason::MangoKeysMissing).await,
         };
         if extension.is_empty() || settings.line_number.is_empty() {
-            let msg = format!("the {group_kind} group extension or the outgoing line is not set in the app's settings");
-            return end_without_call(ctx, &cb, status::FAILED, msg).await;
+            let reason = Reason::GroupNotSet { group: group_kind };
+            return end_without_call(ctx, &cb, reason).await;
         }
 
         // The phone: the robot's override, else the deal's primary contact (possibly linked late).
@@ -202,11 +178,10 @@ impl PlaceCall {
                             "no contact linked to the deal yet".into(),
                         ));
                     }
-                    let msg = format!(
-                        "no contact linked to the deal after {}s",
-                        settings.contact_wait_seconds
-                    );
-                    return end_without_call(ctx, &cb, status::NO_PHONE, msg).await;
+                    let reason = Reason::NoContact {
+                        waited_s: i64::from(settings.contact_wait_seconds),
+                    };
+                    return end_without_call(ctx, &cb, reason).await;
                 }
                 PhoneLookup::Unreadable(e) if e.is_transient() => {
                     return Err(JobError::Transient(format!(
@@ -214,31 +189,24 @@ impl PlaceCall {
                     )))
                 }
                 PhoneLookup::Unreadable(e) => {
-                    let msg = format!("Bitrix24 could not read the deal: {e}");
-                    return end_without_call(ctx, &cb, status::FAILED, msg).await;
+                    // Bitrix24's code and description as one phrase, as its error shows them.
+                    let description = match (e.code.is_empty(), e.description.is_empty()) {
+                        (true, _) => e.description,
+                        (false, true) => e.code,
+                        (false, false) => format!("{} {}", e.code, e.description),
+                    };
+                    let reason = Reason::Bitrix24ReadFailed {
+                        method: e.method,
+                        description,
+                    };
+                    return end_without_call(ctx, &cb, reason).await;
                 }
-                PhoneLookup::NoPhone => {
-                    return end_without_call(
-                        ctx,
-                        &cb,
-                        status::NO_PHONE,
-                        "the deal's contact has no phone number",
-                    )
-                    .await
-                }
+                PhoneLookup::NoPhone => return end_without_call(ctx, &cb, Reason::NoPhone).await,
             },
         };
         let phone = match phone::normalize(&raw_phone) {
             Ok(p) => p,
-            Err(e) => {
-                return end_without_call(
-                    ctx,
-                    &cb,
-                    status::NO_PHONE,
-                    format!("invalid phone number: {e}"),
-                )
-                .await
-            }
+            Err(error) => return end_without_call(ctx, &cb, Reason::BadPhone { error }).await,
         };
 
         // Mango allows 4 callback commands per second per account, across all our instances.
@@ -272,7 +240,7 @@ impl PlaceCall {
                 let now = ctx.shared.clock.now();
                 db.run(move |c| Ok(portal_store::record_mango_status(c, &mid, None, now)?))
                     .await?;
-                finish(ctx, &cb, status::STARTED, ext, ph, Some(1000), None).await
+                finish(ctx, &cb, ext, ph, Some(1000), None).await
             }
             Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
                 let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
@@ -284,11 +252,19 @@ impl PlaceCall {
             }
             Err(e) => {
                 let code = e.code().and_then(|c| i32::try_from(c).ok());
-                let msg = match &e {
-                    MangoError::Rejected { code, .. } => format!("Mango {code}: {}", crate::mango::describe_code(*code).1),
-                    MangoError::Unavailable { maybe_accepted: true, .. } => format!("Mango did not answer; the call may have been placed, so it is not repeated ({e})"),
-                    other => other.to_string(),
+                let reason = match e {
+                    MangoError::Rejected { code, .. } => Reason::MangoRefused { code },
+                    // 429 on every attempt: Mango's code for it says what happened.
+                    MangoError::RateLimited => Reason::MangoRefused { code: 4290 },
+                    MangoError::Unavailable {
+                        maybe_accepted: true,
+                        detail,
+                    } => Reason::MangoNoAnswer { detail },
+                    other => Reason::MangoFailed {
+                        detail: other.to_string(),
+                    },
                 };
+                let msg = reason.stored_error(crate::portal::Lang::En);
                 let (m, now, stored) = (mid.clone(), ctx.shared.clock.now(), msg.clone());
                 db.run(move |c| {
                     Ok(portal_store::record_mango_status(
@@ -299,7 +275,7 @@ impl PlaceCall {
                     )?)
                 })
                 .await?;
-                finish(ctx, &cb, status::FAILED, ext, ph, code, Some(msg)).await
+                finish(ctx, &cb, ext, ph, code, Some(reason)).await
             }
         }
     }

@@ -4,66 +4,35 @@
 use serde_json::json;
 
 use super::place_call::bitrix_error;
-use super::{status, store, Callback, ReportCallback};
+use super::{store, Callback, Group, Reason, ReportCallback, Status};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
 use crate::jobs::{Job, JobError};
 use crate::portal::{store as portal_store, Lang};
 
-/// The timeline comment for a finished callback, in the portal's language.
-pub fn comment_text(cb: &Callback, lang: Lang) -> String {
-    let group = match (cb.group_kind.as_deref(), lang) {
-        (Some("experienced"), Lang::Ru) => "опытных менеджеров",
-        (Some("experienced"), Lang::En) => "experienced managers",
+/// The timeline comment for a finished callback, in the portal's language. `reason` is the one
+/// decided when the callback ended; a report queued before reasons were typed has none and
+/// shows the stored `error` as it is.
+pub fn comment_text(cb: &Callback, reason: Option<&Reason>, lang: Lang) -> String {
+    let group = match (cb.group_kind, lang) {
+        (Some(Group::Experienced), Lang::Ru) => "опытных менеджеров",
+        (Some(Group::Experienced), Lang::En) => "experienced managers",
         (_, Lang::Ru) => "стажёров",
         (_, Lang::En) => "trainees",
     };
     let ext = cb.group_extension.as_deref().unwrap_or("-");
     let phone = cb.phone.as_deref().unwrap_or("-");
-    let error = localized_reason(cb, lang);
-    match (cb.status.as_str(), lang) {
-        (status::STARTED, Lang::Ru) => format!("Mango Office: звоним группе {group} (номер группы {ext}); когда менеджер ответит, наберём клиента +{phone}."),
-        (status::STARTED, Lang::En) => format!("Mango Office: ringing the {group} group (extension {ext}); once a manager answers, the client +{phone} is dialed."),
-        (status::DUPLICATE, Lang::Ru) => "Mango Office: повторный запуск робота для этой сделки — звонок уже заказан недавно, второй не заказываем.".into(),
-        (status::DUPLICATE, Lang::En) => "Mango Office: repeated robot run for this deal — a call was ordered recently, so no second one.".into(),
-        (status::NO_PHONE, Lang::Ru) => format!("Mango Office: звонок не заказан — нет телефона клиента ({error})."),
-        (status::NO_PHONE, Lang::En) => format!("Mango Office: no call ordered — no client phone ({error})."),
+    let error = reason.map_or_else(|| cb.error.clone().unwrap_or_default(), |r| r.text(lang));
+    match (cb.status, lang) {
+        (Status::Started, Lang::Ru) => format!("Mango Office: звоним группе {group} (номер группы {ext}); когда менеджер ответит, наберём клиента +{phone}."),
+        (Status::Started, Lang::En) => format!("Mango Office: ringing the {group} group (extension {ext}); once a manager answers, the client +{phone} is dialed."),
+        (Status::Duplicate, Lang::Ru) => "Mango Office: повторный запуск робота для этой сделки — звонок уже заказан недавно, второй не заказываем.".into(),
+        (Status::Duplicate, Lang::En) => "Mango Office: repeated robot run for this deal — a call was ordered recently, so no second one.".into(),
+        (Status::NoPhone, Lang::Ru) => format!("Mango Office: звонок не заказан — нет телефона клиента ({error})."),
+        (Status::NoPhone, Lang::En) => format!("Mango Office: no call ordered — no client phone ({error})."),
         (_, Lang::Ru) => format!("Mango Office: звонок не заказан — ошибка: {error}"),
         (_, Lang::En) => format!("Mango Office: no call ordered — error: {error}"),
     }
-}
-
-/// The reason of a callback without a call, in the portal's language. `callbacks.error` is kept in
-/// English (logs, the business process's `error` value); the known reasons are translated here.
-fn localized_reason(cb: &Callback, lang: Lang) -> String {
-    let e = cb.error.as_deref().unwrap_or("");
-    if let Some(code) = cb
-        .mango_code
-        .filter(|c| *c != 1000)
-        .and_then(|c| u32::try_from(c).ok())
-    {
-        let (ru, en) = crate::mango::describe_code(code);
-        return format!("Mango {code}: {}", lang.pick(ru, en));
-    }
-    if lang == Lang::En {
-        return e.to_owned();
-    }
-    let ru = if e.starts_with("no contact linked") {
-        "к сделке не привязан контакт"
-    } else if e.starts_with("the deal's contact has no phone") {
-        "у контакта сделки нет телефона"
-    } else if e.starts_with("invalid phone number") {
-        "номер телефона клиента некорректен"
-    } else if e.contains("not set in the app's settings") {
-        "в настройках приложения не заданы ключи Mango, номер группы или линия"
-    } else if e.starts_with("Bitrix24 could not read the deal") {
-        "Битрикс24 не дал прочитать сделку (удалена или нет доступа)"
-    } else if e.starts_with("interrupted while ordering") {
-        "заказ звонка прервался; повторно не заказываем, чтобы не позвонить дважды"
-    } else {
-        e
-    };
-    ru.to_owned()
 }
 
 /// How long a report waits for a portal to be re-authorised before it is given up.
@@ -107,7 +76,7 @@ impl Job for ReportCallback {
         if cb.event_sent_at.is_none() {
             if let Some(token) = &cb.event_token {
                 let values = json!({
-                    "result": cb.status,
+                    "result": cb.status.as_str(),
                     "group_extension": cb.group_extension.clone().unwrap_or_default(),
                     "command_id": cb.command_id.clone().unwrap_or_default(),
                     "error": cb.error.clone().unwrap_or_default(),
@@ -132,7 +101,7 @@ impl Job for ReportCallback {
         }
         // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
         if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() {
-            let text = comment_text(&cb, Lang::parse(&portal.lang));
+            let text = comment_text(&cb, self.reason.as_ref(), Lang::parse(&portal.lang));
             let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
             match ctx
                 .bitrix

@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::{status, Callback, RobotRun};
+use super::{Callback, Group, RobotRun, Status};
 use crate::db::schema::{callbacks, deals};
 use crate::db::{insert_if_absent, DbConnection};
 
@@ -25,7 +25,7 @@ pub fn insert_queued(
                 callbacks::workflow_id.eq(&run.workflow_id),
                 callbacks::requested_group.eq(run.requested.as_str()),
                 callbacks::phone_override.eq(&run.phone_override),
-                callbacks::status.eq(status::QUEUED),
+                callbacks::status.eq(Status::Queued),
                 callbacks::created_at.eq(now),
                 callbacks::updated_at.eq(now),
             ))
@@ -84,19 +84,24 @@ pub fn deal_runs(c: &mut DbConnection, member_id: &str, deal_id: &str) -> QueryR
         .first(c)
 }
 
-pub fn set_group(c: &mut DbConnection, id: &str, group: &str) -> QueryResult<usize> {
+pub fn set_group(c: &mut DbConnection, id: &str, group: Group) -> QueryResult<usize> {
     diesel::update(callbacks::table.find(id))
         .set(callbacks::group_kind.eq(group))
         .execute(c)
 }
 
 /// A run cut off as a duplicate ends at once.
-pub fn mark_duplicate(c: &mut DbConnection, id: &str, now: NaiveDateTime) -> QueryResult<usize> {
+pub fn mark_duplicate(
+    c: &mut DbConnection,
+    id: &str,
+    error: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
     diesel::update(callbacks::table.find(id))
         .set((
-            callbacks::status.eq(status::DUPLICATE),
+            callbacks::status.eq(Status::Duplicate),
             callbacks::finished_at.eq(now),
-            callbacks::error.eq("another callback for this deal is active or started recently"),
+            callbacks::error.eq(error),
         ))
         .execute(c)
 }
@@ -123,7 +128,7 @@ pub fn insert_unusable(
                 callbacks::event_token.eq(event_token),
                 callbacks::workflow_id.eq(workflow_id),
                 callbacks::requested_group.eq("-"),
-                callbacks::status.eq(status::FAILED),
+                callbacks::status.eq(Status::Failed),
                 callbacks::error.eq(reason),
                 callbacks::finished_at.eq(now),
                 callbacks::created_at.eq(now),
@@ -181,10 +186,10 @@ pub fn mark_calling(
     let n = diesel::update(
         callbacks::table
             .find(id)
-            .filter(callbacks::status.eq(status::QUEUED)),
+            .filter(callbacks::status.eq(Status::Queued)),
     )
     .set((
-        callbacks::status.eq(status::CALLING),
+        callbacks::status.eq(Status::Calling),
         callbacks::group_extension.eq(group_extension),
         callbacks::phone.eq(phone),
         callbacks::command_id.eq(command_id),
@@ -205,10 +210,10 @@ pub fn back_to_queued(
     diesel::update(
         callbacks::table
             .find(id)
-            .filter(callbacks::status.eq(status::CALLING)),
+            .filter(callbacks::status.eq(Status::Calling)),
     )
     .set((
-        callbacks::status.eq(status::QUEUED),
+        callbacks::status.eq(Status::Queued),
         callbacks::error.eq(error),
         callbacks::updated_at.eq(now),
     ))
@@ -233,7 +238,7 @@ pub fn count_contact_check(
 pub fn set_finished(
     c: &mut DbConnection,
     cb: &Callback,
-    new_status: &str,
+    new_status: Status,
     group_extension: Option<&str>,
     phone: Option<&str>,
     mango_code: Option<i32>,
@@ -243,7 +248,7 @@ pub fn set_finished(
     let n = diesel::update(
         callbacks::table
             .find(&cb.id)
-            .filter(callbacks::status.eq_any([status::QUEUED, status::CALLING])),
+            .filter(callbacks::status.eq_any([Status::Queued, Status::Calling])),
     )
     .set((
         callbacks::status.eq(new_status),
@@ -251,7 +256,7 @@ pub fn set_finished(
         callbacks::phone.eq(phone.or(cb.phone.as_deref())),
         callbacks::mango_code.eq(mango_code),
         callbacks::error.eq(error),
-        callbacks::started_at.eq((new_status == status::STARTED).then_some(now)),
+        callbacks::started_at.eq((new_status == Status::Started).then_some(now)),
         callbacks::finished_at.eq(now),
         callbacks::updated_at.eq(now),
     ))

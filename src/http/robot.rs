@@ -135,14 +135,14 @@ pub async fn handle_robot_call(
                 Ok(run) => Ok(Verdict::Accepted(lifecycle::accept(c, &run, now)?, None)),
                 Err((_, why)) if event_token.is_none() => Ok(Verdict::NobodyToTell(why)),
                 Err((deal, why)) => {
-                    let reason = why.message(Lang::parse(&portal.lang));
                     let accepted = lifecycle::record_unusable(
                         c,
                         &mid,
                         deal.as_deref().unwrap_or_default(),
                         event_token.as_deref().unwrap_or_default(),
                         workflow_id.as_deref(),
-                        &reason,
+                        &why,
+                        Lang::parse(&portal.lang),
                         now,
                     )?;
                     Ok(Verdict::Accepted(accepted, Some(why)))
@@ -169,7 +169,7 @@ pub async fn handle_robot_call(
     shared.notify.notify_one();
     let (callback_id, outcome) = match &accepted {
         Accepted::Queued { callback_id, group } => {
-            tracing::info!(callback = %callback_id, group, "robot call accepted; callback queued");
+            tracing::info!(callback = %callback_id, group = %group, "robot call accepted; callback queued");
             (callback_id, "queued")
         }
         Accepted::Duplicate { callback_id } => {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use super::bitrix::{BitrixSim, BitrixSimOptions, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
 use super::mango::{MangoSim, MangoSimOptions};
-use crate::callback::{status, store as callback_store, Callback};
+use crate::callback::{store as callback_store, Callback, Reason, ReportCallback, Status};
 use crate::config::{Settings, SettingsArgs};
 use crate::portal::{store, PortalSettings};
 use crate::startup::{Application, RunOptions};
@@ -167,9 +167,20 @@ pub async fn run(
         .run(move |c| Ok(callback_store::latest(c, &mid, 50)?))
         .await?;
     log.reverse();
+    // The reasons the reports were given: the timeline text is built from them.
+    let jobs = shared.db.run(|c| Ok(crate::jobs::queue::all(c)?)).await?;
+    let reports: Vec<ReportCallback> = jobs
+        .iter()
+        .filter(|j| j.kind == <ReportCallback as crate::jobs::Job>::KIND)
+        .filter_map(|j| serde_json::from_str(&j.payload).ok())
+        .collect();
     println!("\n== trace");
     for cb in &log {
-        print_trace(cb, &b24, &mango);
+        let reason = reports
+            .iter()
+            .find(|r| r.callback_id == cb.id)
+            .and_then(|r| r.reason.as_ref());
+        print_trace(cb, reason, &b24, &mango);
     }
     println!("\n   Mango received {} callback_group command(s); Bitrix24 got {} bizproc.event.send call(s).", mango.callbacks().len(), b24.calls_to("bizproc.event.send").len());
     if exit {
@@ -216,7 +227,7 @@ async fn wait_until_reported(
     }
 }
 
-fn print_trace(cb: &Callback, b24: &BitrixSim, mango: &MangoSim) {
+fn print_trace(cb: &Callback, reason: Option<&Reason>, b24: &BitrixSim, mango: &MangoSim) {
     let deal: u64 = cb.deal_id.parse().unwrap_or(0);
     println!("\n   deal {} · callback {}", cb.deal_id, cb.id);
     println!("     result        {}", cb.status);
@@ -244,12 +255,12 @@ fn print_trace(cb: &Callback, b24: &BitrixSim, mango: &MangoSim) {
         );
     }
     if let Some(e) = &cb.error {
-        if cb.status != status::STARTED {
+        if cb.status != Status::Started {
             println!("     why           {e}");
         }
     }
     // The comment this callback wrote, if the simulated portal has it.
-    let ours = crate::callback::report::comment_text(cb, crate::portal::Lang::Ru);
+    let ours = crate::callback::report::comment_text(cb, reason, crate::portal::Lang::Ru);
     if b24.timeline_comments(&cb.member_id, deal).contains(&ours) {
         println!("     timeline      {ours}");
     }

@@ -490,7 +490,7 @@ async fn a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without
     assert_eq!(rows.len(), cases.len());
     assert!(rows
         .iter()
-        .all(|r| r.status == "failed" && r.command_id.is_none()));
+        .all(|r| r.status.as_str() == "failed" && r.command_id.is_none()));
     let jobs = app
         .shared
         .db
@@ -786,3 +786,29 @@ async fn a_deal_bitrix24_refuses_to_read_fails_at_once_with_the_reason_instead_o
 on_both_backends!(
     a_deal_bitrix24_refuses_to_read_fails_at_once_with_the_reason_instead_of_no_phone
 );
+
+async fn a_mango_that_does_not_answer_is_reported_in_russian_on_a_russian_portal(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("silent").await;
+    // A 5xx after the command was sent: Mango may have acted on it, so it is not repeated.
+    app.mango.push_reply(
+        MANGO_KEY,
+        Reply::Http(502, "<html>Bad Gateway</html>".into()),
+    );
+    let deal = app.b24.add_deal(&p.member_id, None);
+    app.b24
+        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
+        .await
+        .expect("robot");
+    app.drain().await;
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0]["RETURN_VALUES"]["result"], "failed", "{sends:?}");
+    let comments = app.b24.timeline_comments(&p.member_id, deal);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(
+        comments[0].contains("Mango не ответил") && !comments[0].contains("did not answer"),
+        "the Russian timeline does not quote the English message: {comments:?}"
+    );
+}
+on_both_backends!(a_mango_that_does_not_answer_is_reported_in_russian_on_a_russian_portal);

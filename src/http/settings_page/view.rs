@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::form::{FieldErrors, SettingsInput};
 use super::page_token::PageToken;
-use crate::callback::{status, Callback};
+use crate::callback::{Callback, Status};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::http::page::{error_html, html, json_reply};
@@ -167,14 +167,13 @@ pub(super) fn reach_text(portal: &Portal, lang: Lang, now: chrono::NaiveDateTime
 }
 
 pub(super) fn log_row(cb: Callback, domain: &str, lang: Lang) -> LogRow {
-    let (label, class) = match cb.status.as_str() {
-        status::QUEUED => (lang.pick("в очереди", "queued"), "wait"),
-        status::CALLING => (lang.pick("звоним", "calling"), "wait"),
-        status::STARTED => (lang.pick("звонок начат", "call started"), "good"),
-        status::DUPLICATE => (lang.pick("повтор, пропущен", "duplicate, skipped"), "muted"),
-        status::NO_PHONE => (lang.pick("нет телефона", "no phone"), "bad"),
-        status::FAILED => (lang.pick("ошибка", "failed"), "bad"),
-        other => (other, "muted"),
+    let (label, class) = match cb.status {
+        Status::Queued => (lang.pick("в очереди", "queued"), "wait"),
+        Status::Calling => (lang.pick("звоним", "calling"), "wait"),
+        Status::Started => (lang.pick("звонок начат", "call started"), "good"),
+        Status::Duplicate => (lang.pick("повтор, пропущен", "duplicate, skipped"), "muted"),
+        Status::NoPhone => (lang.pick("нет телефона", "no phone"), "bad"),
+        Status::Failed => (lang.pick("ошибка", "failed"), "bad"),
     };
     let code = cb
         .mango_code
