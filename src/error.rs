@@ -1,4 +1,7 @@
 //! HTTP-facing errors: each variant names its status; 5xx bodies never carry internals.
+//!
+//! A refused request is logged once, by the route guard (`http::guard_route`), which knows the
+//! client's address and the path: the response carries its reason as a [`Refusal`] extension.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -47,14 +50,27 @@ impl ResponseError for AppError {
         let message = match self {
             AppError::Internal(e) => {
                 tracing::error!(error.cause_chain = ?e, "internal error");
-                "internal error; see the application log".to_owned()
+                return HttpResponse::build(self.status_code())
+                    .json(serde_json::json!({ "error": INTERNAL_MESSAGE }));
             }
-            other => {
-                // Every refused request leaves a line, whatever the handler logged itself.
-                tracing::warn!(status = self.status_code().as_u16(), error = %other, "request refused");
-                other.to_string()
-            }
+            other => other.to_string(),
         };
-        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": message }))
+        refuse(
+            HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": message })),
+            self.to_string(),
+        )
     }
+}
+
+/// The body of a 500.
+pub const INTERNAL_MESSAGE: &str = "internal error; see the application log";
+
+/// Why a request was refused, carried by its response to the route guard that logs it once.
+#[derive(Clone, Debug)]
+pub struct Refusal(pub String);
+
+/// Marks `resp` as a refusal for `reason` (English, for the log; never a secret).
+pub fn refuse(mut resp: HttpResponse, reason: impl Into<String>) -> HttpResponse {
+    resp.extensions_mut().insert(Refusal(reason.into()));
+    resp
 }
