@@ -20,7 +20,8 @@ pub enum AppError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
-    /// 503: a peer (database, Bitrix24 OAuth server) is unavailable; try again.
+    /// 503: a peer (database, Bitrix24 OAuth server) is unavailable; try again. The text says
+    /// what failed and may quote the peer: it goes to the log only, the body is generic.
     #[error("{0}")]
     Unavailable(String),
     /// 500: logged with its cause chain, answered with a generic message.
@@ -53,6 +54,8 @@ impl ResponseError for AppError {
                 return HttpResponse::build(self.status_code())
                     .json(serde_json::json!({ "error": INTERNAL_MESSAGE }));
             }
+            // The peer's own words (an error code, a description, a URL) stay in the log.
+            AppError::Unavailable(_) => UNAVAILABLE_MESSAGE.to_owned(),
             other => other.to_string(),
         };
         refuse(
@@ -64,6 +67,10 @@ impl ResponseError for AppError {
 
 /// The body of a 500.
 pub const INTERNAL_MESSAGE: &str = "internal error; see the application log";
+
+/// The body of a 503: Bitrix24 and the administrator's browser both may read it.
+pub const UNAVAILABLE_MESSAGE: &str = "Сервис временно недоступен, повторите попытку позже. \
+     The service is temporarily unavailable; please try again later.";
 
 /// Why a request was refused, carried by its response to the route guard that logs it once.
 #[derive(Clone, Debug)]

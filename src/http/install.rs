@@ -123,11 +123,17 @@ pub async fn install_app(
             }
         }
         Err(e) => {
+            // The portal's own words (an error code, a description, a URL) stay in the log.
             tracing::error!(error = %e, "install step failed; the installer can be opened again");
             InstallPage {
                 ru: lang == Lang::Ru,
                 ok: false,
-                message: e.to_string(),
+                message: lang
+                    .pick(
+                        "Портал не выполнил шаг установки. Подробности — в журнале приложения.",
+                        "The portal did not complete an installation step. The details are in the application log.",
+                    )
+                    .to_owned(),
             }
         }
     };
