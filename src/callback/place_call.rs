@@ -10,7 +10,7 @@ use super::{lifecycle, status, store, Callback, PlaceCall};
 use crate::bitrix::crm::{self, DealContact, PhoneLookup};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
-use crate::jobs::{Job, JobError};
+use crate::jobs::{cause_chain, Job, JobError};
 use crate::mango::{CallbackGroup, Credentials, MangoError};
 use crate::phone;
 use crate::portal::{store as portal_store, PortalSettings};
@@ -23,9 +23,9 @@ pub const CONTACT_RECHECK: Duration = Duration::from_secs(5);
 /// A Bitrix24 error as a job's: transient ones are retried.
 pub(super) fn bitrix_error(e: BitrixError) -> JobError {
     if e.is_transient() {
-        JobError::Transient(e.to_string())
+        JobError::Transient(e.into())
     } else {
-        JobError::Permanent(e.to_string())
+        JobError::Permanent(e.into())
     }
 }
 
@@ -115,8 +115,10 @@ impl Job for PlaceCall {
             end_without_call(ctx, &cb, status::FAILED, e).await
         };
         match self.place(ctx).await {
-            Err(JobError::Permanent(e)) => give_up(e).await,
-            Err(JobError::Transient(e)) if job.attempts >= job.max_attempts => give_up(e).await,
+            Err(JobError::Permanent(e)) => give_up(cause_chain(&e)).await,
+            Err(JobError::Transient(e)) if job.attempts >= job.max_attempts => {
+                give_up(cause_chain(&e)).await
+            }
             other => other,
         }
     }
@@ -209,7 +211,7 @@ impl PlaceCall {
                     return end_without_call(ctx, &cb, status::NO_PHONE, msg).await;
                 }
                 PhoneLookup::Unreadable(e) if e.is_transient() => {
-                    return Err(JobError::Transient(format!(
+                    return Err(JobError::Transient(anyhow::anyhow!(
                         "Bitrix24 did not let the deal be read yet: {e}"
                     )))
                 }
@@ -278,7 +280,7 @@ impl PlaceCall {
                 let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
                 db.run(move |c| Ok(store::back_to_queued(c, &cid, &msg, now)?))
                     .await?;
-                Err(JobError::Transient(format!(
+                Err(JobError::Transient(anyhow::anyhow!(
                     "Mango did not accept the command, will retry: {e}"
                 )))
             }
