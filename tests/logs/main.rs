@@ -65,6 +65,12 @@ fn captured_since(start: usize) -> String {
     String::from_utf8_lossy(logs.get(start..).unwrap_or_default()).into_owned()
 }
 
+/// What was logged between two lengths of the capture.
+fn captured_between(start: usize, end: usize) -> String {
+    let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+    String::from_utf8_lossy(logs.get(start..end).unwrap_or_default()).into_owned()
+}
+
 fn captured_len() -> usize {
     LOGS.lock().unwrap_or_else(PoisonError::into_inner).len()
 }
@@ -288,8 +294,31 @@ async fn each_refused_request_is_logged_once_with_its_client_address_path_and_st
     let page = format!("member_id={stranger}&DOMAIN=x.bitrix24.ru");
     let (status, answer) = post(&app, "/b24/app?LANG=en", None, page).await;
     assert_eq!(status, 401, "{answer}");
+    // A throttled "Check connection": the second within 5 s is refused with a 429.
+    let p = app.installed_portal("refusals").await;
+    let (status, page) = open(&app, &p, "/b24/app", "en").await;
+    assert_eq!(status, 200, "app page: {page}");
+    let token = page_token(&page);
+    let start_check = captured_len();
+    let (status, answer) = post(&app, "/b24/app/mango/check", Some(&token), String::new()).await;
+    assert_eq!(status, 200, "check: {answer}");
+    let (status, answer) = post(&app, "/b24/app/mango/check", Some(&token), String::new()).await;
+    assert_eq!(status, 429, "check again: {answer}");
+    let throttled: Vec<String> = captured_since(start_check)
+        .lines()
+        .filter(|l| l.contains("throttled"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    for needle in ["request refused", "path=/b24/app/mango/check", "status=429"] {
+        assert!(
+            throttled[0].contains(needle),
+            "{needle} in {}",
+            throttled[0]
+        );
+    }
 
-    let logs = captured_since(start);
+    let logs = captured_between(start, start_check);
     let refusals: Vec<&str> = logs.lines().filter(|l| l.contains("refused")).collect();
     assert_eq!(
         refusals.len(),
