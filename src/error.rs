@@ -1,4 +1,7 @@
 //! HTTP-facing errors: each variant names its status; 5xx bodies never carry internals.
+//!
+//! A refused request is logged once, by the route guard (`http::guard_route`), which knows the
+//! client's address and the path: the response carries its reason as a [`Refusal`] extension.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -17,7 +20,8 @@ pub enum AppError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
-    /// 503: a peer (database, Bitrix24 OAuth server) is unavailable; try again.
+    /// 503: a peer (database, Bitrix24 OAuth server) is unavailable; try again. The text says
+    /// what failed and may quote the peer: it goes to the log only, the body is generic.
     #[error("{0}")]
     Unavailable(String),
     /// 500: logged with its cause chain, answered with a generic message.
@@ -47,14 +51,33 @@ impl ResponseError for AppError {
         let message = match self {
             AppError::Internal(e) => {
                 tracing::error!(error.cause_chain = ?e, "internal error");
-                "internal error; see the application log".to_owned()
+                return HttpResponse::build(self.status_code())
+                    .json(serde_json::json!({ "error": INTERNAL_MESSAGE }));
             }
-            other => {
-                // Every refused request leaves a line, whatever the handler logged itself.
-                tracing::warn!(status = self.status_code().as_u16(), error = %other, "request refused");
-                other.to_string()
-            }
+            // The peer's own words (an error code, a description, a URL) stay in the log.
+            AppError::Unavailable(_) => UNAVAILABLE_MESSAGE.to_owned(),
+            other => other.to_string(),
         };
-        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": message }))
+        refuse(
+            HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": message })),
+            self.to_string(),
+        )
     }
+}
+
+/// The body of a 500.
+pub const INTERNAL_MESSAGE: &str = "internal error; see the application log";
+
+/// The body of a 503: Bitrix24 and the administrator's browser both may read it.
+pub const UNAVAILABLE_MESSAGE: &str = "Сервис временно недоступен, повторите попытку позже. \
+     The service is temporarily unavailable; please try again later.";
+
+/// Why a request was refused, carried by its response to the route guard that logs it once.
+#[derive(Clone, Debug)]
+pub struct Refusal(pub String);
+
+/// Marks `resp` as a refusal for `reason` (English, for the log; never a secret).
+pub fn refuse(mut resp: HttpResponse, reason: impl Into<String>) -> HttpResponse {
+    resp.extensions_mut().insert(Refusal(reason.into()));
+    resp
 }

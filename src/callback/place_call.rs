@@ -10,7 +10,7 @@ use super::{lifecycle, store, Callback, Group, PlaceCall, Reason, Status};
 use crate::bitrix::crm::{self, DealContact, PhoneLookup};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
-use crate::jobs::{Job, JobError};
+use crate::jobs::{cause_chain, Job, JobError};
 use crate::mango::{CallbackGroup, Credentials, MangoError};
 use crate::phone;
 use crate::portal::{store as portal_store, PortalSettings};
@@ -23,9 +23,9 @@ pub const CONTACT_RECHECK: Duration = Duration::from_secs(5);
 /// A Bitrix24 error as a job's: transient ones are retried.
 pub(super) fn bitrix_error(e: BitrixError) -> JobError {
     if e.is_transient() {
-        JobError::Transient(e.to_string())
+        JobError::Transient(e.into())
     } else {
-        JobError::Permanent(e.to_string())
+        JobError::Permanent(e.into())
     }
 }
 
@@ -101,8 +101,10 @@ impl Job for PlaceCall {
             end_without_call(ctx, &cb, Reason::GaveUp { detail: e }).await
         };
         match self.place(ctx).await {
-            Err(JobError::Permanent(e)) => give_up(e).await,
-            Err(JobError::Transient(e)) if job.attempts >= job.max_attempts => give_up(e).await,
+            Err(JobError::Permanent(e)) => give_up(cause_chain(&e)).await,
+            Err(JobError::Transient(e)) if job.attempts >= job.max_attempts => {
+                give_up(cause_chain(&e)).await
+            }
             other => other,
         }
     }
@@ -184,7 +186,7 @@ impl PlaceCall {
                     return end_without_call(ctx, &cb, reason).await;
                 }
                 PhoneLookup::Unreadable(e) if e.is_transient() => {
-                    return Err(JobError::Transient(format!(
+                    return Err(JobError::Transient(anyhow::anyhow!(
                         "Bitrix24 did not let the deal be read yet: {e}"
                     )))
                 }
@@ -246,7 +248,7 @@ impl PlaceCall {
                 let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
                 db.run(move |c| Ok(store::back_to_queued(c, &cid, &msg, now)?))
                     .await?;
-                Err(JobError::Transient(format!(
+                Err(JobError::Transient(anyhow::anyhow!(
                     "Mango did not accept the command, will retry: {e}"
                 )))
             }

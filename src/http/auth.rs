@@ -2,17 +2,13 @@
 //! user is an administrator, and checking an event's or robot call's application token. Used by
 //! the installer, the events, the robot and the settings page alike.
 
-use actix_web::HttpRequest;
-
-use super::client_addr::peer;
 use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
 use crate::context::Context;
 use crate::error::AppError;
 use crate::portal::api::ask_is_admin;
 
-/// Maps a failed verification to 401/403/503 and logs it.
-pub fn verify_error(e: VerifyError, req: &HttpRequest, member_id: &str) -> AppError {
-    tracing::warn!(peer = %peer(req), portal = member_id, error = %e, "request refused: Bitrix24 auth not verified");
+/// Maps a failed verification to 401/403/503; the route guard logs the refusal.
+pub fn verify_error(e: VerifyError) -> AppError {
     match e {
         VerifyError::Rejected(_) => AppError::Unauthorized(e.to_string()),
         VerifyError::Mismatch(_) => AppError::Forbidden(e.to_string()),
@@ -24,7 +20,6 @@ pub fn verify_error(e: VerifyError, req: &HttpRequest, member_id: &str) -> AppEr
 /// same `member_id` as the request claims.
 pub async fn verify(
     ctx: &Context,
-    req: &HttpRequest,
     access_token: &str,
     claimed_member_id: &str,
 ) -> Result<VerifiedAuth, AppError> {
@@ -38,13 +33,11 @@ pub async fn verify(
     let verified =
         oauth::verify_access_token(&ctx.http, &s.b24_oauth_url, access_token, Some(client_id))
             .await
-            .map_err(|e| verify_error(e, req, claimed_member_id))?;
+            .map_err(verify_error)?;
     if verified.member_id != claimed_member_id {
-        return Err(verify_error(
-            VerifyError::Mismatch("member_id does not match the verified token".into()),
-            req,
-            claimed_member_id,
-        ));
+        return Err(verify_error(VerifyError::Mismatch(
+            "member_id does not match the verified token".into(),
+        )));
     }
     Ok(verified)
 }
@@ -59,8 +52,9 @@ pub async fn is_admin(
     ask_is_admin(ctx.bitrix.rest(), verified, auth_id)
         .await
         .map_err(|e| {
-            tracing::warn!(error = %e, "user.admin failed; cannot tell whether the user is an administrator");
-            AppError::Unavailable(format!("could not ask the portal whether you are an administrator: {e}"))
+            AppError::Unavailable(format!(
+                "could not ask the portal whether the user is an administrator: {e}"
+            ))
         })
 }
 
@@ -69,21 +63,16 @@ pub async fn is_admin(
 /// portal's tokens. Any user who opens the app holds a real token; a non-admin's is a 403.
 pub async fn verify_admin(
     ctx: &Context,
-    req: &HttpRequest,
     access_token: &str,
     claimed_member_id: &str,
     event: &str,
 ) -> Result<VerifiedAuth, AppError> {
-    let verified = verify(ctx, req, access_token, claimed_member_id).await?;
+    let verified = verify(ctx, access_token, claimed_member_id).await?;
     if !is_admin(ctx, &verified, access_token).await? {
-        tracing::warn!(
-            peer = %peer(req),
-            user = verified.user_id.unwrap_or(0),
-            event,
-            "event refused: its token is real but not a portal administrator's; nothing stored"
-        );
+        // Logged once, by the route guard, with this reason; the token is real, nothing stored.
         return Err(AppError::Forbidden(format!(
-            "{event} must carry a portal administrator's authorisation"
+            "{event} must carry a portal administrator's authorisation (user {})",
+            verified.user_id.unwrap_or(0)
         )));
     }
     Ok(verified)

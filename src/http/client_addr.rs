@@ -172,7 +172,6 @@ pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option
     let wait = ctx.shared.address_limiter.take(ip).err()?;
     let secs = crate::net::address_limit::retry_after_secs(wait);
     let lang = lang_of(req);
-    tracing::warn!(peer = %ip, path = req.path(), retry_after = secs, "request refused: too many from this address");
     let message = format!(
         "{} {secs} {}",
         lang.pick(
@@ -190,7 +189,10 @@ pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option
         actix_web::http::header::RETRY_AFTER,
         actix_web::http::header::HeaderValue::from(secs),
     );
-    Some(resp)
+    Some(crate::error::refuse(
+        resp,
+        format!("too many requests from this address; retry after {secs} s"),
+    ))
 }
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
 //! `POST /b24/events`: ONAPPUPDATE, ONAPPUNINSTALL and the self-check's ONAPPTEST; any other
 //! event is logged and ignored.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::auth::application_token_matches;
-use super::client_addr::peer;
 use super::request::{parse_form, AuthBlock};
 use crate::context::Context;
 use crate::crypto::Slot;
@@ -33,7 +32,6 @@ struct EventData {
 
 #[tracing::instrument(name = "event", skip_all, fields(portal, event))]
 pub async fn handle_event(
-    req: HttpRequest,
     body: web::Bytes,
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
@@ -47,7 +45,6 @@ pub async fn handle_event(
     let mid = member_id.clone();
     let portal = shared.db.run(move |c| Ok(store::find(c, &mid)?)).await?;
     let Some(portal) = portal else {
-        tracing::warn!(peer = %peer(&req), "event for an unknown portal refused");
         return Err(AppError::Unauthorized("unknown portal".into()));
     };
     let token_ok =
@@ -56,7 +53,6 @@ pub async fn handle_event(
     match event.as_str() {
         "ONAPPUNINSTALL" => {
             if !token_ok {
-                tracing::warn!(peer = %peer(&req), "ONAPPUNINSTALL with a wrong application token refused");
                 return Err(AppError::Unauthorized("wrong application token".into()));
             }
             let clean = form.data.clean.as_deref() == Some("1");
@@ -84,11 +80,10 @@ pub async fn handle_event(
             Ok(HttpResponse::Ok()
                 .json(serde_json::json!({ "status": "uninstalled", "clean": clean })))
         }
-        "ONAPPUPDATE" => on_app_update(&req, &ctx, &portal, auth, form.data.version).await,
-        "ONAPPTEST" => on_app_test(&req, &ctx, &portal, &auth, token_ok).await,
+        "ONAPPUPDATE" => on_app_update(&ctx, &portal, auth, form.data.version).await,
+        "ONAPPTEST" => on_app_test(&ctx, &portal, &auth, token_ok).await,
         other => {
             if !token_ok {
-                tracing::warn!(peer = %peer(&req), "event with a wrong application token refused");
                 return Err(AppError::Unauthorized("wrong application token".into()));
             }
             tracing::info!(event = other, "event not used by this app; ignored");
@@ -102,7 +97,6 @@ pub async fn handle_event(
 /// cannot be made now (OAuth server or portal unavailable), the event is kept, sealed, for a
 /// retried job instead of being lost: Bitrix24 never sends it again.
 async fn on_app_update(
-    req: &HttpRequest,
     ctx: &Context,
     portal: &Portal,
     auth: AuthBlock,
@@ -110,7 +104,6 @@ async fn on_app_update(
 ) -> Result<HttpResponse, AppError> {
     let shared = &ctx.shared;
     let Some(token) = auth.access_token.clone().filter(|t| !t.is_empty()) else {
-        tracing::warn!(peer = %peer(req), "ONAPPUPDATE without auth[access_token] refused");
         return Err(AppError::Unauthorized(
             "ONAPPUPDATE without auth[access_token] cannot be verified".into(),
         ));
@@ -123,8 +116,7 @@ async fn on_app_update(
     let refresh = auth.refresh_token.clone().filter(|t| !t.is_empty());
     let expires = auth.lifetime()?.unwrap_or(3600);
     let now = shared.clock.now();
-    let verified =
-        super::auth::verify_admin(ctx, req, &token, &portal.member_id, "ONAPPUPDATE").await;
+    let verified = super::auth::verify_admin(ctx, &token, &portal.member_id, "ONAPPUPDATE").await;
     match verified {
         Ok(v) => {
             let update = VerifiedUpdate {
@@ -176,7 +168,6 @@ async fn on_app_update(
                 })
                 .await?;
             if !queued {
-                tracing::warn!(peer = %peer(req), "ONAPPUPDATE refused: too many updates already wait for verification");
                 return Err(AppError::Unavailable(
                     "too many updates wait for verification; try again later".into(),
                 ));
@@ -196,7 +187,6 @@ async fn on_app_update(
 /// `APPLICATION_TOKEN`), its access token is a portal administrator's (as for ONAPPINSTALL), and
 /// then its application token is stored.
 async fn on_app_test(
-    req: &HttpRequest,
     ctx: &Context,
     portal: &Portal,
     auth: &AuthBlock,
@@ -210,16 +200,14 @@ async fn on_app_test(
         let token = auth.access_token.as_deref().filter(|t| !t.is_empty());
         let app_token = auth.application_token.clone().filter(|t| !t.is_empty());
         let (Some(token), Some(app_token)) = (token, app_token) else {
-            tracing::warn!(peer = %peer(req), "ONAPPTEST without tokens for a portal with no application token refused");
             return Err(AppError::Unauthorized(
                 "ONAPPTEST cannot be verified without auth[access_token] and auth[application_token]"
                     .into(),
             ));
         };
-        super::auth::verify_admin(ctx, req, token, &mid, "ONAPPTEST").await?;
+        super::auth::verify_admin(ctx, token, &mid, "ONAPPTEST").await?;
         Some(app_token)
     } else {
-        tracing::warn!(peer = %peer(req), "ONAPPTEST with a wrong application token refused");
         return Err(AppError::Unauthorized("wrong application token".into()));
     };
     let now = shared.clock.now();

@@ -8,7 +8,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::auth::{is_admin, verify, verify_admin};
-use super::client_addr::{limit_address, peer};
+use super::client_addr::limit_address;
 use super::request::{lang_of, parse_form, token_lifetime, AuthBlock};
 use crate::context::Context;
 use crate::error::AppError;
@@ -44,7 +44,7 @@ pub async fn install_app(
         .as_deref()
         .is_some_and(|e| e.eq_ignore_ascii_case("ONAPPINSTALL"))
     {
-        return on_app_install(&req, ev.auth.unwrap_or_default(), &ctx).await;
+        return on_app_install(ev.auth.unwrap_or_default(), &ctx).await;
     }
     // The installer form is a browser POST: limited per address before `app.info` costs anything.
     if let Some(refused) = limit_address(&req, &ctx) {
@@ -62,11 +62,10 @@ pub async fn install_app(
     let lang = lang_of(&req);
     // Checked before anything costs a request to the OAuth server.
     let expires_in = token_lifetime("AUTH_EXPIRES", get("AUTH_EXPIRES"))?;
-    let verified = verify(&ctx, &req, &auth_id, &member_id).await?;
+    let verified = verify(&ctx, &auth_id, &member_id).await?;
 
     let is_admin = is_admin(&ctx, &verified, &auth_id).await?;
     if !is_admin {
-        tracing::warn!(peer = %peer(&req), "install refused: the user is not a portal administrator");
         return Err(AppError::Forbidden(
             lang.pick(
                 "Установить приложение может только администратор портала",
@@ -124,11 +123,17 @@ pub async fn install_app(
             }
         }
         Err(e) => {
+            // The portal's own words (an error code, a description, a URL) stay in the log.
             tracing::error!(error = %e, "install step failed; the installer can be opened again");
             InstallPage {
                 ru: lang == Lang::Ru,
                 ok: false,
-                message: e.to_string(),
+                message: lang
+                    .pick(
+                        "Портал не выполнил шаг установки. Подробности — в журнале приложения.",
+                        "The portal did not complete an installation step. The details are in the application log.",
+                    )
+                    .to_owned(),
             }
         }
     };
@@ -147,11 +152,7 @@ pub async fn install_app(
 /// and must be a portal administrator's (the installing admin's), before its application token
 /// is trusted and stored. The installer binds this event, so it also arrives after
 /// `installFinish()` for portals whose installer POST lacked `APPLICATION_TOKEN`.
-async fn on_app_install(
-    req: &HttpRequest,
-    auth: AuthBlock,
-    ctx: &Context,
-) -> Result<HttpResponse, AppError> {
+async fn on_app_install(auth: AuthBlock, ctx: &Context) -> Result<HttpResponse, AppError> {
     let member_id = auth
         .member_id
         .clone()
@@ -169,7 +170,7 @@ async fn on_app_install(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
     let expires_in = auth.lifetime()?;
-    let verified = verify_admin(ctx, req, &token, &member_id, "ONAPPINSTALL").await?;
+    let verified = verify_admin(ctx, &token, &member_id, "ONAPPINSTALL").await?;
     let data = InstallData {
         member_id: member_id.clone(),
         domain: verified.domain,

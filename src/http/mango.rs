@@ -6,9 +6,8 @@
 
 use std::collections::HashMap;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 
-use super::client_addr::peer;
 use super::request::form_text;
 use crate::callback::store as callback_store;
 use crate::context::Context;
@@ -32,7 +31,6 @@ fn code_of(v: &serde_json::Value) -> Option<i32> {
 
 #[tracing::instrument(name = "mango_notification", skip_all, fields(path = %tail))]
 pub async fn receive(
-    req: HttpRequest,
     tail: web::Path<String>,
     body: web::Bytes,
     ctx: web::Data<Context>,
@@ -83,7 +81,6 @@ pub async fn receive(
         .map(|s| s.member_id)
         .collect();
     if verified.is_empty() {
-        tracing::warn!(peer = %peer(&req), "Mango notification with an unknown key or a bad signature refused");
         return Err(AppError::Unauthorized(
             "unknown vpbx_api_key or bad sign".into(),
         ));

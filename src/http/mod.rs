@@ -54,28 +54,57 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         ));
 }
 
-/// One route behind [`catch_panics`]. The guard sits on the resource, after routing, because
+/// One route behind [`guard_route`]. The guard sits on the resource, after routing, because
 /// it keeps a handle on the request and the router needs the request to itself while it matches.
 fn guarded(path: &str, route: actix_web::Route) -> impl actix_web::dev::HttpServiceFactory {
     web::resource(path)
-        .wrap(actix_web::middleware::from_fn(catch_panics))
+        .wrap(actix_web::middleware::from_fn(guard_route))
         .route(route)
 }
 
-/// Wraps every route: a panic in a handler (a bug) is answered 500 like any internal error
-/// instead of dropping the connection, and the server goes on. The panic hook logs it once;
+/// Wraps every route. A panic in a handler (a bug) is answered 500 like any internal error
+/// instead of dropping the connection, and the server goes on; the panic hook logs it once and
 /// whatever the handler had open in the database is rolled back by the pool.
-pub async fn catch_panics(
+///
+/// And every refused request is logged here, once, with the client's address, the path, the
+/// status and the reason its response carries ([`crate::error::Refusal`]): handlers do not log
+/// their refusals themselves, and `AppError::error_response` cannot, as it never sees the request.
+pub async fn guard_route(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let http_req = req.request().clone();
     match crate::telemetry::catch_panic(next.call(req)).await {
-        Ok(res) => res.map(actix_web::dev::ServiceResponse::map_into_boxed_body),
+        Ok(Ok(res)) => {
+            if let Some(refusal) = res.response().extensions().get::<crate::error::Refusal>() {
+                tracing::warn!(
+                    peer = %client_addr::peer(&http_req),
+                    path = %http_req.path(),
+                    status = res.status().as_u16(),
+                    reason = %refusal.0,
+                    "request refused"
+                );
+            } else if let Some(e) = res
+                .response()
+                .error()
+                .filter(|_| res.status().is_client_error())
+            {
+                // Refused before the handler ran: an extractor's error (a body over the limit).
+                tracing::warn!(
+                    peer = %client_addr::peer(&http_req),
+                    path = %http_req.path(),
+                    status = res.status().as_u16(),
+                    reason = %e,
+                    "request refused"
+                );
+            }
+            Ok(res.map_into_boxed_body())
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Ok(actix_web::dev::ServiceResponse::new(
             http_req,
             HttpResponse::InternalServerError()
-                .json(serde_json::json!({ "error": "internal error; see the application log" })),
+                .json(serde_json::json!({ "error": crate::error::INTERNAL_MESSAGE })),
         )),
     }
 }

@@ -1,11 +1,10 @@
 //! `POST /b24/robot`: the robot's HANDLER. Verifies, records the run and its job, answers at once.
 //! A verified call that cannot be acted on is recorded as failed and reported, never left hanging.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::auth::application_token_matches;
-use super::client_addr::peer;
 use super::request::{parse_form, AuthBlock};
 use crate::callback::{
     is_member_id_shaped, lifecycle, Accepted, RequestedGroup, RobotRun, Unusable,
@@ -92,18 +91,13 @@ enum Verdict {
 /// 4xx would leave its business process waiting forever.
 #[tracing::instrument(name = "robot_call", skip_all, fields(portal, deal))]
 pub async fn handle_robot_call(
-    req: HttpRequest,
     body: web::Bytes,
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
-    let mut form: RobotForm = parse_form(&body)
-        .inspect_err(|e| tracing::warn!(peer = %peer(&req), error = %e, "robot call refused"))?;
+    let mut form: RobotForm = parse_form(&body)?;
     let auth = form.auth.take().unwrap_or_default();
-    let member_id = auth
-        .require_member_id()
-        .inspect_err(|e| tracing::warn!(peer = %peer(&req), error = %e, "robot call refused"))?;
+    let member_id = auth.require_member_id()?;
     if !is_member_id_shaped(&member_id) {
-        tracing::warn!(peer = %peer(&req), "robot call with a malformed member_id refused");
         return Err(AppError::Unauthorized(
             "unknown portal or wrong application token".into(),
         ));
@@ -152,14 +146,12 @@ pub async fn handle_robot_call(
         .await?;
     let (accepted, unusable) = match verdict {
         Verdict::Untrusted => {
-            tracing::warn!(peer = %peer(&req), portal = %member_id, "robot call with an unknown portal or a wrong application token refused");
             return Err(AppError::Unauthorized(
                 "unknown portal or wrong application token".into(),
             ));
         }
         Verdict::NobodyToTell(why) => {
             let reason = why.message(Lang::En);
-            tracing::warn!(peer = %peer(&req), error = %reason, "verified robot call without event_token is unusable; refused");
             return Err(AppError::BadRequest(format!(
                 "{reason}; and without event_token the business process cannot be answered"
             )));

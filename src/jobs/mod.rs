@@ -19,15 +19,16 @@ use serde::Serialize;
 
 use crate::context::Context;
 
-/// How a job run ended, when it did not succeed.
+/// How a job run ended, when it did not succeed. A failure keeps its source error, so the log and
+/// the stored `last_error` show the whole cause chain ([`cause_chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// Worth retrying later with backoff (peer unavailable, rate limited).
-    #[error("transient: {0}")]
-    Transient(String),
+    #[error("transient: {}", cause_chain(.0))]
+    Transient(anyhow::Error),
     /// Retrying cannot help; the job is buried with this error.
-    #[error("permanent: {0}")]
-    Permanent(String),
+    #[error("permanent: {}", cause_chain(.0))]
+    Permanent(anyhow::Error),
     /// Not a failure: run again at the given time (e.g. a contact not linked to the deal yet).
     #[error("waiting until {0}: {1}")]
     RetryAt(NaiveDateTime, String),
@@ -36,8 +37,25 @@ pub enum JobError {
 impl From<crate::db::DbError> for JobError {
     fn from(e: crate::db::DbError) -> Self {
         // A database hiccup (busy, connection lost) is worth another try.
-        JobError::Transient(e.to_string())
+        JobError::Transient(e.into())
     }
+}
+
+/// An error and its causes on one line, each said once: many errors already quote their source
+/// in their own message (`#[error("…: {0}")]` with `#[from]`), and saying it twice helps nobody.
+pub fn cause_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 /// A typed background job.
@@ -104,7 +122,7 @@ impl Registry {
     pub async fn dispatch(&self, ctx: &Context, row: &queue::JobRow) -> Result<(), JobError> {
         match self.kinds.iter().find(|(kind, _)| *kind == row.kind) {
             Some((_, run)) => run(ctx, row).await,
-            None => Err(JobError::Permanent(format!(
+            None => Err(JobError::Permanent(anyhow::anyhow!(
                 "unknown job kind {:?}",
                 row.kind
             ))),
@@ -118,7 +136,9 @@ fn run_typed<'a, J: Job>(
 ) -> LocalBoxFuture<'a, Result<(), JobError>> {
     Box::pin(async move {
         let job: J = serde_json::from_str(&row.payload).map_err(|e| {
-            JobError::Permanent(format!("payload of {} does not parse: {e}", J::KIND))
+            JobError::Permanent(
+                anyhow::Error::new(e).context(format!("payload of {} does not parse", J::KIND)),
+            )
         })?;
         job.run(ctx, row).await
     })
@@ -127,6 +147,34 @@ fn run_typed<'a, J: Job>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_error_keeps_its_source_and_says_each_cause_once() {
+        let e = JobError::from(crate::db::DbError::Query(diesel::result::Error::NotFound));
+        let JobError::Transient(cause) = &e else {
+            panic!("a database error is worth another try: {e}");
+        };
+        assert!(
+            cause.downcast_ref::<crate::db::DbError>().is_some(),
+            "the source error is kept, not just its text"
+        );
+        assert!(cause.chain().count() >= 2, "its own source too");
+        // DbError quotes its source in its message already: said once.
+        assert_eq!(
+            e.to_string(),
+            "transient: database query failed: Record not found"
+        );
+
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e =
+            JobError::Permanent(anyhow::Error::new(refused).context("Mango could not be reached"));
+        assert_eq!(
+            e.to_string(),
+            "permanent: Mango could not be reached: connection refused",
+            "a cause the message does not quote is printed after it"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -209,7 +209,7 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
         // attempts, instead of taking the worker down with it; the panic hook logged the cause.
         let result = crate::telemetry::catch_panic(registry.dispatch(ctx, &job))
             .await
-            .unwrap_or_else(|panic| Err(JobError::Transient(format!("the job panicked: {panic}"))));
+            .unwrap_or_else(|panic| Err(JobError::Transient(anyhow::anyhow!("the job panicked: {panic}"))));
         let now = ctx.shared.clock.now();
         let (id, w) = (job.id.clone(), worker.to_owned());
         let outcome = match result {
@@ -222,12 +222,14 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
                 ctx.shared.db.run(move |c| Ok(queue::snooze(c, &id, &w, at, &note, now)?)).await
             }
             Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {
+                let e = super::cause_chain(&e);
                 let delay = super::backoff(job.attempts);
                 let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "job failed, will retry");
                 ctx.shared.db.run(move |c| Ok(queue::retry(c, &id, &w, at, &e, now)?)).await
             }
             Err(JobError::Transient(e)) | Err(JobError::Permanent(e)) => {
+                let e = super::cause_chain(&e);
                 tracing::error!(error = %e, "job failed for good; buried");
                 ctx.shared.db.run(move |c| Ok(queue::bury(c, &id, &w, &e, now)?)).await
             }

@@ -61,9 +61,9 @@ pub fn apply_verified_update(
 
 fn job_error(e: BitrixError) -> JobError {
     if e.is_transient() {
-        JobError::Transient(e.to_string())
+        JobError::Transient(e.into())
     } else {
-        JobError::Permanent(e.to_string())
+        JobError::Permanent(e.into())
     }
 }
 
@@ -249,9 +249,9 @@ impl Job for ApplyAppUpdate {
         let s = &ctx.shared;
         let mid = self.member_id.as_str();
         let open = |slot: Slot, sealed: &str| {
-            s.cipher
-                .open(slot, sealed)
-                .map_err(|e| JobError::Permanent(format!("the kept update cannot be opened: {e}")))
+            s.cipher.open(slot, sealed).map_err(|e| {
+                JobError::Permanent(anyhow::anyhow!("the kept update cannot be opened: {e}"))
+            })
         };
         let access = open(Slot::access_token(mid), &self.access_token)?;
         let refresh = self
@@ -261,9 +261,9 @@ impl Job for ApplyAppUpdate {
             .transpose()?;
         let app_token = open(Slot::application_token(mid), &self.application_token)?;
         let Some(client_id) = s.settings.b24_client_id.as_deref() else {
-            return Err(JobError::Transient(
-                "B24_CLIENT_ID is not configured: cannot verify the kept ONAPPUPDATE".into(),
-            ));
+            return Err(JobError::Transient(anyhow::anyhow!(
+                "B24_CLIENT_ID is not configured: cannot verify the kept ONAPPUPDATE"
+            )));
         };
         let give_up = |why: &str| {
             tracing::warn!(portal = %self.member_id, reason = why, "kept ONAPPUPDATE refused for good: dropped, nothing changed");
@@ -279,7 +279,7 @@ impl Job for ApplyAppUpdate {
         {
             Ok(v) => v,
             Err(VerifyError::Unavailable(e)) => {
-                return Err(JobError::Transient(format!(
+                return Err(JobError::Transient(anyhow::anyhow!(
                     "the OAuth server still cannot verify the kept ONAPPUPDATE: {e}"
                 )))
             }

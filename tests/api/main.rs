@@ -9,6 +9,7 @@ mod hostile;
 mod install;
 mod jobs;
 mod limits;
+mod peer_failures;
 mod props;
 mod secrets;
 mod security;

@@ -56,9 +56,27 @@ fn capture_logs() {
 }
 
 fn captured() -> String {
-    let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
-    String::from_utf8_lossy(&logs).into_owned()
+    captured_since(0)
 }
+
+/// What was logged after `start` (a length of the capture taken earlier).
+fn captured_since(start: usize) -> String {
+    let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+    String::from_utf8_lossy(logs.get(start..).unwrap_or_default()).into_owned()
+}
+
+/// What was logged between two lengths of the capture.
+fn captured_between(start: usize, end: usize) -> String {
+    let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+    String::from_utf8_lossy(logs.get(start..end).unwrap_or_default()).into_owned()
+}
+
+fn captured_len() -> usize {
+    LOGS.lock().unwrap_or_else(PoisonError::into_inner).len()
+}
+
+/// The tests of this binary take turns, so that one reads only its own requests' lines.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn post(app: &TestApp, path: &str, page_token: Option<&str>, body: String) -> (u16, String) {
     let mut req = app
@@ -95,6 +113,7 @@ async fn open(app: &TestApp, p: &SimPortal, path: &str, lang: &str) -> (u16, Str
 
 async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
     capture_logs();
+    let _turn = SERIAL.lock().await;
     let app = spawn_app(backend).await;
     let salt = format!("log-test-salt-{}", uuid::Uuid::new_v4().simple());
     app.mango.add_account(MANGO_KEY, &salt);
@@ -227,7 +246,7 @@ async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
         "Bitrix24 tokens refreshed",
         "Mango reported the callback_group result",
         "app uninstalled from the portal",
-        "wrong application token refused",
+        "reason=unknown portal or wrong application token",
         "request refused",
         p.member_id.as_str(),
     ] {
@@ -249,3 +268,82 @@ async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
     }
 }
 on_both_backends!(the_logs_of_a_whole_scenario_hold_no_secret);
+
+async fn each_refused_request_is_logged_once_with_its_client_address_path_and_status(
+    backend: Backend,
+) {
+    capture_logs();
+    let _turn = SERIAL.lock().await;
+    let app = spawn_app(backend).await;
+    let stranger = "0123456789abcdef0123456789abcdef";
+    let start = captured_len();
+
+    // Refused by a handler that used to log the refusal itself before the error logged it again.
+    let robot = format!(
+        "auth%5Bmember_id%5D={stranger}&auth%5Bapplication_token%5D=0123456789abcdef0123456789abcdef"
+    );
+    let (status, answer) = post(&app, "/b24/robot", None, robot).await;
+    assert_eq!(status, 401, "{answer}");
+    let event = format!("event=ONAPPUNINSTALL&auth%5Bmember_id%5D={stranger}");
+    let (status, answer) = post(&app, "/b24/events", None, event).await;
+    assert_eq!(status, 401, "{answer}");
+    let mango = "vpbx_api_key=nobody&sign=00&json=%7B%7D".to_owned();
+    let (status, answer) = post(&app, "/mango/events/call", None, mango).await;
+    assert_eq!(status, 401, "{answer}");
+    // Refused with an HTML page, which used to leave no "request refused" line at all.
+    let page = format!("member_id={stranger}&DOMAIN=x.bitrix24.ru");
+    let (status, answer) = post(&app, "/b24/app?LANG=en", None, page).await;
+    assert_eq!(status, 401, "{answer}");
+    // A throttled "Check connection": the second within 5 s is refused with a 429.
+    let p = app.installed_portal("refusals").await;
+    let (status, page) = open(&app, &p, "/b24/app", "en").await;
+    assert_eq!(status, 200, "app page: {page}");
+    let token = page_token(&page);
+    let start_check = captured_len();
+    let (status, answer) = post(&app, "/b24/app/mango/check", Some(&token), String::new()).await;
+    assert_eq!(status, 200, "check: {answer}");
+    let (status, answer) = post(&app, "/b24/app/mango/check", Some(&token), String::new()).await;
+    assert_eq!(status, 429, "check again: {answer}");
+    let throttled: Vec<String> = captured_since(start_check)
+        .lines()
+        .filter(|l| l.contains("throttled"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    for needle in ["request refused", "path=/b24/app/mango/check", "status=429"] {
+        assert!(
+            throttled[0].contains(needle),
+            "{needle} in {}",
+            throttled[0]
+        );
+    }
+
+    let logs = captured_between(start, start_check);
+    let refusals: Vec<&str> = logs.lines().filter(|l| l.contains("refused")).collect();
+    assert_eq!(
+        refusals.len(),
+        4,
+        "one line per refused request:\n{}",
+        refusals.join("\n")
+    );
+    for path in [
+        "/b24/robot",
+        "/b24/events",
+        "/mango/events/call",
+        "/b24/app",
+    ] {
+        let lines: Vec<&&str> = refusals
+            .iter()
+            .filter(|l| l.contains(&format!(" path={path} ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{path}: {lines:?}");
+        for needle in ["request refused", "peer=127.0.0.1", "status=401", "reason="] {
+            assert!(
+                lines[0].contains(needle),
+                "{path}: {needle} in {}",
+                lines[0]
+            );
+        }
+    }
+}
+on_both_backends!(each_refused_request_is_logged_once_with_its_client_address_path_and_status);

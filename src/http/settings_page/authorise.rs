@@ -9,7 +9,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use super::page_token::{PageToken, PAGE_TOKEN_FIELD, PAGE_TOKEN_HEADER};
 use super::view::Reply;
 use crate::context::Context;
-use crate::http::client_addr::peer;
+use crate::error::refuse;
 use crate::http::request::parse_form;
 use crate::portal::Lang;
 
@@ -28,8 +28,12 @@ pub(super) fn authorise(
     reply: Reply,
     need_admin: bool,
 ) -> Result<Authorised, Box<HttpResponse>> {
-    let form: HashMap<String, String> = parse_form(body)
-        .map_err(|e| Box::new(reply.refuse(StatusCode::BAD_REQUEST, lang, &e.to_string())))?;
+    let form: HashMap<String, String> = parse_form(body).map_err(|e| {
+        Box::new(refuse(
+            reply.refuse(StatusCode::BAD_REQUEST, lang, &e.to_string()),
+            e.to_string(),
+        ))
+    })?;
     let raw = req
         .headers()
         .get(PAGE_TOKEN_HEADER)
@@ -39,19 +43,23 @@ pub(super) fn authorise(
         .unwrap_or_default();
     let now = ctx.shared.clock.now_utc().timestamp();
     let token = PageToken::decode(&ctx.shared.cipher, &raw, now).map_err(|e| {
-        tracing::warn!(peer = %peer(req), path = req.path(), error = %e, "app request refused: bad page token");
-        Box::new(reply.refuse(StatusCode::UNAUTHORIZED, lang, e.message(lang)))
+        Box::new(refuse(
+            reply.refuse(StatusCode::UNAUTHORIZED, lang, e.message(lang)),
+            format!("bad page token: {e}"),
+        ))
     })?;
     tracing::Span::current().record("portal", token.member_id.as_str());
     if need_admin && !token.admin {
-        tracing::warn!(peer = %peer(req), path = req.path(), user = token.user_id, "app request refused: not a portal administrator");
-        return Err(Box::new(reply.refuse(
-            StatusCode::FORBIDDEN,
-            lang,
-            lang.pick(
-                "Изменять настройки может только администратор портала.",
-                "Only a portal administrator can change the settings.",
+        return Err(Box::new(refuse(
+            reply.refuse(
+                StatusCode::FORBIDDEN,
+                lang,
+                lang.pick(
+                    "Изменять настройки может только администратор портала.",
+                    "Only a portal administrator can change the settings.",
+                ),
             ),
+            format!("user {} is not a portal administrator", token.user_id),
         )));
     }
     Ok(Authorised { token, form })

@@ -130,7 +130,13 @@ impl Throttled {
             json!({ "ok": false, "error": self.message, "retry_after": self.retry_after }),
         );
         with_retry_after(&mut r, self.retry_after);
-        r
+        crate::error::refuse(
+            r,
+            format!(
+                "Mango request from the page throttled, nothing sent; retry after {} s",
+                self.retry_after
+            ),
+        )
     }
 }
 
@@ -197,11 +203,6 @@ pub(super) async fn mango_turn(
             )
         }
     };
-    tracing::warn!(
-        ?wait,
-        retry_after,
-        "Mango request from the page throttled; nothing sent"
-    );
     Ok(Err(Throttled {
         retry_after,
         message,
@@ -333,9 +334,8 @@ pub(super) async fn json_request(
         .await?;
     match portal.filter(Portal::is_active) {
         Some(p) => Ok(Ok((auth, p, stored))),
-        None => Ok(Err(Box::new(Reply::Json.refuse(
-            StatusCode::NOT_FOUND,
-            lang,
+        None => Ok(Err(Box::new(crate::error::refuse(
+            Reply::Json.refuse(StatusCode::NOT_FOUND, lang, "unknown portal"),
             "unknown portal",
         )))),
     }

@@ -38,12 +38,13 @@ use self::mango_check::{run_check, with_retry_after};
 use self::page_token::PageToken;
 use self::view::{build_page, render, CheckView, Reply, LOG_ROWS};
 use super::auth::{is_admin, verify};
-use super::client_addr::{limit_address, peer};
+use super::client_addr::limit_address;
 use super::page::error_html;
 use super::request::{lang_of, parse_form, token_lifetime};
 use crate::callback::store as callback_store;
 use crate::callback::Callback;
 use crate::context::Context;
+use crate::error::refuse;
 use crate::error::AppError;
 use crate::portal::{store, Portal, PortalSettings};
 
@@ -65,27 +66,32 @@ pub async fn show_app(
     tracing::Span::current().record("portal", member_id.as_str());
     let lang = lang_of(&req);
     let Some(auth_id) = get("AUTH_ID").map(str::to_owned) else {
-        tracing::warn!(peer = %peer(&req), "app page refused: no AUTH_ID");
-        return Ok(error_html(
-            StatusCode::UNAUTHORIZED,
-            lang,
-            lang.pick(
-                "Нет данных авторизации Битрикс24. Откройте приложение из портала.",
-                "Bitrix24 authorisation is missing. Please open the app from your portal.",
-            ),
-        ));
-    };
-    let verified = match verify(&ctx, &req, &auth_id, &member_id).await {
-        Ok(v) => v,
-        // An unverified AUTH_ID sees nothing of the portal; the reason is already logged.
-        Err(AppError::Unauthorized(_)) | Err(AppError::Forbidden(_)) => {
-            return Ok(error_html(
+        return Ok(refuse(
+            error_html(
                 StatusCode::UNAUTHORIZED,
                 lang,
                 lang.pick(
-                    "Битрикс24 не подтвердил авторизацию. Откройте приложение из портала заново.",
-                    "Bitrix24 did not confirm the authorisation. Please reopen the app from your portal.",
+                    "Нет данных авторизации Битрикс24. Откройте приложение из портала.",
+                    "Bitrix24 authorisation is missing. Please open the app from your portal.",
                 ),
+            ),
+            "app page without AUTH_ID",
+        ));
+    };
+    let verified = match verify(&ctx, &auth_id, &member_id).await {
+        Ok(v) => v,
+        // An unverified AUTH_ID sees nothing of the portal; the reason goes to the log only.
+        Err(e @ (AppError::Unauthorized(_) | AppError::Forbidden(_))) => {
+            return Ok(refuse(
+                error_html(
+                    StatusCode::UNAUTHORIZED,
+                    lang,
+                    lang.pick(
+                        "Битрикс24 не подтвердил авторизацию. Откройте приложение из портала заново.",
+                        "Bitrix24 did not confirm the authorisation. Please reopen the app from your portal.",
+                    ),
+                ),
+                e.to_string(),
             ))
         }
         Err(e) => return Err(e),
