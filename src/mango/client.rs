@@ -222,11 +222,7 @@ fn string_field(v: &Value, key: &str) -> Option<String> {
 
 /// A numeric id that may arrive as a string.
 fn u64_field(v: &Value, key: &str) -> Option<u64> {
-    match v.get(key)? {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+    crate::json::int(v.get(key)?)
 }
 
 #[cfg(test)]
