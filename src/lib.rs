@@ -26,6 +26,7 @@
 //! - [`phone`]: client phone numbers normalised for Mango.
 //! - [`crypto`]: secrets sealed at rest (bound to their table, column and portal), the checked
 //!   `APP_SECRET_KEY`, signed page tokens, constant-time comparison.
+//! - [`json`]: integers our peers send as a JSON number or a string.
 //! - [`clock`]: "now", movable by tests instead of sleeping.
 //! - [`telemetry`]: logging, and panics logged once and caught at handlers, jobs and database tasks.
 //! - `sandbox` (cargo feature `sandbox`, on by default): simulated Bitrix24 and Mango servers for
@@ -41,6 +42,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod json;
 pub mod mango;
 pub mod net;
 pub mod phone;

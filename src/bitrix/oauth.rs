@@ -21,7 +21,7 @@ pub struct B24TokenResponse {
     refresh_token: Option<RefreshToken>,
     #[serde(default = "bearer")]
     token_type: BasicTokenType,
-    #[serde(default, deserialize_with = "lenient_u64")]
+    #[serde(default, deserialize_with = "crate::json::lenient_int")]
     expires_in: Option<u64>,
     #[serde(default)]
     pub scope: Option<String>,
@@ -35,24 +35,14 @@ pub struct B24TokenResponse {
     pub domain: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
-    #[serde(default, deserialize_with = "lenient_u64")]
+    #[serde(default, deserialize_with = "crate::json::lenient_int")]
     pub expires: Option<u64>,
-    #[serde(default, deserialize_with = "lenient_u64")]
+    #[serde(default, deserialize_with = "crate::json::lenient_int")]
     pub user_id: Option<u64>,
 }
 
 fn bearer() -> BasicTokenType {
     BasicTokenType::Bearer
-}
-
-/// Bitrix24 sends numbers as JSON numbers or as strings depending on the endpoint.
-fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64(),
-        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    })
 }
 
 impl TokenResponse for B24TokenResponse {
@@ -287,7 +277,7 @@ pub async fn verify_access_token(
     let install = &r["install"];
     let verified = VerifiedAuth {
         client_id: s(&r["client_id"]),
-        user_id: s(&r["user_id"]).parse().ok(),
+        user_id: crate::json::int(&r["user_id"]),
         member_id: s(&install["member_id"]),
         domain: s(&install["domain"]),
         client_endpoint: s(&install["client_endpoint"]),

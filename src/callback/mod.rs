@@ -169,7 +169,7 @@ impl RequestedGroup {
             RequestedGroup::Experienced => "experienced",
         }
     }
-    /// The predecessor's rule, kept: the deal's first run rings trainees, later runs the experienced.
+    /// The PHP script's rule (see README), kept: the deal's first run rings trainees, later runs the experienced.
     pub fn resolve(self, run_number: i32) -> Group {
         match self {
             RequestedGroup::Trainee => Group::Trainee,
@@ -184,28 +184,60 @@ impl RequestedGroup {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = callbacks)]
 pub struct Callback {
+    /// A UUID v7 (time-ordered), made when the run is accepted; never changes.
     pub id: String,
+    /// The portal the run came from; the row goes when the portal's row goes.
     pub member_id: String,
+    /// The deal the robot ran on, as Bitrix24 sent it (digits, at most 20).
     pub deal_id: String,
+    /// Bitrix24's token for answering this robot run (`bizproc.event.send`); unique per portal,
+    /// so a redelivered robot call finds its run instead of making a second one. `None` when
+    /// the call carried none: the business process is then not waiting for an answer.
     pub event_token: Option<String>,
+    /// The business process instance, as sent with the robot call; kept for the call log.
     pub workflow_id: Option<String>,
+    /// The robot's `group` property (`auto`, `trainee`, `experienced`), or `-` for a run
+    /// refused before it was read.
     pub requested_group: String,
+    /// The group this run rings (`trainee` or `experienced`), resolved when the run is accepted
+    /// from the request and the deal's run count; `None` for a duplicate or a refused run.
     pub group_kind: Option<Group>,
+    /// The Mango group number rung, taken from the portal's settings when the command is made.
     pub group_extension: Option<String>,
+    /// The robot's `phone` property: a number to ring instead of the deal's contact's.
     pub phone_override: Option<String>,
+    /// The client's number as sent to Mango (normalised), set when the command is made.
     pub phone: Option<String>,
+    /// Where the run is ([`Status`]): `queued` → `calling` → one of the terminal `started`,
+    /// `duplicate`, `no_phone`, `failed`; the terminal ones are what Bitrix24 receives.
     pub status: Status,
+    /// Our Mango `command_id` (`b24:{member_id}:{deal_id}:{id}`), set before the command is
+    /// sent; unique, and Mango's notifications find the run by it.
     pub command_id: Option<String>,
+    /// Mango's result code: from the synchronous answer, then from the asynchronous result.
     pub mango_code: Option<i32>,
+    /// Why the run did not start (or the last retryable failure while it is still queued).
     pub error: Option<String>,
+    /// Mango's asynchronous result, as shown in the call log; written once, so a replayed
+    /// notification changes nothing.
     pub outcome: Option<String>,
+    /// How many times the command was sent to Mango (each `queued` → `calling`).
     pub attempts: i32,
+    /// How many times the deal was looked at for a contact with a phone while waiting for one.
     pub contact_checks: i32,
+    /// When `bizproc.event.send` answered the business process; set once, so a retried report
+    /// does not answer twice.
     pub event_sent_at: Option<NaiveDateTime>,
+    /// When the timeline comment was added to the deal; set once, like `event_sent_at`.
     pub comment_added_at: Option<NaiveDateTime>,
+    /// When Mango accepted the command (status `started`).
     pub started_at: Option<NaiveDateTime>,
+    /// When the run reached a terminal status (its report job is enqueued in the same
+    /// transaction).
     pub finished_at: Option<NaiveDateTime>,
+    /// When the robot call was accepted.
     pub created_at: NaiveDateTime,
+    /// When the run last changed.
     pub updated_at: NaiveDateTime,
 }
 

@@ -82,7 +82,8 @@ impl ManageConnection for Manager {
                 // busy_timeout lets concurrent writers queue instead of failing at once.
                 // synchronous=FULL: a commit (an acknowledged robot call, a callback marked
                 // `calling` before Mango is asked) is on disk before we answer; WAL with NORMAL
-                // may lose the last commits on power loss. Its cost is measured by the benchmark.
+                // may lose the last commits on power loss. It costs an fsync per commit (not measured yet: the
+                // repository has no benchmark).
                 conn.batch_execute(
                     "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
                 )

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::auth::{is_admin, verify, verify_admin};
 use super::client_addr::limit_address;
 use super::request::{lang_of, parse_form, token_lifetime, AuthBlock};
+use crate::bitrix::oauth::VerifiedAuth;
 use crate::context::Context;
 use crate::error::AppError;
 use crate::jobs::{queue, Job};
@@ -75,21 +76,19 @@ pub async fn install_app(
         ));
     }
 
-    let data = InstallData {
-        member_id: member_id.clone(),
-        domain: verified.domain.clone(),
-        client_endpoint: verified.client_endpoint.clone(),
-        server_endpoint: get("SERVER_ENDPOINT")
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{}/rest/", ctx.shared.settings.b24_oauth_url)),
-        access_token: Some(auth_id),
-        refresh_token: get("REFRESH_ID").map(str::to_owned),
-        expires_in,
-        application_token: get("APPLICATION_TOKEN").map(str::to_owned),
-        scope: verified.scope.clone(),
-        status: verified.status.clone(),
-        lang: Some(lang.code().to_owned()),
-    };
+    let data = install_data(
+        &ctx,
+        &member_id,
+        &verified,
+        get("SERVER_ENDPOINT").map(str::to_owned),
+        Tokens {
+            access: auth_id,
+            refresh: get("REFRESH_ID").map(str::to_owned),
+            expires_in,
+            application: get("APPLICATION_TOKEN").map(str::to_owned),
+        },
+        Some(lang.code().to_owned()),
+    );
     let (cipher, now) = (ctx.shared.cipher.clone(), ctx.shared.clock.now());
     ctx.shared
         .db
@@ -148,6 +147,42 @@ pub async fn install_app(
         .body(html))
 }
 
+/// The tokens an install carries: from the installer's form or from ONAPPINSTALL's `auth[...]`.
+struct Tokens {
+    access: String,
+    refresh: Option<String>,
+    expires_in: Option<i64>,
+    /// `None` keeps the stored one (the installer POST may not carry it).
+    application: Option<String>,
+}
+
+/// What an install stores, built one way for the installer and ONAPPINSTALL: the portal's domain,
+/// endpoint, scope and status come from Bitrix24's verified `app.info` answer, never from the
+/// request; the REST endpoint is the request's, or our OAuth server's `/rest/` when it names none.
+fn install_data(
+    ctx: &Context,
+    member_id: &str,
+    verified: &VerifiedAuth,
+    server_endpoint: Option<String>,
+    tokens: Tokens,
+    lang: Option<String>,
+) -> InstallData {
+    InstallData {
+        member_id: member_id.to_owned(),
+        domain: verified.domain.clone(),
+        client_endpoint: verified.client_endpoint.clone(),
+        server_endpoint: server_endpoint
+            .unwrap_or_else(|| format!("{}/rest/", ctx.shared.settings.b24_oauth_url)),
+        access_token: Some(tokens.access),
+        refresh_token: tokens.refresh,
+        expires_in: tokens.expires_in,
+        application_token: tokens.application,
+        scope: verified.scope.clone(),
+        status: verified.status.clone(),
+        lang,
+    }
+}
+
 /// ONAPPINSTALL: nothing may be stored yet, so its access token is verified through `app.info`,
 /// and must be a portal administrator's (the installing admin's), before its application token
 /// is trusted and stored. The installer binds this event, so it also arrives after
@@ -171,21 +206,19 @@ async fn on_app_install(auth: AuthBlock, ctx: &Context) -> Result<HttpResponse, 
         .ok_or_else(|| AppError::BadRequest("auth[application_token] is missing".into()))?;
     let expires_in = auth.lifetime()?;
     let verified = verify_admin(ctx, &token, &member_id, "ONAPPINSTALL").await?;
-    let data = InstallData {
-        member_id: member_id.clone(),
-        domain: verified.domain,
-        client_endpoint: verified.client_endpoint,
-        server_endpoint: auth
-            .server_endpoint
-            .unwrap_or_else(|| format!("{}/rest/", ctx.shared.settings.b24_oauth_url)),
-        access_token: Some(token),
-        refresh_token: auth.refresh_token,
-        expires_in,
-        application_token: Some(app_token),
-        scope: verified.scope,
-        status: verified.status,
-        lang: None,
-    };
+    let data = install_data(
+        ctx,
+        &member_id,
+        &verified,
+        auth.server_endpoint,
+        Tokens {
+            access: token,
+            refresh: auth.refresh_token,
+            expires_in,
+            application: Some(app_token),
+        },
+        None,
+    );
     let (cipher, now) = (ctx.shared.cipher.clone(), ctx.shared.clock.now());
     ctx.shared
         .db

@@ -22,11 +22,7 @@ fn ok() -> HttpResponse {
 
 /// A code that may come as a number or a string (`"1000"` in Mango's own example).
 fn code_of(v: &serde_json::Value) -> Option<i32> {
-    match v {
-        serde_json::Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+    crate::json::int(v)
 }
 
 #[tracing::instrument(name = "mango_notification", skip_all, fields(path = %tail))]

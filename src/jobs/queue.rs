@@ -1,6 +1,6 @@
 //! The only SQL for the `jobs` table: enqueue, claim by compare-and-set lease, finish, reap.
 //!
-//! Portable by design (STYLE §4): no row lock is held while a job runs, because on SQLite an open
+//! Portable by design: no row lock is held while a job runs, because on SQLite an open
 //! write transaction would block every other writer for the length of an HTTP call. A claim is an
 //! `UPDATE … WHERE id = ? AND status = 'queued'` that only one worker can win; a crashed worker's
 //! lease runs out and [`reap`] puts its job back.

@@ -174,11 +174,7 @@ fn result_code(body: &Value) -> Option<u32> {
     ["result", "code"]
         .iter()
         .filter_map(|key| body.get(*key))
-        .filter_map(|v| match v {
-            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-            Value::String(s) => s.trim().parse::<u32>().ok(),
-            _ => None,
-        })
+        .filter_map(crate::json::int::<u32>)
         .find(|code| *code != 0)
 }
 

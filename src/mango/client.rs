@@ -19,7 +19,7 @@ const MAX_BODY: usize = 2 * 1024 * 1024;
 /// The `callback_group` command: ring a group, and when an operator answers, dial `to`.
 ///
 /// All fields are strings on the wire, so a group number like `"002"` keeps its zeros (the
-/// predecessor sent PHP octal literals and Mango got `2`). Field order is the serialisation order.
+/// PHP script this app replaces sent octal literals, and Mango got `2`). Field order is the serialisation order.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallbackGroup {
     /// Our correlation id (≤128 bytes), echoed in `/result/callback_group` and `/events/call`.
@@ -222,11 +222,7 @@ fn string_field(v: &Value, key: &str) -> Option<String> {
 
 /// A numeric id that may arrive as a string.
 fn u64_field(v: &Value, key: &str) -> Option<u64> {
-    match v.get(key)? {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+    crate::json::int(v.get(key)?)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub fn describe_code(code: u32) -> (&'static str, &'static str) {
     class(code)
 }
 
-/// The documented codes (reference mango-vpbx-api.md §2.6 and §2.10).
+/// The codes Mango's VPBX API documentation lists, with its own Russian wording.
 fn exact(code: u32) -> Option<(&'static str, &'static str)> {
     let text = match code {
         1000 => ("Действие успешно выполнено", "OK"),

@@ -7,8 +7,8 @@
 //! - [`codes`]: human descriptions of Mango's hierarchical result codes.
 //! - [`rate`]: the per-account limit of callback commands, shared by all instances.
 //!
-//! Wire facts come from `mango-vpbx-api.md`; the decisions here answer the predecessor's
-//! defects: numbers stay strings, the signed JSON is the sent JSON, every answer is read, and a
+//! Wire facts come from Mango's VPBX API documentation; the decisions here answer the defects of
+//! the PHP script this app replaces (see README): numbers stay strings, the signed JSON is the sent JSON, every answer is read, and a
 //! request that may have been accepted is never reported as retryable.
 
 pub mod answer;

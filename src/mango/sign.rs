@@ -68,7 +68,7 @@ pub fn verify(creds: &Credentials, vpbx_api_key: &str, json: &str, received_sign
 
 /// The POST body `vpbx_api_key=…&sign=…&json=…`, signed over `json` as given.
 ///
-/// Encoded byte-for-byte like PHP's `http_build_query` (PHP-ex) and Python's `urlencode`, the two
+/// Encoded byte-for-byte like PHP's `http_build_query` and Python's `urlencode`, the two
 /// encoders Mango's examples were produced with, so our wire body can be diffed against theirs.
 pub fn form_body(creds: &Credentials, json: &str) -> String {
     let signature = sign(&creds.api_key, json, &creds.api_salt);
@@ -87,7 +87,7 @@ pub fn form_body(creds: &Credentials, json: &str) -> String {
 /// Kept: ASCII letters, digits and `-_.`; space becomes `+`; every other byte is `%XX` upper-case.
 /// This is PHP `urlencode` exactly. Python's `quote_plus` differs only on `~` (kept there) and the
 /// `form_urlencoded` crate differs on `*` (kept there); all three decode to the same bytes, but
-/// writing our own keeps the body reproducible against the PHP-ex reference.
+/// writing our own keeps the body byte-for-byte the body PHP's `http_build_query` sends.
 fn urlencode_into(out: &mut String, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value.as_bytes() {

@@ -37,25 +37,48 @@ pub fn token_expiry(now: NaiveDateTime, lifetime_secs: i64) -> NaiveDateTime {
 #[derive(Clone, Queryable, Selectable)]
 #[diesel(table_name = portals)]
 pub struct Portal {
+    /// Bitrix24's id of the portal: the key of every row of the tenant; never changes.
     pub member_id: String,
+    /// The portal's current domain, from Bitrix24's verified answer; follows a rename.
     pub domain: String,
+    /// The portal's REST URL (`https://{domain}/rest/`), from Bitrix24's verified answer.
     pub client_endpoint: String,
+    /// The OAuth server's REST URL, which the token refresh goes through.
     pub server_endpoint: String,
+    /// Sealed OAuth access token; replaced on every refresh and re-authorisation.
     pub access_token: Option<String>,
+    /// Sealed OAuth refresh token; every refresh returns a new one, saved with the access token.
     pub refresh_token: Option<String>,
+    /// Sealed application token that proves an event or robot call comes from this portal's
+    /// Bitrix24; changed only by an administrator's install or update.
     pub application_token: Option<String>,
+    /// When the access token expires; refreshed ahead of it.
     pub expires_at: Option<NaiveDateTime>,
+    /// The scopes Bitrix24 granted, as it reports them.
     pub scope: String,
+    /// The app's status on the portal as Bitrix24's verified answer reports it (e.g. `F`).
     pub status: String,
+    /// The installer's language (`ru` unless it said otherwise), for the texts we write to the
+    /// portal without a request to choose one (timeline comments, robot failure reasons).
     pub lang: String,
+    /// Set by an install; stays set after an uninstall (see `uninstalled_at`).
     pub installed: bool,
+    /// The refresh token was refused: every call to the portal fails at once until an
+    /// administrator opens the app and so hands us a fresh pair.
     pub needs_reauth: bool,
+    /// When ONAPPUNINSTALL arrived; cleared by a new install. A portal is active only without it.
     pub uninstalled_at: Option<NaiveDateTime>,
+    /// Incremented with every token save, so a refresh lease taken on an older pair is void.
     pub token_version: i64,
+    /// The refresh lease: until when `refresh_lock_by` may refresh; the lease ends with the save.
     pub refresh_lock_until: Option<NaiveDateTime>,
+    /// The app instance holding the refresh lease.
     pub refresh_lock_by: Option<String>,
+    /// When the tokens were last saved (install, refresh or re-authorisation).
     pub refreshed_at: Option<NaiveDateTime>,
+    /// When the portal was first installed.
     pub created_at: NaiveDateTime,
+    /// When the row last changed.
     pub updated_at: NaiveDateTime,
     /// When the self-check last asked Bitrix24 (`event.test`) to send ONAPPTEST.
     pub app_check_sent_at: Option<NaiveDateTime>,

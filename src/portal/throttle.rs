@@ -2,7 +2,7 @@
 //! Mango"), kept in the shared `rate_slots` table so that every app instance sees one budget.
 //!
 //! Mango allows one invalid (3xxx) request per API key in 2 minutes; the second locks the key's
-//! API for 2 minutes — the robot's callbacks included (`mango-vpbx-api.md` §1.4.1). The page's
+//! API for 2 minutes — the robot's callbacks included (Mango's documentation on request limits). The page's
 //! own script only slows an honest browser, so the server enforces two rules:
 //! - a portal's page asks Mango at most once per [`PAGE_INTERVAL`];
 //! - after Mango refused a key (a 3xxx answer or HTTP 401), no page request uses that key for

@@ -8,14 +8,19 @@ use anyhow::Context as _;
 
 use super::bitrix::{BitrixSim, BitrixSimOptions, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
 use super::mango::{MangoSim, MangoSimOptions};
+use super::seed::{seed_mango, MangoAccount};
 use crate::callback::{store as callback_store, Callback, Reason, ReportCallback, Status};
 use crate::config::{Settings, SettingsArgs};
-use crate::portal::{store, PortalSettings};
 use crate::startup::{Application, RunOptions};
 
-const KEY: &str = "sandbox-vpbx-api-key";
-const SALT: &str = "sandbox-vpbx-api-salt";
 const LINE: &str = "74951234567";
+const ACCOUNT: MangoAccount = MangoAccount {
+    key: "sandbox-vpbx-api-key",
+    salt: "sandbox-vpbx-api-salt",
+    line: LINE,
+    trainees: "002",
+    experienced: "001",
+};
 
 pub async fn run(
     mut args: SettingsArgs,
@@ -35,10 +40,6 @@ pub async fn run(
     })
     .await
     .context("cannot start the simulated Mango")?;
-    mango.add_account(KEY, SALT);
-    mango.add_group(KEY, 1, "Стажёры / Trainees", "002");
-    mango.add_group(KEY, 2, "Опытные / Experienced", "001");
-    mango.add_line(KEY, LINE, "Main line");
 
     // A database of its own, fresh each run, so the demo never touches the real one.
     let db_path = std::path::Path::new("data/sandbox.db");
@@ -102,27 +103,13 @@ pub async fn run(
         );
     }
 
-    let (cipher, now, mid) = (
-        shared.cipher.clone(),
-        shared.clock.now(),
-        portal.member_id.clone(),
-    );
-    shared
-        .db
-        .run(move |c| {
-            let mut s = PortalSettings::defaults(&mid, now);
-            s.mango_api_key = Some(KEY.into());
-            s.mango_api_salt = Some(cipher.seal(crate::crypto::Slot::mango_api_salt(&mid), SALT));
-            s.line_number = LINE.into();
-            s.trainee_extension = "002".into();
-            s.experienced_extension = "001".into();
-            // Short windows so the demo's second run is not a duplicate and the missing contact
-            // gives up quickly.
-            s.duplicate_window_minutes = 0;
-            s.contact_wait_seconds = 6;
-            Ok(store::save_settings(c, &s)?)
-        })
-        .await?;
+    seed_mango(&shared, &mango, ACCOUNT, &portal.member_id, |s| {
+        // Short windows so the demo's second run is not a duplicate and the missing contact
+        // gives up quickly.
+        s.duplicate_window_minutes = 0;
+        s.contact_wait_seconds = 6;
+    })
+    .await?;
     println!("-- settings saved: trainees 002, experienced 001, line {LINE}");
 
     let m = &portal.member_id;

@@ -5,6 +5,7 @@
 pub mod bitrix;
 pub mod demo;
 pub mod mango;
+pub mod seed;
 
 use std::net::SocketAddr;
 

@@ -11,7 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use mango_callback::db::Backend;
 use mango_callback::sandbox::bitrix::SimPortal;
 
-use crate::helpers::{spawn_app, TestApp, LINE, MANGO_KEY, MANGO_SALT};
+use crate::helpers::{spawn_app, TestApp, LINE, MANGO_ACCOUNT, MANGO_KEY, MANGO_SALT};
 use crate::settings::{bare_portal, ROBOT};
 
 /// chromedriver on a free port, killed (by its own handle) when the test ends.
@@ -290,10 +290,7 @@ async fn a_real_browser_fills_saves_and_reopens_the_settings_in_russian_and_engl
     let profile = tempfile::tempdir().expect("profile dir");
     let app = spawn_app(Backend::Sqlite).await;
     let p = bare_portal(&app, "browser").await;
-    app.mango.add_account(MANGO_KEY, MANGO_SALT);
-    app.mango.add_group(MANGO_KEY, 1, "Стажёры", "002");
-    app.mango.add_group(MANGO_KEY, 2, "Опытные", "001");
-    app.mango.add_line(MANGO_KEY, LINE, "Main line");
+    MANGO_ACCOUNT.add_to(&app.mango);
     let c = browser(&driver, profile.path()).await;
     // Close the session even when an assertion fails, so Chromium does not linger.
     let outcome =

@@ -1,4 +1,5 @@
-//! The callback: robot call → Mango callback_group, with the predecessor's rules done right.
+//! The callback: robot call → Mango callback_group, with the rules of the PHP script this app
+//! replaces (see README) done right.
 
 use std::time::{Duration, Instant};
 

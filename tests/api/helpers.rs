@@ -13,9 +13,11 @@ use mango_callback::clock::Clock;
 use mango_callback::config::Settings;
 use mango_callback::context::{Context, Shared};
 use mango_callback::db::Backend;
-use mango_callback::portal::{store, PortalSettings};
+use mango_callback::portal::store;
 use mango_callback::sandbox::bitrix::{BitrixSim, BitrixSimOptions, RobotCallStyle, SimPortal};
 use mango_callback::sandbox::mango::{MangoSim, MangoSimOptions};
+use mango_callback::sandbox::seed::seed_mango;
+pub use mango_callback::sandbox::seed::MangoAccount;
 use mango_callback::sandbox::LocalSettings;
 use mango_callback::startup::{Application, RunOptions};
 
@@ -47,6 +49,14 @@ pub const MANGO_SALT: &str = "test-vpbx-salt-0001";
 pub const LINE: &str = "74951234567";
 pub const TRAINEES: &str = "002";
 pub const EXPERIENCED: &str = "001";
+/// The Mango account of the tests, set up as the sandbox demo sets up its own.
+pub const MANGO_ACCOUNT: MangoAccount = MangoAccount {
+    key: MANGO_KEY,
+    salt: MANGO_SALT,
+    line: LINE,
+    trainees: TRAINEES,
+    experienced: EXPERIENCED,
+};
 
 pub struct TestApp {
     pub base: String,
@@ -440,27 +450,7 @@ impl TestApp {
     }
 
     pub async fn configure_mango(&self, member_id: &str) {
-        self.mango.add_account(MANGO_KEY, MANGO_SALT);
-        self.mango.add_group(MANGO_KEY, 1, "Стажёры", TRAINEES);
-        self.mango.add_group(MANGO_KEY, 2, "Опытные", EXPERIENCED);
-        self.mango.add_line(MANGO_KEY, LINE, "Main line");
-        let (cipher, now, mid) = (
-            self.shared.cipher.clone(),
-            self.clock.now(),
-            member_id.to_owned(),
-        );
-        self.shared
-            .db
-            .run(move |c| {
-                let mut s = PortalSettings::defaults(&mid, now);
-                s.mango_api_key = Some(MANGO_KEY.into());
-                let slot = mango_callback::crypto::Slot::mango_api_salt(&mid);
-                s.mango_api_salt = Some(cipher.seal(slot, MANGO_SALT));
-                s.line_number = LINE.into();
-                s.trainee_extension = TRAINEES.into();
-                s.experienced_extension = EXPERIENCED.into();
-                Ok(store::save_settings(c, &s)?)
-            })
+        seed_mango(&self.shared, &self.mango, MANGO_ACCOUNT, member_id, |_| {})
             .await
             .expect("settings saved");
     }

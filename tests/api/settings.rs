@@ -128,6 +128,22 @@ async fn an_unverified_auth_id_is_refused_and_nothing_is_shown(backend: Backend)
 }
 on_both_backends!(an_unverified_auth_id_is_refused_and_nothing_is_shown);
 
+async fn a_portal_without_the_app_gets_the_not_installed_page_in_its_language(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.b24.create_portal("never-installed");
+    for (lang, text) in [
+        ("en", "The app is not installed on this portal"),
+        ("ru", "Приложение не установлено на этом портале"),
+    ] {
+        let (status, body) = app.open_app_page(&p, 1, lang).await;
+        assert_eq!(status, 404, "{lang}: {body}");
+        assert!(body.contains(text), "{lang}: {body}");
+        assert!(!body.contains("page_token"), "{lang}: {body}");
+    }
+    assert!(stored_settings(&app, &p.member_id).await.is_none());
+}
+on_both_backends!(a_portal_without_the_app_gets_the_not_installed_page_in_its_language);
+
 async fn a_non_admin_sees_a_read_only_page_and_cannot_save_with_its_token(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("readonly").await;

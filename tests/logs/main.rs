@@ -19,7 +19,9 @@ use mango_callback::sandbox::bitrix::{RobotCallStyle, SimPortal, SANDBOX_CLIENT_
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
-use helpers::{spawn_app, TestApp, EXPERIENCED, LINE, MANGO_KEY, TRAINEES};
+use helpers::{
+    spawn_app, MangoAccount, TestApp, EXPERIENCED, LINE, MANGO_ACCOUNT, MANGO_KEY, TRAINEES,
+};
 
 const ROBOT: &str = "mango_callback";
 
@@ -116,10 +118,11 @@ async fn the_logs_of_a_whole_scenario_hold_no_secret(backend: Backend) {
     let _turn = SERIAL.lock().await;
     let app = spawn_app(backend).await;
     let salt = format!("log-test-salt-{}", uuid::Uuid::new_v4().simple());
-    app.mango.add_account(MANGO_KEY, &salt);
-    app.mango.add_group(MANGO_KEY, 1, "Стажёры", TRAINEES);
-    app.mango.add_group(MANGO_KEY, 2, "Опытные", EXPERIENCED);
-    app.mango.add_line(MANGO_KEY, LINE, "Main line");
+    MangoAccount {
+        salt: &salt,
+        ..MANGO_ACCOUNT
+    }
+    .add_to(&app.mango);
     let p = app.b24.create_portal("logs");
     let mut secrets: Vec<(&str, String)> = Vec::new();
 

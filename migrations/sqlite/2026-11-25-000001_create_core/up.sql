@@ -98,7 +98,9 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_due ON jobs (status, run_at);
 
--- Fixed-window counters shared by every app instance: Mango's 4 callbacks/s per account.
+-- Sliding-window rate rows shared by every app instance: Mango's callback commands per account
+-- (mango::rate) and the settings page's Mango requests (portal::throttle). One row per taken slot,
+-- keyed by its time in microseconds; slot -1 serialises concurrent takers.
 CREATE TABLE rate_slots (
     bucket      TEXT NOT NULL,
     slot        BIGINT NOT NULL,

@@ -46,7 +46,7 @@ use crate::callback::Callback;
 use crate::context::Context;
 use crate::error::refuse;
 use crate::error::AppError;
-use crate::portal::{store, Portal, PortalSettings};
+use crate::portal::{store, Lang, Portal, PortalSettings};
 
 #[tracing::instrument(name = "app_page", skip_all, fields(portal))]
 pub async fn show_app(
@@ -100,14 +100,7 @@ pub async fn show_app(
 
     let now = ctx.shared.clock.now();
     let Some((portal, settings, log)) = load_view(&ctx, &member_id).await? else {
-        return Ok(error_html(
-            StatusCode::NOT_FOUND,
-            lang,
-            lang.pick(
-                "Приложение не установлено на этом портале",
-                "The app is not installed on this portal",
-            ),
-        ));
+        return Ok(not_installed(lang));
     };
     if admin {
         crate::portal::upkeep::self_check_if_stale(&ctx, &portal).await;
@@ -149,6 +142,18 @@ pub async fn show_app(
     render(StatusCode::OK, &portal.domain, &page)
 }
 
+/// The page for a portal we hold no active installation of (never installed, or uninstalled).
+fn not_installed(lang: Lang) -> HttpResponse {
+    error_html(
+        StatusCode::NOT_FOUND,
+        lang,
+        lang.pick(
+            "Приложение не установлено на этом портале",
+            "The app is not installed on this portal",
+        ),
+    )
+}
+
 /// The portal (installed), its settings and its call log, or `None` for an unknown portal.
 async fn load_view(
     ctx: &Context,
@@ -182,14 +187,7 @@ pub async fn save_settings(
         Err(refused) => return Ok(*refused),
     };
     let Some((portal, stored, log)) = load_view(&ctx, &auth.token.member_id).await? else {
-        return Ok(error_html(
-            StatusCode::NOT_FOUND,
-            lang,
-            lang.pick(
-                "Приложение не установлено на этом портале",
-                "The app is not installed on this portal",
-            ),
-        ));
+        return Ok(not_installed(lang));
     };
     let input = SettingsInput::from_form(&auth.form);
     let salt = field(&auth.form, "mango_api_salt").to_owned();

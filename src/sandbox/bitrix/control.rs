@@ -146,7 +146,7 @@ impl BitrixSim {
         st.issue_chain(member_id, user_id)
     }
 
-    /// What Bitrix24's browser POSTs to the app / installer URL (§1.2), with a fresh token chain.
+    /// What Bitrix24's browser POSTs to the app / installer URL, with a fresh token chain.
     pub fn iframe_request(
         &self,
         member_id: &str,
@@ -256,7 +256,7 @@ impl BitrixSim {
         self.st().app_unreachable = unreachable;
     }
 
-    /// Form-urlencoded ONAPPINSTALL event (§1.3) with a fresh token chain for user 1.
+    /// Form-urlencoded ONAPPINSTALL event with a fresh token chain for user 1.
     pub fn onappinstall_body(&self, member_id: &str) -> String {
         let mut st = self.st();
         let mut pairs = vec![

@@ -178,7 +178,7 @@ pub(super) fn deliver_later(state: Arc<Mutex<State>>, outbox: Vec<Outgoing>) {
 }
 
 impl BitrixSim {
-    /// The robot call Bitrix24 would POST for robot `code` on deal `deal_id` (§4.2):
+    /// The robot call Bitrix24 would POST for robot `code` on deal `deal_id`:
     /// `(handler url, form body, event_token)`, or `None` if no such robot is registered.
     pub fn robot_call_body(
         &self,

@@ -99,7 +99,7 @@ pub struct UserAuth {
     pub expires_in: i64,
 }
 
-/// What the user's browser POSTs to the app URL / installer URL when the app opens (§1.2).
+/// What the user's browser POSTs to the app URL / installer URL when the app opens.
 /// `Debug` hides the tokens in the form.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IframeRequest {

@@ -29,12 +29,9 @@ pub(super) fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
+/// PHP's integer reading, as far as the simulator needs it: a number or a numeric string.
 pub(super) fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
+    crate::json::int(v)
 }
 
 pub(super) fn truthy(v: &Value) -> bool {

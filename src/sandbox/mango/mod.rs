@@ -1,17 +1,17 @@
 //! Simulated Mango Office VPBX API: an actix-web server that speaks Mango's wire format and checks requests like the real service.
 //!
-//! Tests, the load benchmark and the demo point the app's `MANGO_API_URL` at [`MangoSim::api_url`].
-//! The simulator follows `mango-vpbx-api.md` (the team's wire reference):
+//! Tests and the demo point the app's `MANGO_API_URL` at [`MangoSim::api_url`].
+//! The simulator follows Mango Office's VPBX API documentation:
 //!
 //! - every request is a `POST` with a form-urlencoded body of `vpbx_api_key`, `sign` and `json`;
 //! - `sign` must equal `hex(sha256(vpbx_api_key + json + vpbx_api_salt))` over the `json` field
-//!   *as received* (§2.3). The check lives here on purpose, independent of the app's client code,
+//!   *as received*. The check lives here on purpose, independent of the app's client code,
 //!   so that a bug in one is caught by the other;
 //! - only one invalid (3xxx) request per account is allowed in 2 minutes; the next one locks
-//!   the account, and every request then gets HTTP 401 for 2 minutes (§1.4.1, §2.8);
-//! - per-account rate limits answer HTTP 429 with Mango's gateway body (§2.8);
-//! - `commands/callback_group` validates the flat-string payload (§2.4), `groups` and
-//!   `incominglines` list what the test configured (§2.10).
+//!   the account, and every request then gets HTTP 401 for 2 minutes;
+//! - per-account rate limits answer HTTP 429 with Mango's gateway body;
+//! - `commands/callback_group` validates the flat-string payload, `groups` and
+//!   `incominglines` list what the test configured.
 //!
 //! The simulator is deterministic and inspectable: every request is recorded
 //! ([`MangoSim::requests`]), accepted callback commands are kept ([`MangoSim::callbacks`]), and
@@ -33,16 +33,16 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 /// How long an account stays locked after a second invalid request, and the window in which a
-/// second invalid request causes the lock (§1.4.1: "1 неверный запрос в 2 минуты").
+/// second invalid request causes the lock (Mango's documentation: "1 неверный запрос в 2 минуты").
 const LOCKOUT_WINDOW: Duration = Duration::from_secs(120);
 
 /// The sliding window of the rate limits.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
-/// Longest `command_id` Mango accepts, in bytes (§2.9).
+/// Longest `command_id` Mango accepts, in bytes.
 const MAX_COMMAND_ID_BYTES: usize = 128;
 
-/// The body Mango's gateway sends with HTTP 429 (§0, Doc-new §1.4.2).
+/// The body Mango's gateway sends with HTTP 429.
 const RATE_LIMITED_BODY: &str =
     r#"{"name":"Service Unavailable","message":"Rate limit exceeded.","code":0,"status":429}"#;
 
@@ -306,7 +306,7 @@ impl MangoSim {
     }
 }
 
-/// `hex(sha256(key + json + salt))`, lowercase: Mango's request signature (reference §2.3).
+/// `hex(sha256(key + json + salt))`, lowercase: Mango's request signature.
 fn sign(api_key: &str, json: &str, salt: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(api_key.as_bytes());

@@ -42,7 +42,7 @@ impl Answer {
         )
     }
 
-    /// Unknown key, and the bad-request lockout: both are HTTP 401 at Mango (§1.4.1, §2.6).
+    /// Unknown key, and the bad-request lockout: both are HTTP 401 at Mango.
     /// The lockout body is not documented; we reuse the bad-key code with its own message.
     pub(super) fn locked() -> Self {
         Self::new(
@@ -300,7 +300,7 @@ impl Account {
         }
     }
 
-    /// The `callback_group` payload rules (reference §2.4), each failure with Mango's code.
+    /// The `callback_group` payload rules, each failure with Mango's code.
     pub(super) fn check_callback_group(
         &self,
         payload: &serde_json::Map<String, Value>,
