@@ -580,12 +580,7 @@ on_both_backends!(the_same_event_token_on_two_portals_gives_two_runs);
 async fn a_replayed_mango_result_does_not_overwrite_the_recorded_one(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("replay").await;
-    let deal = app.b24.add_deal(&p.member_id, None);
-    app.b24
-        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
-        .await
-        .expect("robot");
-    app.drain().await;
+    app.robot_call_with_phone(&p.member_id, "89001234567").await;
     let command_id = app.command_id(0);
     let mango_url = app.mango_url();
     let post = |code| {
@@ -639,12 +634,7 @@ on_both_backends!(mango_gets_at_most_four_callbacks_per_second_per_account);
 async fn mango_results_are_verified_and_recorded_on_their_callback(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("results").await;
-    let deal = app.b24.add_deal(&p.member_id, None);
-    app.b24
-        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
-        .await
-        .expect("robot");
-    app.drain().await;
+    app.robot_call_with_phone(&p.member_id, "89001234567").await;
     let command_id = app.command_id(0);
     let mango_url = app.mango_url();
 
@@ -796,12 +786,7 @@ async fn a_mango_that_does_not_answer_is_reported_in_russian_on_a_russian_portal
         MANGO_KEY,
         Reply::Http(502, "<html>Bad Gateway</html>".into()),
     );
-    let deal = app.b24.add_deal(&p.member_id, None);
-    app.b24
-        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "89001234567")])
-        .await
-        .expect("robot");
-    app.drain().await;
+    let deal = app.robot_call_with_phone(&p.member_id, "89001234567").await;
     let sends = app.b24.event_sends(&p.member_id);
     assert_eq!(sends.len(), 1, "{sends:?}");
     assert_eq!(sends[0]["RETURN_VALUES"]["result"], "failed", "{sends:?}");

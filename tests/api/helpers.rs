@@ -517,6 +517,20 @@ impl TestApp {
             .expect("db")
     }
 
+    /// A new deal without a contact, a robot call for it with the `phone` property, accepted
+    /// (200) and its jobs run; returns the deal.
+    pub async fn robot_call_with_phone(&self, member_id: &str, phone: &str) -> u64 {
+        let deal = self.b24.add_deal(member_id, None);
+        let fired = self
+            .b24
+            .fire_robot(member_id, "mango_callback", deal, &[("phone", phone)])
+            .await
+            .expect("robot");
+        assert_eq!(fired.status, 200, "{}", fired.body);
+        self.drain().await;
+        deal
+    }
+
     /// The `command_id` of the `i`-th callback Mango received.
     pub fn command_id(&self, i: usize) -> String {
         self.mango.callbacks()[i]["command_id"]
