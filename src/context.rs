@@ -14,7 +14,6 @@ use crate::crypto::Cipher;
 use crate::db::Db;
 use crate::mango::MangoClient;
 use crate::net::address_limit::AddressLimiter;
-use crate::portal::api::PortalApi;
 
 /// Timeout of one Mango request; a callback command either answers quickly or is in doubt.
 pub const MANGO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,8 +62,9 @@ impl Shared {
 pub struct Context {
     pub shared: Shared,
     pub http: awc::Client,
-    /// Bitrix24 REST of a portal, with its stored tokens.
-    pub bitrix: PortalApi,
+    /// The Bitrix24 REST transport; `ctx.bitrix()` (in `portal::api`) adds a portal's stored
+    /// tokens to it.
+    pub rest: BitrixClient,
     pub mango: MangoClient,
 }
 
@@ -72,21 +72,11 @@ impl Context {
     pub fn new(shared: Shared) -> Context {
         let http = http_client();
         let rest = BitrixClient::new(http.clone(), shared.limiter.clone(), shared.clock.clone());
-        let bitrix = PortalApi::new(
-            rest,
-            http.clone(),
-            shared.settings.clone(),
-            shared.db.clone(),
-            shared.cipher.clone(),
-            shared.clock.clone(),
-            shared.refresh_gates.clone(),
-            shared.instance_id.clone(),
-        );
         let mango = MangoClient::new(http.clone(), &shared.settings.mango_api_url, MANGO_TIMEOUT);
         Context {
             shared,
             http,
-            bitrix,
+            rest,
             mango,
         }
     }

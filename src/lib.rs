@@ -4,8 +4,8 @@
 //! deal's first run, experienced managers after) and, when one answers, Mango dials the client.
 //!
 //! # Layout
-//! Each module imports only the ones listed after it, with one exception: [`context`] holds the
-//! [`portal::api`] client, while the portal's upkeep jobs run with the context.
+//! Each module imports only the ones listed after it. [`context`] holds the REST transport only;
+//! `ctx.bitrix()`, defined in [`portal::api`], adds a portal's stored tokens to it.
 //! - [`startup`]: building and running the application; the one list of job kinds
 //!   ([`startup::job_registry`]) handed to the worker.
 //! - [`http`]: the route table and thin request handlers — installer, events, robot, Mango's

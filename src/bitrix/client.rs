@@ -17,6 +17,8 @@ pub const BITRIX_TIMEOUT: Duration = Duration::from_secs(65);
 
 const MAX_LIMIT_RETRIES: u32 = 8;
 
+/// Cheap to clone: an awc client handle, a shared limiter and a clock.
+#[derive(Clone)]
 pub struct BitrixClient {
     http: awc::Client,
     limiter: Arc<RateLimiter>,

@@ -37,7 +37,7 @@ impl PlaceCall {
         deal_id: &str,
     ) -> Result<PhoneLookup, BitrixError> {
         let batch = ctx
-            .bitrix
+            .bitrix()
             .batch(member_id, &crm::phone_batch(deal_id))
             .await?;
         let contact = match crm::read_phone_batch(&batch) {
@@ -45,7 +45,7 @@ impl PlaceCall {
             DealContact::Unreadable(e) => return Ok(PhoneLookup::Unreadable(e)),
             DealContact::Fetched(c) => c,
             DealContact::Other(contact_id) => {
-                ctx.bitrix
+                ctx.bitrix()
                     .call(member_id, "crm.contact.get", json!({ "id": contact_id }))
                     .await?
             }

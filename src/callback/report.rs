@@ -83,7 +83,7 @@ impl Job for ReportCallback {
                 });
                 let params = json!({ "EVENT_TOKEN": token, "RETURN_VALUES": values, "LOG_MESSAGE": format!("mango-callback: {}", cb.status) });
                 match ctx
-                    .bitrix
+                    .bitrix()
                     .call(&cb.member_id, "bizproc.event.send", params)
                     .await
                 {
@@ -104,7 +104,7 @@ impl Job for ReportCallback {
             let text = comment_text(&cb, self.reason.as_ref(), Lang::parse(&portal.lang));
             let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
             match ctx
-                .bitrix
+                .bitrix()
                 .call(&cb.member_id, "crm.timeline.comment.add", params)
                 .await
             {

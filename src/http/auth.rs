@@ -49,7 +49,7 @@ pub async fn is_admin(
     verified: &VerifiedAuth,
     auth_id: &str,
 ) -> Result<bool, AppError> {
-    ask_is_admin(ctx.bitrix.rest(), verified, auth_id)
+    ask_is_admin(ctx.bitrix().rest(), verified, auth_id)
         .await
         .map_err(|e| {
             AppError::Unavailable(format!(

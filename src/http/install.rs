@@ -100,8 +100,8 @@ pub async fn install_app(
 
     let url = &ctx.shared.settings.public_url;
     let steps = async {
-        register_robot(&ctx.bitrix, &member_id, url).await?;
-        bind_events(&ctx.bitrix, &member_id, url).await
+        register_robot(&ctx.bitrix(), &member_id, url).await?;
+        bind_events(&ctx.bitrix(), &member_id, url).await
     };
     let page = match steps.await {
         Ok(()) => {

@@ -16,6 +16,7 @@ use crate::bitrix::oauth::{self, RefreshError, VerifiedAuth, VerifyError};
 use crate::bitrix::BitrixError;
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::context::Context;
 use crate::crypto::Cipher;
 use crate::db::Db;
 
@@ -39,6 +40,25 @@ struct Auth {
     endpoint: String,
     access_token: String,
     version: i64,
+}
+
+impl Context {
+    /// Bitrix24 REST of a portal, with its stored tokens. Built per use from the thread's
+    /// transport and the shared state (a few reference-count bumps), so that `context.rs`, which
+    /// portal jobs use, does not need to know this type.
+    pub fn bitrix(&self) -> PortalApi {
+        let s = &self.shared;
+        PortalApi::new(
+            self.rest.clone(),
+            self.http.clone(),
+            s.settings.clone(),
+            s.db.clone(),
+            s.cipher.clone(),
+            s.clock.clone(),
+            s.refresh_gates.clone(),
+            s.instance_id.clone(),
+        )
+    }
 }
 
 impl PortalApi {

@@ -78,10 +78,10 @@ impl Job for RegisterRobot {
 
     async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let url = &ctx.shared.settings.public_url;
-        register_robot(&ctx.bitrix, &self.member_id, url)
+        register_robot(&ctx.bitrix(), &self.member_id, url)
             .await
             .map_err(job_error)?;
-        bind_events(&ctx.bitrix, &self.member_id, url)
+        bind_events(&ctx.bitrix(), &self.member_id, url)
             .await
             .map_err(job_error)?;
         tracing::info!(portal = %self.member_id, "robot re-registered after update");
@@ -112,7 +112,7 @@ impl Job for KeepTokensAlive {
         let Some(p) = portal.filter(|p| p.is_active() && !p.needs_reauth) else {
             return Ok(());
         };
-        ctx.bitrix
+        ctx.bitrix()
             .refresh(&self.member_id, p.token_version)
             .await
             .map_err(job_error)
@@ -174,7 +174,7 @@ impl Job for SelfCheck {
         }
         let handler = format!("{}/b24/events", ctx.shared.settings.public_url);
         // Bound again each time: portals installed before the self-check existed lack it.
-        bind_event(&ctx.bitrix, &self.member_id, "ONAPPTEST", &handler)
+        bind_event(&ctx.bitrix(), &self.member_id, "ONAPPTEST", &handler)
             .await
             .map_err(job_error)?;
         let (id, now) = (self.member_id.clone(), ctx.shared.clock.now());
@@ -182,7 +182,7 @@ impl Job for SelfCheck {
             .db
             .run(move |c| Ok(store::mark_app_check_sent(c, &id, now)?))
             .await?;
-        ctx.bitrix
+        ctx.bitrix()
             .call(
                 &self.member_id,
                 "event.test",
@@ -288,7 +288,7 @@ impl Job for ApplyAppUpdate {
         if verified.member_id != self.member_id {
             return give_up("the token belongs to another portal");
         }
-        match ask_is_admin(ctx.bitrix.rest(), &verified, &access).await {
+        match ask_is_admin(ctx.bitrix().rest(), &verified, &access).await {
             Ok(true) => {}
             Ok(false) => return give_up("the user is not a portal administrator"),
             Err(e) if e.is_transient() => return Err(job_error(e)),

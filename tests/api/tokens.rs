@@ -16,7 +16,7 @@ async fn an_expired_token_is_refreshed_once_and_the_call_retried(backend: Backen
     app.b24.expire_access_tokens(&p.member_id);
     let r = app
         .ctx
-        .bitrix
+        .bitrix()
         .call(&p.member_id, "user.admin", json!({}))
         .await
         .expect("call succeeds after refresh");
@@ -31,12 +31,9 @@ async fn twenty_concurrent_calls_on_an_expired_token_cause_one_refresh(backend: 
         crate::helpers::spawn_instance(&app.db_url, &app.b24, &app.mango, 20.0, None).await;
     let p = app.installed_portal("stampede").await;
     app.b24.expire_access_tokens(&p.member_id);
+    let (first_api, second_api) = (app.ctx.bitrix(), second.ctx.bitrix());
     let calls = (0..20).map(|i| {
-        let client = if i % 2 == 0 {
-            &app.ctx.bitrix
-        } else {
-            &second.ctx.bitrix
-        };
+        let client = if i % 2 == 0 { &first_api } else { &second_api };
         client.call(&p.member_id, "user.admin", json!({}))
     });
     let results = futures_util::future::join_all(calls).await;
@@ -53,7 +50,8 @@ on_both_backends!(twenty_concurrent_calls_on_an_expired_token_cause_one_refresh)
 async fn two_hundred_calls_stay_under_the_portal_rate_limit(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("busy").await;
-    let calls = (0..200).map(|_| app.ctx.bitrix.call(&p.member_id, "user.admin", json!({})));
+    let api = app.ctx.bitrix();
+    let calls = (0..200).map(|_| api.call(&p.member_id, "user.admin", json!({})));
     let results = futures_util::future::join_all(calls).await;
     assert!(results.iter().all(|r| r.is_ok()));
     assert_eq!(app.b24.rejections("QUERY_LIMIT_EXCEEDED"), 0);
@@ -61,7 +59,7 @@ async fn two_hundred_calls_stay_under_the_portal_rate_limit(backend: Backend) {
     app.b24.fail_next(&p.member_id, 3, Fault::QueryLimit);
     let r = app
         .ctx
-        .bitrix
+        .bitrix()
         .call(&p.member_id, "user.admin", json!({}))
         .await
         .expect("retried");
@@ -95,7 +93,7 @@ async fn a_refused_refresh_token_marks_the_portal_for_re_authorisation(backend: 
     assert!(used.is_ok());
     let err = app
         .ctx
-        .bitrix
+        .bitrix()
         .call(&p.member_id, "user.admin", json!({}))
         .await
         .expect_err("grant is dead");
@@ -119,7 +117,7 @@ async fn a_renamed_portal_is_followed_once_and_its_new_domain_stored(backend: Ba
     app.b24.rename_portal(&p.member_id, "newname");
     let r = app
         .ctx
-        .bitrix
+        .bitrix()
         .call(&p.member_id, "user.admin", json!({}))
         .await
         .expect("call follows the redirect");
@@ -153,7 +151,7 @@ async fn assert_rename_refused(app: &TestApp, p: &SimPortal) {
     let calls_before = app.b24.calls().len();
     let err = app
         .ctx
-        .bitrix
+        .bitrix()
         .call(&p.member_id, "user.admin", json!({}))
         .await
         .expect_err("the redirect is refused");
@@ -245,7 +243,7 @@ async fn an_idle_portal_is_refreshed_after_twenty_days_and_only_once(backend: Ba
     );
     let r = app
         .ctx
-        .bitrix
+        .bitrix()
         .call(&p.member_id, "user.admin", json!({}))
         .await
         .expect("new tokens work");
