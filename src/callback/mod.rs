@@ -302,7 +302,7 @@ pub enum Unusable {
 /// Longest raw value quoted back in a reason.
 const SHOWN_CHARS: usize = 40;
 
-/// A request value quoted for a message: at most [`SHOWN_CHARS`] characters, control characters escaped.
+/// A request value quoted for a message: at most `SHOWN_CHARS` (40) characters, control characters escaped.
 pub fn shown(raw: &str) -> String {
     let mut s: String = raw.chars().take(SHOWN_CHARS).collect();
     if raw.chars().nth(SHOWN_CHARS).is_some() {

@@ -62,7 +62,7 @@ pub struct Line {
 /// Bitrix24 portal has its own PBX.
 ///
 /// `awc::Client` is `!Send`, so the caller builds one per worker thread and passes it in. It must
-/// be built with redirects disabled (see [`http_client`]): following a 307/308 would re-POST a
+/// be built with redirects disabled (see [`crate::context::http_client`]): following a 307/308 would re-POST a
 /// call order to wherever the redirect points, and a 301/302 would silently turn it into a GET.
 pub struct MangoClient {
     http: awc::Client,
