@@ -27,6 +27,19 @@ impl Clock {
         t.with_nanosecond(micros).unwrap_or(t)
     }
 
+    /// How far this clock has been moved ahead of real time (zero outside tests).
+    pub fn offset(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+    }
+
+    /// A time read from the database's clock, moved by this clock's offset: leases use the
+    /// database's time so that instances agree, and tests still move it without sleeping.
+    pub fn shift(&self, database_now: NaiveDateTime) -> NaiveDateTime {
+        let t = database_now + self.offset();
+        let micros = t.and_utc().timestamp_subsec_micros() * 1_000;
+        t.with_nanosecond(micros).unwrap_or(t)
+    }
+
     /// Moves this clock (and every clone of it) forward.
     pub fn advance(&self, by: std::time::Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);

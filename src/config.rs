@@ -115,6 +115,10 @@ pub struct SettingsArgs {
     /// How many jobs one instance runs at once.
     #[arg(long, env = "APP_JOB_CONCURRENCY", default_value_t = 4)]
     pub job_concurrency: usize,
+    /// How long a running job's lease lasts; its worker renews it every third of that, so a
+    /// crashed instance's jobs are taken over this long after its last renewal.
+    #[arg(long, env = "APP_JOB_LEASE_SECONDS", default_value_t = 20)]
+    pub job_lease_seconds: u64,
     /// The portal's REST limit: requests per second drained from its leaky bucket (2; Enterprise 5).
     #[arg(long, env = "B24_REQUESTS_PER_SECOND", default_value_t = 2.0)]
     pub b24_requests_per_second: f64,
@@ -150,6 +154,8 @@ pub struct Settings {
     pub mango_api_url: String,
     pub secret_key: SecretKey,
     pub job_concurrency: usize,
+    /// A running job's lease (see [`crate::jobs::worker`]).
+    pub job_lease: std::time::Duration,
     pub db_pool_size: u32,
     pub b24_requests_per_second: f64,
     pub b24_burst: u32,
@@ -283,6 +289,9 @@ impl Settings {
         if a.b24_burst == 0 {
             return Err(bad("B24_BURST", "must be at least 1"));
         }
+        if a.job_lease_seconds < 3 {
+            return Err(bad("APP_JOB_LEASE_SECONDS", "must be at least 3"));
+        }
         if a.job_concurrency == 0 {
             return Err(bad("APP_JOB_CONCURRENCY", "must be at least 1"));
         }
@@ -299,6 +308,7 @@ impl Settings {
             mango_api_url,
             secret_key,
             job_concurrency: a.job_concurrency,
+            job_lease: std::time::Duration::from_secs(a.job_lease_seconds),
             db_pool_size: a.db_pool_size.max(2),
             b24_requests_per_second: a.b24_requests_per_second,
             b24_burst: a.b24_burst,

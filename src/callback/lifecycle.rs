@@ -154,3 +154,36 @@ pub fn finish(
         Ok(true)
     })
 }
+
+/// Who is about to send: the job run and its worker, whose lease fences the send.
+pub struct SendAt<'a> {
+    pub job_id: &'a str,
+    pub worker: &'a str,
+    pub clock: &'a crate::clock::Clock,
+}
+
+/// `queued → calling`, the last step before the Mango command is sent, in one transaction that
+/// also checks this worker still holds the job's lease (on the database's clock) and starts the
+/// deal's duplicate window. `false`: no send — the lease was lost (another worker owns the job
+/// and decides) or the callback is no longer queued.
+///
+/// The window starts here, not when Mango answers: from this commit on the client may be rung,
+/// so a new robot run for the deal must be a duplicate even if this process dies mid-request.
+pub fn start_calling(
+    conn: &mut DbConnection,
+    cb: &Callback,
+    at: &SendAt<'_>,
+    (group_extension, phone, command_id): (&str, &str, &str),
+) -> Result<bool, DbError> {
+    write_tx(conn, |c| {
+        let now = at.clock.shift(crate::db::database_now(c)?);
+        if !queue::holds_lease(c, at.job_id, at.worker, now)? {
+            return Ok(false);
+        }
+        if !store::mark_calling(c, &cb.id, group_extension, phone, command_id, now)? {
+            return Ok(false);
+        }
+        store::open_duplicate_window(c, cb, now)?;
+        Ok(true)
+    })
+}

@@ -100,7 +100,7 @@ impl Job for PlaceCall {
             };
             end_without_call(ctx, &cb, Reason::GaveUp { detail: e }).await
         };
-        match self.place(ctx).await {
+        match self.place(ctx, job).await {
             Err(JobError::Permanent(e)) => give_up(cause_chain(&e)).await,
             Err(JobError::Transient(e)) if job.attempts >= job.max_attempts => {
                 give_up(cause_chain(&e)).await
@@ -111,7 +111,7 @@ impl Job for PlaceCall {
 }
 
 impl PlaceCall {
-    async fn place(&self, ctx: &Context) -> Result<(), JobError> {
+    async fn place(&self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
         let Some(cb) = db.run(move |c| Ok(store::find(c, &id)?)).await? else {
@@ -215,17 +215,24 @@ impl PlaceCall {
         crate::mango::rate::wait_for_callback_slot(db, &ctx.shared.clock, &creds.api_key).await?;
 
         let command_id = super::command_id(&cb.member_id, &cb.deal_id, &cb.id);
-        let (cid, ext, ph, cmd_id) = (
-            cb.id.clone(),
+        let (ext, ph, cmd_id) = (
             extension.clone(),
             phone.as_str().to_owned(),
             command_id.clone(),
         );
-        let now = ctx.shared.clock.now();
-        if !db
-            .run(move |c| Ok(store::mark_calling(c, &cid, &ext, &ph, &cmd_id, now)?))
-            .await?
-        {
+        let (jid, worker) = (job.id.clone(), job.locked_by.clone().unwrap_or_default());
+        let (clock, deal) = (ctx.shared.clock.clone(), cb.clone());
+        // Fenced: only while this run still holds the job's lease (see `lifecycle::start_calling`).
+        let calling = db.run(move |c| {
+            let at = lifecycle::SendAt {
+                job_id: &jid,
+                worker: &worker,
+                clock: &clock,
+            };
+            lifecycle::start_calling(c, &deal, &at, (&ext, &ph, &cmd_id))
+        });
+        if !calling.await? {
+            tracing::warn!(callback.id = %cb.id, "not sent: the job's lease was lost or the callback moved on");
             return Ok(());
         }
         let cmd = CallbackGroup {

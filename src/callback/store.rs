@@ -60,7 +60,7 @@ pub fn claim_deal(
         deals::table
             .filter(deals::member_id.eq(&run.member_id))
             .filter(deals::deal_id.eq(&run.deal_id))
-            .filter(deals::active_callback_id.is_null())
+            .filter(deals::active_callback_id.is_null().or(active_run_is_dead()))
             .filter(
                 deals::last_started_at
                     .is_null()
@@ -74,6 +74,52 @@ pub fn claim_deal(
     ))
     .execute(c)?
         == 1)
+}
+
+/// The deal's active callback can never finish: its `place_call` job is gone or no longer
+/// queued or running (buried after a bug, cancelled). Such a run must not block its deal
+/// forever, so the cut-off treats it as ended. A callback whose job is alive keeps the deal,
+/// however long it waits (a contact not linked yet, Mango retries). The job's dedup key is
+/// `place_call:<callback id>` (see `lifecycle::accept`).
+fn active_run_is_dead() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.dedup_key = 'place_call:' || deals.active_callback_id \
+         AND jobs.status IN ('queued', 'running'))",
+    )
+}
+
+/// Uninstall: the portal's unfinished callbacks end as failed with `error` (no report: the
+/// portal's tokens are gone with the app) and its deals lose their active marks, so a run after
+/// a re-installation is not cut off by a callback that can no longer happen.
+pub fn end_unfinished_of_portal(
+    c: &mut DbConnection,
+    member_id: &str,
+    error: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    let n = diesel::update(
+        callbacks::table
+            .filter(callbacks::member_id.eq(member_id))
+            .filter(callbacks::status.eq_any([Status::Queued, Status::Calling])),
+    )
+    .set((
+        callbacks::status.eq(Status::Failed),
+        callbacks::error.eq(error),
+        callbacks::finished_at.eq(now),
+        callbacks::updated_at.eq(now),
+    ))
+    .execute(c)?;
+    diesel::update(
+        deals::table
+            .filter(deals::member_id.eq(member_id))
+            .filter(deals::active_callback_id.is_not_null()),
+    )
+    .set((
+        deals::active_callback_id.eq(None::<String>),
+        deals::updated_at.eq(now),
+    ))
+    .execute(c)?;
+    Ok(n)
 }
 
 /// How many runs the deal has had.
@@ -262,6 +308,23 @@ pub fn set_finished(
     ))
     .execute(c)?;
     Ok(n != 0)
+}
+
+/// Starts the deal's duplicate window at `now` while `cb` is its active callback (the moment
+/// the Mango command may go out).
+pub fn open_duplicate_window(
+    c: &mut DbConnection,
+    cb: &Callback,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        deals::table
+            .filter(deals::member_id.eq(&cb.member_id))
+            .filter(deals::deal_id.eq(&cb.deal_id))
+            .filter(deals::active_callback_id.eq(&cb.id)),
+    )
+    .set((deals::last_started_at.eq(now), deals::updated_at.eq(now)))
+    .execute(c)
 }
 
 /// Frees the deal of its active callback `cb`; a started call also opens the duplicate window.

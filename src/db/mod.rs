@@ -250,3 +250,22 @@ impl From<DbError> for std::io::Error {
         std::io::Error::other(e.to_string())
     }
 }
+
+/// The database server's current UTC time, read fresh (not the transaction's start).
+///
+/// Leases are compared across instances, so they are measured on one clock, the database's,
+/// rather than on each host's (a host whose clock runs ahead would take live jobs over).
+pub fn database_now(conn: &mut DbConnection) -> QueryResult<chrono::NaiveDateTime> {
+    use diesel::sql_types::Timestamp;
+    match conn {
+        DbConnection::Postgres(c) => diesel::select(diesel::dsl::sql::<Timestamp>(
+            "(clock_timestamp() AT TIME ZONE 'UTC')",
+        ))
+        .get_result(c),
+        // `CURRENT_TIMESTAMP` has whole seconds only; `%f` gives milliseconds.
+        DbConnection::Sqlite(c) => diesel::select(diesel::dsl::sql::<Timestamp>(
+            "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+        ))
+        .get_result(c),
+    }
+}

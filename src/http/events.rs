@@ -70,6 +70,13 @@ pub async fn handle_event(
                                 "the app was uninstalled",
                                 now,
                             )?;
+                            // No deal stays blocked by a callback that can no longer happen.
+                            crate::callback::store::end_unfinished_of_portal(
+                                c,
+                                &member_id,
+                                "the app was uninstalled before the call was placed",
+                                now,
+                            )?;
                             store::mark_uninstalled(c, &member_id, now)?;
                         }
                         Ok(())

@@ -2,8 +2,12 @@
 //!
 //! Portable by design: no row lock is held while a job runs, because on SQLite an open
 //! write transaction would block every other writer for the length of an HTTP call. A claim is an
-//! `UPDATE … WHERE id = ? AND status = 'queued'` that only one worker can win; a crashed worker's
-//! lease runs out and [`reap`] puts its job back.
+//! `UPDATE … WHERE id = ? AND status = 'queued'` that only one worker can win. A running job's
+//! lease is short and renewed by its worker ([`renew`]); once a crashed worker's lease runs out,
+//! [`claim`] takes the job over directly (and [`reap`] puts it back for idle instances).
+//!
+//! Every `now` a lease is compared with comes from [`crate::db::database_now`] (plus the test
+//! clock's offset), so instances with skewed host clocks still agree on who holds a job.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -69,7 +73,8 @@ pub fn enqueue(conn: &mut DbConnection, job: &NewJob, now: NaiveDateTime) -> Que
     })
 }
 
-/// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`.
+/// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`: queued
+/// jobs whose `run_at` has come, and running jobs whose lease ran out (their worker died).
 ///
 /// Candidates are read without locks; each is then taken by a compare-and-set that succeeds
 /// for exactly one worker even across processes (PostgreSQL re-checks the `WHERE` of a
@@ -81,9 +86,12 @@ pub fn claim(
     lease_until: NaiveDateTime,
     limit: i64,
 ) -> QueryResult<Vec<JobRow>> {
+    let due = jobs::status
+        .eq(QUEUED)
+        .and(jobs::run_at.le(now))
+        .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now)));
     let candidates: Vec<String> = jobs::table
-        .filter(jobs::status.eq(QUEUED))
-        .filter(jobs::run_at.le(now))
+        .filter(due)
         .order((jobs::run_at.asc(), jobs::id.asc()))
         .limit(limit * 2)
         .select(jobs::id)
@@ -93,19 +101,15 @@ pub fn claim(
         if claimed.len() as i64 >= limit {
             break;
         }
-        let won = diesel::update(
-            jobs::table
-                .filter(jobs::id.eq(&id))
-                .filter(jobs::status.eq(QUEUED)),
-        )
-        .set((
-            jobs::status.eq(RUNNING),
-            jobs::locked_by.eq(worker),
-            jobs::locked_until.eq(lease_until),
-            jobs::attempts.eq(jobs::attempts + 1),
-            jobs::updated_at.eq(now),
-        ))
-        .execute(conn)?;
+        let won = diesel::update(jobs::table.filter(jobs::id.eq(&id)).filter(due))
+            .set((
+                jobs::status.eq(RUNNING),
+                jobs::locked_by.eq(worker),
+                jobs::locked_until.eq(lease_until),
+                jobs::attempts.eq(jobs::attempts + 1),
+                jobs::updated_at.eq(now),
+            ))
+            .execute(conn)?;
         if won == 1 {
             let row = jobs::table
                 .find(&id)
@@ -115,6 +119,35 @@ pub fn claim(
         }
     }
     Ok(claimed)
+}
+
+/// Extends `worker`'s lease on a running job; `false` when the job is no longer its own (the
+/// lease ran out and another worker took it over, or it was released or cancelled).
+pub fn renew(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    lease_until: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(owned(id, worker))
+        .set(jobs::locked_until.eq(lease_until))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Whether `worker` holds a live lease on the job at `now`: the fence for a step that must
+/// happen at most once (the Mango send), checked in that step's own transaction.
+pub fn holds_lease(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n: i64 = owned(id, worker)
+        .filter(jobs::locked_until.ge(now))
+        .count()
+        .get_result(conn)?;
+    Ok(n == 1)
 }
 
 type Owned<'a> = diesel::dsl::Filter<

@@ -12,10 +12,12 @@ use tracing::Instrument;
 use super::{queue, JobError, Registry};
 use crate::context::Context;
 
-/// How long a claimed job is ours. Longer than any job's total peer timeouts, so a slow job is
-/// never re-run while it is still going; a crashed worker's jobs come back after it.
-pub const LEASE: Duration = Duration::from_secs(300);
-/// Poll fallback when no wake-up arrives (another instance enqueued, or a retry came due).
+/// How long a claimed job is ours unless renewed (`APP_JOB_LEASE_SECONDS`). Short, so a crashed
+/// instance's jobs are taken over within it; a slow job keeps its lease because its worker
+/// renews it every third of the lease while it runs ([`run_one`]).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(20);
+/// Poll fallback when no wake-up arrives (another instance enqueued, or a retry came due). It
+/// also bounds how late an expired lease is noticed: [`queue::claim`] takes those jobs over.
 const POLL: Duration = Duration::from_secs(2);
 const REAP_EVERY: Duration = Duration::from_secs(30);
 /// Finished jobs are kept this long for debugging, then deleted.
@@ -78,9 +80,10 @@ impl Worker {
             }
             if last_reap.is_none_or(|t| t.elapsed() >= REAP_EVERY) {
                 last_reap = Some(std::time::Instant::now());
-                let now = self.ctx.shared.clock.now();
-                let keep_until = now - chrono::Duration::days(DONE_JOBS_KEPT_DAYS);
+                let clock = self.ctx.shared.clock.clone();
                 let reaped = self.ctx.shared.db.run(move |c| {
+                    let now = clock.shift(crate::db::database_now(c)?);
+                    let keep_until = now - chrono::Duration::days(DONE_JOBS_KEPT_DAYS);
                     queue::purge_done(c, keep_until)?;
                     Ok(queue::reap(c, now)?)
                 });
@@ -182,15 +185,20 @@ pub fn stop_switch() -> (StopWorker, watch::Receiver<bool>) {
     (StopWorker(tx), rx)
 }
 
-async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobRow> {
-    let now = ctx.shared.clock.now();
-    let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
+/// Claims up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker`.
+pub async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobRow> {
+    let clock = ctx.shared.clock.clone();
+    let lease = lease_of(ctx);
     let worker = worker.to_owned();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     match ctx
         .shared
         .db
-        .run(move |c| Ok(queue::claim(c, &worker, now, lease_until, limit)?))
+        .run(move |c| {
+            // One reading of the database's clock per claim: see [`queue`] on why.
+            let now = clock.shift(crate::db::database_now(c)?);
+            Ok(queue::claim(c, &worker, now, now + lease, limit)?)
+        })
         .await
     {
         Ok(jobs) => jobs,
@@ -201,15 +209,52 @@ async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobR
     }
 }
 
+fn lease_of(ctx: &Context) -> chrono::Duration {
+    chrono::Duration::from_std(ctx.shared.settings.job_lease).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Renews the job's lease every third of the lease until it is lost; returns only then (the
+/// caller drops the job's future with it). A failed renewal (database hiccup) is retried at the
+/// next tick: the lease still has two thirds left.
+async fn keep_lease(ctx: &Context, id: &str, worker: &str) {
+    let every = ctx.shared.settings.job_lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let (clock, lease) = (ctx.shared.clock.clone(), lease_of(ctx));
+        let (jid, w) = (id.to_owned(), worker.to_owned());
+        let renewed = ctx
+            .shared
+            .db
+            .run(move |c| {
+                let now = clock.shift(crate::db::database_now(c)?);
+                Ok(queue::renew(c, &jid, &w, now + lease)?)
+            })
+            .await;
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(error = %e, "renewing the job's lease failed; trying again"),
+        }
+    }
+}
+
 /// Runs one claimed job and records its outcome; never panics the worker.
 pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queue::JobRow) {
     let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, portal = job.member_id.as_deref().unwrap_or("-"), attempt = job.attempts);
     async {
         // A panicking job (a bug) is retried like a transient failure and buried after its
         // attempts, instead of taking the worker down with it; the panic hook logged the cause.
-        let result = crate::telemetry::catch_panic(registry.dispatch(ctx, &job))
-            .await
-            .unwrap_or_else(|panic| Err(JobError::Transient(anyhow::anyhow!("the job panicked: {panic}"))));
+        let running = crate::telemetry::catch_panic(registry.dispatch(ctx, &job));
+        let result = tokio::select! {
+            done = running => done.unwrap_or_else(|panic| Err(JobError::Transient(anyhow::anyhow!("the job panicked: {panic}")))),
+            () = keep_lease(ctx, &job.id, worker) => {
+                // Another worker owns the job now; this run stops at its current await point.
+                // Whatever it was about to write is fenced: finishing updates compare-and-set
+                // on `locked_by`, and the Mango send checks the lease in its own transaction.
+                tracing::warn!("job lease lost to another worker; this run is abandoned");
+                return;
+            }
+        };
         let now = ctx.shared.clock.now();
         let (id, w) = (job.id.clone(), worker.to_owned());
         let outcome = match result {

@@ -8,6 +8,7 @@ mod callback;
 mod hostile;
 mod install;
 mod jobs;
+mod lease;
 mod limits;
 mod peer_failures;
 mod props;

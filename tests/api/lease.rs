@@ -1,0 +1,150 @@
+//! Short renewed job leases: a dead instance's jobs are taken over within the lease (measured on
+//! the database's clock plus the test clock's offset), and a worker that lost its lease cannot
+//! send the Mango command.
+
+use std::time::Duration;
+
+use mango_callback::callback::{self, Status};
+use mango_callback::db::Backend;
+use mango_callback::jobs::queue;
+use mango_callback::jobs::queue::JobRow;
+use mango_callback::jobs::worker;
+use mango_callback::sandbox::bitrix::SimPortal;
+use mango_callback::startup::job_registry;
+
+use crate::helpers::{spawn_app, spawn_instance, TestApp};
+use crate::on_both_backends;
+
+const PHONE: &str = "89001234567";
+
+/// A robot call accepted (200) with its `place_call` job left queued; returns portal and deal.
+async fn accepted_robot_call(app: &TestApp) -> (SimPortal, u64) {
+    let p = app.installed_portal("leases").await;
+    let deal = app.b24.add_deal(&p.member_id, None);
+    fire(app, &p, deal).await;
+    (p, deal)
+}
+
+async fn fire(app: &TestApp, p: &SimPortal, deal: u64) {
+    let fired = app
+        .b24
+        .fire_robot(&p.member_id, "mango_callback", deal, &[("phone", PHONE)])
+        .await
+        .expect("the robot is registered");
+    assert_eq!(fired.status, 200, "{}", fired.body);
+}
+
+async fn statuses(app: &TestApp, member_id: &str) -> Vec<Status> {
+    let mid = member_id.to_owned();
+    let mut rows = app
+        .shared
+        .db
+        .run(move |c| Ok(callback::store::latest(c, &mid, 50)?))
+        .await
+        .expect("db");
+    rows.reverse();
+    rows.into_iter().map(|cb| cb.status).collect()
+}
+
+/// A worker takes the `place_call` job and then vanishes (its process was killed): it never
+/// renews the lease, finishes the job or releases it.
+async fn claimed_by(app: &TestApp, who: &str) -> JobRow {
+    worker::claim_due(&app.ctx, who, 8)
+        .await
+        .into_iter()
+        .find(|j| j.kind == "place_call")
+        .expect("the place_call job is claimed")
+}
+
+async fn a_killed_instance_s_callback_is_placed_by_another_within_the_lease(backend: Backend) {
+    let app = spawn_app(backend).await;
+    accepted_robot_call(&app).await;
+    claimed_by(&app, "killed-worker").await;
+    let other = spawn_instance(&app.db_url, &app.b24, &app.mango, 20.0, None).await;
+    assert_eq!(other.drain().await, 0, "a live lease is not taken over");
+
+    let lease = worker::DEFAULT_LEASE;
+    other.advance(lease - Duration::from_secs(2));
+    assert_eq!(other.drain().await, 0, "nor one about to run out");
+    assert!(app.mango.callbacks().is_empty());
+
+    other.advance(Duration::from_secs(3));
+    assert!(other.drain().await >= 1, "the expired lease is taken over");
+    assert_eq!(app.mango.callbacks().len(), 1, "the client is called once");
+}
+on_both_backends!(a_killed_instance_s_callback_is_placed_by_another_within_the_lease);
+
+async fn a_worker_whose_lease_was_taken_over_cannot_start_the_call(backend: Backend) {
+    let app = spawn_app(backend).await;
+    accepted_robot_call(&app).await;
+    let stale = claimed_by(&app, "stalled-worker").await;
+    let other = spawn_instance(&app.db_url, &app.b24, &app.mango, 20.0, None).await;
+    other.advance(worker::DEFAULT_LEASE + Duration::from_secs(1));
+    let fresh = claimed_by(&other, "new-worker").await;
+
+    // The stalled worker wakes up and carries on with the job it no longer owns.
+    worker::run_one(&app.ctx, &job_registry(), "stalled-worker", stale).await;
+    assert!(
+        app.mango.callbacks().is_empty(),
+        "no Mango command without the lease"
+    );
+
+    worker::run_one(&other.ctx, &job_registry(), "new-worker", fresh).await;
+    other.drain().await;
+    assert_eq!(app.mango.callbacks().len(), 1, "the owner calls, once");
+}
+on_both_backends!(a_worker_whose_lease_was_taken_over_cannot_start_the_call);
+
+async fn an_uninstall_ends_unfinished_callbacks_and_frees_their_deals(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (p, deal) = accepted_robot_call(&app).await;
+    let answers = app
+        .b24
+        .send_event(&p.member_id, "ONAPPUNINSTALL", &[])
+        .await
+        .expect("event");
+    assert_eq!(answers, [200]);
+    assert_eq!(statuses(&app, &p.member_id).await, [Status::Failed]);
+
+    // Installed again, the same deal gets its callback: no duplicate of a run that ended.
+    let (status, page) = app.open_installer(&p, p.admin_user_id).await;
+    assert_eq!(status, 200, "{page}");
+    app.configure_mango(&p.member_id).await;
+    app.drain().await;
+    fire(&app, &p, deal).await;
+    app.drain().await;
+    assert_eq!(
+        statuses(&app, &p.member_id).await,
+        [Status::Failed, Status::Started]
+    );
+    assert_eq!(app.mango.callbacks().len(), 1);
+}
+on_both_backends!(an_uninstall_ends_unfinished_callbacks_and_frees_their_deals);
+
+async fn a_callback_whose_job_died_does_not_block_its_deal(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (p, deal) = accepted_robot_call(&app).await;
+    // The job dies without finishing its callback (a bug buried it).
+    let job = claimed_by(&app, "buggy-worker").await;
+    let buried = app
+        .shared
+        .db
+        .run(move |c| {
+            let now = chrono::Utc::now().naive_utc();
+            Ok(queue::bury(c, &job.id, "buggy-worker", "a bug", now)?)
+        })
+        .await
+        .expect("db");
+    assert!(buried);
+    app.expect_dead_jobs("place_call", 1);
+
+    fire(&app, &p, deal).await;
+    app.drain().await;
+    assert_eq!(
+        statuses(&app, &p.member_id).await,
+        [Status::Queued, Status::Started],
+        "the new run is not cut off as a duplicate"
+    );
+    assert_eq!(app.mango.callbacks().len(), 1);
+}
+on_both_backends!(a_callback_whose_job_died_does_not_block_its_deal);
