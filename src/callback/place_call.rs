@@ -86,6 +86,47 @@ async fn finish(
     Ok(())
 }
 
+/// How long a callback found in `calling` waits for Mango's `result/callback_group` before it
+/// is decided without it.
+pub const RESULT_WAIT: Duration = Duration::from_secs(120);
+/// How often it looks for that result meanwhile (a job retry, not a sleep in a worker slot).
+const RESULT_RECHECK: Duration = Duration::from_secs(20);
+
+/// A previous run moved the callback to `calling` (so the command may have gone out) and stopped
+/// before recording Mango's answer (killed, lease lost). The rule, at most one command per run:
+///
+/// - Mango's asynchronous `result/callback_group` for the command was recorded: Mango received
+///   it. Code 1000 ends the callback `started`; another code ends it as that refusal. Nothing is
+///   sent again.
+/// - No result yet: wait for it, [`RESULT_WAIT`] after the callback entered `calling`, looking
+///   again every [`RESULT_RECHECK`].
+/// - Still none after that: the command is taken as lost and the callback ends `failed`
+///   ("interrupted"), the business process told so. It is never re-sent: Mango does not
+///   deduplicate `command_id`, so a resend after an unknown outcome could ring the client twice;
+///   a missed callback is visible to the manager, a doubled one is not undone.
+async fn after_interrupted_send(ctx: &Context, cb: &Callback) -> Result<(), JobError> {
+    if cb.outcome.is_some() {
+        let (ext, ph, code) = (cb.group_extension.clone(), cb.phone.clone(), cb.mango_code);
+        let reason = match code {
+            Some(1000) | None => None,
+            Some(c) => Some(Reason::MangoRefused {
+                code: u32::try_from(c).unwrap_or(0),
+            }),
+        };
+        return finish(ctx, cb, ext, ph, code, reason).await;
+    }
+    let now = ctx.shared.clock.now();
+    let deadline = cb.updated_at + chrono::Duration::from_std(RESULT_WAIT).unwrap_or_default();
+    if now < deadline {
+        let next = now + chrono::Duration::from_std(RESULT_RECHECK).unwrap_or_default();
+        return Err(JobError::RetryAt(
+            next.min(deadline),
+            "interrupted while calling: waiting for Mango's result".into(),
+        ));
+    }
+    end_without_call(ctx, cb, Reason::Interrupted).await
+}
+
 impl Job for PlaceCall {
     const KIND: &'static str = "place_call";
     const MAX_ATTEMPTS: i32 = 12;
@@ -118,9 +159,7 @@ impl PlaceCall {
             return Ok(());
         };
         if cb.status == Status::Calling {
-            // A previous run sent (or was sending) the command and stopped before recording the
-            // answer. Mango does not deduplicate command_id, so sending again could ring twice.
-            return end_without_call(ctx, &cb, Reason::Interrupted).await;
+            return after_interrupted_send(ctx, &cb).await;
         }
         if cb.status != Status::Queued {
             return Ok(());

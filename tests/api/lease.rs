@@ -12,7 +12,7 @@ use mango_callback::jobs::worker;
 use mango_callback::sandbox::bitrix::SimPortal;
 use mango_callback::startup::job_registry;
 
-use crate::helpers::{spawn_app, spawn_instance, TestApp};
+use crate::helpers::{spawn_app, spawn_instance, TestApp, MANGO_KEY};
 use crate::on_both_backends;
 
 const PHONE: &str = "89001234567";
@@ -148,3 +148,86 @@ async fn a_callback_whose_job_died_does_not_block_its_deal(backend: Backend) {
     assert_eq!(app.mango.callbacks().len(), 1);
 }
 on_both_backends!(a_callback_whose_job_died_does_not_block_its_deal);
+
+/// A run moved the callback to `calling` (the step right before the Mango command goes out) and
+/// its process died there: nobody knows whether Mango got the command. Returns its command id.
+async fn interrupted_while_calling(app: &TestApp) -> (SimPortal, String) {
+    let (p, _) = accepted_robot_call(app).await;
+    let job = claimed_by(app, "killed-worker").await;
+    let mid = p.member_id.clone();
+    let clock = app.clock.clone();
+    let command_id = app
+        .shared
+        .db
+        .run(move |c| {
+            let cb = callback::store::latest(c, &mid, 1)?
+                .pop()
+                .ok_or(diesel::result::Error::NotFound)?;
+            let command_id = callback::command_id(&cb.member_id, &cb.deal_id, &cb.id);
+            let at = callback::lifecycle::SendAt {
+                job_id: &job.id,
+                worker: "killed-worker",
+                clock: &clock,
+            };
+            let moved = callback::lifecycle::start_calling(
+                c,
+                &cb,
+                &at,
+                ("002", "79001234567", &command_id),
+            )?;
+            assert!(moved, "the lease holder may start the call");
+            Ok(command_id)
+        })
+        .await
+        .expect("db");
+    assert_eq!(statuses(app, &p.member_id).await, [Status::Calling]);
+    app.advance(worker::DEFAULT_LEASE + Duration::from_secs(1));
+    (p, command_id)
+}
+
+async fn a_call_interrupted_after_mango_reported_its_result_ends_started_without_a_second_command(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let (p, command_id) = interrupted_while_calling(&app).await;
+    let status = app
+        .mango
+        .post_result(&app.mango_url(), MANGO_KEY, &command_id, 1000)
+        .await
+        .expect("posted");
+    assert_eq!(status, 200);
+
+    app.drain().await;
+    assert_eq!(statuses(&app, &p.member_id).await, [Status::Started]);
+    assert!(app.mango.callbacks().is_empty(), "nothing sent again");
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0]["RETURN_VALUES"]["result"], "started");
+}
+on_both_backends!(
+    a_call_interrupted_after_mango_reported_its_result_ends_started_without_a_second_command
+);
+
+async fn a_call_interrupted_without_a_result_waits_two_minutes_then_fails_unsent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (p, _) = interrupted_while_calling(&app).await;
+    app.drain().await;
+    assert_eq!(
+        statuses(&app, &p.member_id).await,
+        [Status::Calling],
+        "it waits for Mango's result"
+    );
+    assert!(app.b24.event_sends(&p.member_id).is_empty());
+
+    app.advance(Duration::from_secs(121));
+    app.drain().await;
+    assert_eq!(statuses(&app, &p.member_id).await, [Status::Failed]);
+    assert!(
+        app.mango.callbacks().is_empty(),
+        "never re-sent: Mango does not deduplicate command_id"
+    );
+    let sends = app.b24.event_sends(&p.member_id);
+    assert_eq!(sends.len(), 1, "the business process is told");
+    assert_ne!(sends[0]["RETURN_VALUES"]["result"], "started");
+}
+on_both_backends!(a_call_interrupted_without_a_result_waits_two_minutes_then_fails_unsent);
