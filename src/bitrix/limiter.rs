@@ -70,3 +70,37 @@ impl RefreshGates {
         map.entry(member_id.to_owned()).or_default().clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn two_limiters_on_one_database_share_a_portals_burst_and_refill_with_the_clock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = dir.path().join("budget.db").display().to_string();
+        let db = Db::connect(&url, 2).expect("database");
+        let clock = Clock::system();
+        // 10 a second with a burst of 5: 9 a second and 4 at once after the margin.
+        let one = RateLimiter::new(db.clone(), clock.clone(), 10.0, 5);
+        let other = RateLimiter::new(db.clone(), clock.clone(), 10.0, 5);
+        for i in 0..4 {
+            let limiter = if i % 2 == 0 { &one } else { &other };
+            assert_eq!(limiter.try_take("p1").await.expect("db"), Duration::ZERO);
+        }
+        let wait = other.try_take("p1").await.expect("db");
+        assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(112),
+            "the burst is spent for both: {wait:?}"
+        );
+        assert_eq!(
+            one.try_take("p2").await.expect("db"),
+            Duration::ZERO,
+            "another portal has its own budget"
+        );
+        clock.advance(Duration::from_secs(1));
+        for _ in 0..4 {
+            assert_eq!(one.try_take("p1").await.expect("db"), Duration::ZERO);
+        }
+    }
+}
