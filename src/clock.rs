@@ -40,6 +40,12 @@ impl Clock {
         t.with_nanosecond(micros).unwrap_or(t)
     }
 
+    /// How far this clock runs ahead of real time (tests move it), in microseconds: added to the
+    /// database clock where shared budgets count in it.
+    pub fn offset_us(&self) -> i64 {
+        self.offset_ms.load(Ordering::SeqCst).saturating_mul(1_000)
+    }
+
     /// Moves this clock (and every clone of it) forward.
     pub fn advance(&self, by: std::time::Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);

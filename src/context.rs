@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::bitrix::client::{BitrixClient, BITRIX_TIMEOUT};
+use crate::bitrix::client::{BitrixClient, BITRIX_TIMEOUT, JOB_BUDGET_WAIT};
 use crate::bitrix::limiter::{RateLimiter, RefreshGates};
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -37,7 +37,12 @@ pub struct Shared {
 impl Shared {
     pub fn new(settings: Settings, db: Db, clock: Clock) -> Shared {
         let cipher = Cipher::new(&settings.secret_key);
-        let limiter = RateLimiter::new(settings.b24_requests_per_second, settings.b24_burst);
+        let limiter = RateLimiter::new(
+            db.clone(),
+            clock.clone(),
+            settings.b24_requests_per_second,
+            settings.b24_burst,
+        );
         let address_limiter = AddressLimiter::with_limits(
             clock.clone(),
             settings.address_burst,
@@ -79,6 +84,14 @@ impl Context {
             rest,
             mango,
         }
+    }
+
+    /// The services of a job worker: a request that would wait long for its portal's budget
+    /// fails with `Throttled` at once, so the job snoozes instead of holding its slot.
+    pub fn for_jobs(shared: Shared) -> Context {
+        let mut ctx = Context::new(shared);
+        ctx.rest = ctx.rest.with_max_budget_wait(JOB_BUDGET_WAIT);
+        ctx
     }
 }
 

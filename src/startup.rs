@@ -102,7 +102,7 @@ impl Application {
         .listen(listener)?
         .run();
         let worker = if opts.background_worker {
-            let ctx = Rc::new(Context::new(shared.clone()));
+            let ctx = Rc::new(Context::for_jobs(shared.clone()));
             let (stop, stopped) = worker::stop_switch();
             let worker = Worker::new(ctx.clone(), job_registry(), shared.settings.job_concurrency)
                 .with_shutdown_grace(opts.shutdown_grace);

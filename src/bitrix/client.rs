@@ -1,5 +1,5 @@
 //! The Bitrix24 REST transport: `{client_endpoint}{method}` with a JSON body and an `auth`
-//! token, the per-portal client-side rate limit, its own timeout, the waits Bitrix24 asks for
+//! token, the per-portal request budget (shared through the database), its own timeout, the waits Bitrix24 asks for
 //! (`QUERY_LIMIT_EXCEEDED`, `OPERATION_TIME_LIMIT`) and `batch`. It knows no stored portal:
 //! calling a portal with its stored tokens (refresh, renamed portals) is [`crate::portal::api`].
 
@@ -17,12 +17,21 @@ pub const BITRIX_TIMEOUT: Duration = Duration::from_secs(65);
 
 const MAX_LIMIT_RETRIES: u32 = 8;
 
+/// The longest a request waits for its portal's budget by default (HTTP handlers: an install or
+/// the settings page waits a little rather than fail).
+pub const HANDLER_BUDGET_WAIT: Duration = Duration::from_secs(10);
+/// The longest a job's request waits for its portal's budget; a longer wait snoozes the job
+/// ([`BitrixError::Throttled`]) so it does not hold a worker slot.
+pub const JOB_BUDGET_WAIT: Duration = Duration::from_secs(1);
+
 /// Cheap to clone: an awc client handle, a shared limiter and a clock.
 #[derive(Clone)]
 pub struct BitrixClient {
     http: awc::Client,
     limiter: Arc<RateLimiter>,
     clock: Clock,
+    /// The longest [`BitrixClient::send`] sleeps for the portal's budget before it gives up.
+    max_budget_wait: Duration,
 }
 
 /// One raw answer.
@@ -104,6 +113,34 @@ impl BitrixClient {
             http,
             limiter,
             clock,
+            max_budget_wait: HANDLER_BUDGET_WAIT,
+        }
+    }
+
+    /// The same client, waiting at most `wait` for a portal's budget.
+    pub fn with_max_budget_wait(mut self, wait: Duration) -> BitrixClient {
+        self.max_budget_wait = wait;
+        self
+    }
+
+    /// Takes one request from the portal's shared budget, sleeping for it up to the client's
+    /// bound; a longer wait is [`BitrixError::Throttled`].
+    async fn take_budget(&self, member_id: &str, method: &str) -> Result<(), BitrixError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let wait = self.limiter.try_take(member_id).await?;
+            if wait.is_zero() {
+                return Ok(());
+            }
+            if waited + wait > self.max_budget_wait {
+                return Err(BitrixError::Throttled {
+                    member_id: member_id.to_owned(),
+                    method: method.to_owned(),
+                    wait,
+                });
+            }
+            waited += wait;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -122,7 +159,7 @@ impl BitrixClient {
         } else {
             body = json!({ "auth": token });
         }
-        self.limiter.acquire(member_id).await;
+        self.take_budget(member_id, method).await?;
         let url = format!("{endpoint}{method}");
         let transport = |detail: String| BitrixError::Transport {
             member_id: member_id.to_owned(),

@@ -1,60 +1,59 @@
-//! Per-portal client-side rate limiting and per-portal refresh gates, shared by a process's threads.
+//! Per-portal Bitrix24 request budgets (shared through the database) and per-portal refresh gates.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A token bucket per portal that stays under Bitrix24's leaky bucket (drain Y req/s, burst X).
+use crate::clock::Clock;
+use crate::db::{Db, DbError};
+
+/// Each portal's budget under Bitrix24's leaky bucket (drain Y req/s, burst X), shared through
+/// the database by every instance using it, so two instances do not each spend the whole budget.
 ///
 /// It keeps a margin (90 % of the rate, 80 % of the burst) because the portal's bucket also
 /// counts requests we cannot see (the admin's own iframe calls, other apps on our IP).
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+    db: Db,
+    clock: Clock,
+    /// Microseconds between requests at the sustained rate (GCRA's emission interval).
+    interval_us: i64,
+    /// How far ahead of now the schedule may run: the burst, less the request itself.
+    tolerance_us: i64,
 }
 
 impl RateLimiter {
-    pub fn new(requests_per_second: f64, burst: u32) -> RateLimiter {
+    pub fn new(db: Db, clock: Clock, requests_per_second: f64, burst: u32) -> RateLimiter {
+        let rate = (requests_per_second * 0.9).max(0.1);
+        let burst = (f64::from(burst) * 0.8).floor().max(1.0);
+        let interval_us = (1_000_000.0 / rate).ceil() as i64;
         RateLimiter {
-            rate: (requests_per_second * 0.9).max(0.1),
-            burst: (f64::from(burst) * 0.8).floor().max(1.0),
-            buckets: Mutex::new(HashMap::new()),
+            db,
+            clock,
+            interval_us,
+            tolerance_us: (burst as i64 - 1) * interval_us,
         }
     }
 
-    /// How long to wait before one request for `member_id` may go; takes the token if zero.
-    fn try_take(&self, member_id: &str) -> Duration {
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let b = map.entry(member_id.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - b.tokens) / self.rate)
-        }
-    }
-
-    /// Waits until one request for the portal is allowed.
-    pub async fn acquire(&self, member_id: &str) {
-        loop {
-            let wait = self.try_take(member_id);
-            if wait.is_zero() {
-                return;
-            }
-            tokio::time::sleep(wait).await;
-        }
+    /// Takes one request for `member_id` from the shared budget: `Duration::ZERO` when taken,
+    /// else how long until the budget allows one (nothing is taken then).
+    pub async fn try_take(&self, member_id: &str) -> Result<Duration, DbError> {
+        let (member, offset_us) = (member_id.to_owned(), self.clock.offset_us());
+        let (interval_us, tolerance_us) = (self.interval_us, self.tolerance_us);
+        let wait = self
+            .db
+            .run(move |c| {
+                Ok(super::store::take(
+                    c,
+                    &member,
+                    offset_us,
+                    interval_us,
+                    tolerance_us,
+                )?)
+            })
+            .await?;
+        Ok(wait.map_or(Duration::ZERO, |us| {
+            Duration::from_micros(u64::try_from(us).unwrap_or(1))
+        }))
     }
 }
 
@@ -69,5 +68,39 @@ impl RefreshGates {
     pub fn gate(&self, member_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(member_id.to_owned()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn two_limiters_on_one_database_share_a_portals_burst_and_refill_with_the_clock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = dir.path().join("budget.db").display().to_string();
+        let db = Db::connect(&url, 2).expect("database");
+        let clock = Clock::system();
+        // 10 a second with a burst of 5: 9 a second and 4 at once after the margin.
+        let one = RateLimiter::new(db.clone(), clock.clone(), 10.0, 5);
+        let other = RateLimiter::new(db.clone(), clock.clone(), 10.0, 5);
+        for i in 0..4 {
+            let limiter = if i % 2 == 0 { &one } else { &other };
+            assert_eq!(limiter.try_take("p1").await.expect("db"), Duration::ZERO);
+        }
+        let wait = other.try_take("p1").await.expect("db");
+        assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(112),
+            "the burst is spent for both: {wait:?}"
+        );
+        assert_eq!(
+            one.try_take("p2").await.expect("db"),
+            Duration::ZERO,
+            "another portal has its own budget"
+        );
+        clock.advance(Duration::from_secs(1));
+        for _ in 0..4 {
+            assert_eq!(one.try_take("p1").await.expect("db"), Duration::ZERO);
+        }
     }
 }

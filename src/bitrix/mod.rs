@@ -5,6 +5,7 @@ pub mod client;
 pub mod crm;
 pub mod limiter;
 pub mod oauth;
+pub mod store;
 
 /// A Bitrix24 call that did not produce a result; every variant names portal and method.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,16 @@ pub enum BitrixError {
         location: String,
         detail: String,
     },
+    /// The portal's shared request budget allows the next request only after `wait`, longer
+    /// than this caller waits: a job snoozes for it instead of holding a worker.
+    #[error(
+        "Bitrix24 portal {member_id}: {method} waits {wait:?} for the portal's request budget"
+    )]
+    Throttled {
+        member_id: String,
+        method: String,
+        wait: std::time::Duration,
+    },
     #[error("Bitrix24 portal {0} is not installed")]
     NotInstalled(String),
     #[error(transparent)]
@@ -44,7 +55,9 @@ impl BitrixError {
     /// Worth retrying later: transport trouble, limits, server errors.
     pub fn is_transient(&self) -> bool {
         match self {
-            BitrixError::Transport { .. } | BitrixError::Db(_) => true,
+            BitrixError::Transport { .. } | BitrixError::Db(_) | BitrixError::Throttled { .. } => {
+                true
+            }
             BitrixError::Api { status, code, .. } => {
                 *status >= 500
                     || *status == 429
@@ -54,6 +67,14 @@ impl BitrixError {
             BitrixError::NeedsReauth { .. }
             | BitrixError::NotInstalled(_)
             | BitrixError::RenameRefused { .. } => false,
+        }
+    }
+
+    /// How long the portal's request budget asks to wait, when that is why this call failed.
+    pub fn budget_wait(&self) -> Option<std::time::Duration> {
+        match self {
+            BitrixError::Throttled { wait, .. } => Some(*wait),
+            _ => None,
         }
     }
 

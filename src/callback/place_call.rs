@@ -22,7 +22,9 @@ pub const CONTACT_RECHECK: Duration = Duration::from_secs(5);
 
 /// A Bitrix24 error as a job's: transient ones are retried.
 pub(super) fn bitrix_error(e: BitrixError) -> JobError {
-    if e.is_transient() {
+    if let Some(wait) = e.budget_wait() {
+        JobError::Snooze(wait)
+    } else if e.is_transient() {
         JobError::Transient(e.into())
     } else {
         JobError::Permanent(e.into())

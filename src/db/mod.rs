@@ -232,6 +232,37 @@ where
     })
 }
 
+/// The database clock in microseconds since the Unix epoch, as an SQL expression of `conn`'s
+/// backend. Shared budgets and windows count in it, so that instances whose host clocks disagree
+/// still agree on one time. Stable within one statement on both backends (SQLite's `'now'` is
+/// fixed per statement; PostgreSQL's `statement_timestamp()` likewise).
+pub fn now_us_sql(conn: &DbConnection) -> &'static str {
+    match conn {
+        DbConnection::Sqlite(_) => {
+            "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
+        }
+        DbConnection::Postgres(_) => {
+            "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000 AS BIGINT)"
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Micros {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    v: i64,
+}
+
+/// The database clock now, in microseconds since the Unix epoch (see [`now_us_sql`]).
+pub fn db_now_us(conn: &mut DbConnection) -> QueryResult<i64> {
+    let sql = format!("SELECT {} AS v", now_us_sql(conn));
+    let row: Micros = match conn {
+        DbConnection::Sqlite(c) => diesel::sql_query(sql).get_result(c)?,
+        DbConnection::Postgres(c) => diesel::sql_query(sql).get_result(c)?,
+    };
+    Ok(row.v)
+}
+
 /// Inserts inside a savepoint so that a unique violation does not abort an enclosing
 /// PostgreSQL transaction; returns `Ok(false)` when the row already existed.
 pub fn insert_if_absent<F>(conn: &mut DbConnection, f: F) -> QueryResult<bool>

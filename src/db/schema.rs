@@ -110,6 +110,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    rest_budgets (member_id) {
+        member_id -> Text,
+        tat_us -> BigInt,
+    }
+}
+
 diesel::joinable!(portal_settings -> portals (member_id));
 diesel::joinable!(callbacks -> portals (member_id));
 diesel::joinable!(jobs -> portals (member_id));

@@ -32,6 +32,11 @@ pub enum JobError {
     /// Not a failure: run again at the given time (e.g. a contact not linked to the deal yet).
     #[error("waiting until {0}: {1}")]
     RetryAt(NaiveDateTime, String),
+    /// Not a failure: a shared budget (a peer's rate limit) allows the job's next step only after
+    /// this long. The job goes back to the queue, due then, without counting an attempt, and its
+    /// worker slot is free for other work meanwhile.
+    #[error("waiting {0:?} for a rate budget")]
+    Snooze(Duration),
 }
 
 impl From<crate::db::DbError> for JobError {

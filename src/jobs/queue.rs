@@ -76,6 +76,10 @@ pub fn enqueue(conn: &mut DbConnection, job: &NewJob, now: NaiveDateTime) -> Que
 /// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`: queued
 /// jobs whose `run_at` has come, and running jobs whose lease ran out (their worker died).
 ///
+/// Fair across portals (`member_id`): the portals with due jobs take turns, oldest waiting portal
+/// first, so one portal's burst does not take every slot while another portal's lone job waits.
+/// A portal alone still gets every slot.
+///
 /// Candidates are read without locks; each is then taken by a compare-and-set that succeeds
 /// for exactly one worker even across processes (PostgreSQL re-checks the `WHERE` of a
 /// concurrent `UPDATE` after the winner commits; SQLite serialises writers).
@@ -90,12 +94,7 @@ pub fn claim(
         .eq(QUEUED)
         .and(jobs::run_at.le(now))
         .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now)));
-    let candidates: Vec<String> = jobs::table
-        .filter(due)
-        .order((jobs::run_at.asc(), jobs::id.asc()))
-        .limit(limit * 2)
-        .select(jobs::id)
-        .load(conn)?;
+    let candidates = fair_candidates(conn, now, limit)?;
     let mut claimed = Vec::new();
     for id in candidates {
         if claimed.len() as i64 >= limit {
@@ -148,6 +147,59 @@ pub fn holds_lease(
         .count()
         .get_result(conn)?;
     Ok(n == 1)
+}
+
+/// Due job ids in turn order: each portal's oldest, then each one's second oldest, and so on,
+/// portals ordered by their oldest due job; twice `limit` of them, since some may be lost to
+/// other workers' claims.
+fn fair_candidates(
+    conn: &mut DbConnection,
+    now: NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<String>> {
+    let want = limit.saturating_mul(2).max(1);
+    // Queued jobs whose time has come, and running jobs whose lease ran out (their worker died).
+    let due = || {
+        jobs::table.filter(
+            jobs::status
+                .eq(QUEUED)
+                .and(jobs::run_at.le(now))
+                .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now))),
+        )
+    };
+    let portals: Vec<(Option<String>, Option<NaiveDateTime>)> = due()
+        .group_by(jobs::member_id)
+        .select((jobs::member_id, diesel::dsl::min(jobs::run_at)))
+        .order_by(diesel::dsl::min(jobs::run_at).asc())
+        .limit(want)
+        .load(conn)?;
+    let mut queues = Vec::with_capacity(portals.len());
+    for (member_id, _) in portals {
+        let ordered = due()
+            .order((jobs::run_at.asc(), jobs::id.asc()))
+            .limit(want);
+        let ids: Vec<String> = match member_id {
+            Some(m) => ordered
+                .filter(jobs::member_id.eq(m))
+                .select(jobs::id)
+                .load(conn)?,
+            None => ordered
+                .filter(jobs::member_id.is_null())
+                .select(jobs::id)
+                .load(conn)?,
+        };
+        queues.push(ids.into_iter());
+    }
+    let mut turns = Vec::new();
+    while (turns.len() as i64) < want {
+        let before = turns.len();
+        turns.extend(queues.iter_mut().filter_map(Iterator::next));
+        if turns.len() == before {
+            break;
+        }
+    }
+    turns.truncate(usize::try_from(want).unwrap_or(usize::MAX));
+    Ok(turns)
 }
 
 type Owned<'a> = diesel::dsl::Filter<

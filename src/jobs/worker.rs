@@ -266,6 +266,12 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
                 tracing::info!(until = %at, %note, "job waits");
                 ctx.shared.db.run(move |c| Ok(queue::snooze(c, &id, &w, at, &note, now)?)).await
             }
+            Err(JobError::Snooze(wait)) => {
+                let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                let note = format!("snoozed {} ms for a rate budget", wait.as_millis());
+                tracing::debug!(wait_ms = wait.as_millis() as u64, "job snoozes for a rate budget");
+                ctx.shared.db.run(move |c| Ok(queue::snooze(c, &id, &w, at, &note, now)?)).await
+            }
             Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {
                 let e = super::cause_chain(&e);
                 let delay = super::backoff(job.attempts);

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 
 use crate::clock::Clock;
 use crate::db::schema::rate_slots;
-use crate::db::{insert_if_absent, write_tx, Db, DbConnection, DbError};
+use crate::db::{db_now_us, insert_if_absent, write_tx, Db, DbConnection, DbError};
 
 /// Mango's documented limit for callback commands per account and second.
 pub const MANGO_CALLBACKS_PER_SECOND: i64 = 4;
@@ -19,14 +19,14 @@ const MANGO_RATE_WINDOW_US: i64 = 1_150_000;
 pub async fn wait_for_callback_slot(db: &Db, clock: &Clock, api_key: &str) -> Result<(), DbError> {
     let bucket = format!("mango:{}", crate::crypto::sha256_hex(api_key.as_bytes()));
     loop {
-        let now_us = clock.now_utc().timestamp_micros();
+        let offset_us = clock.offset_us();
         let b = bucket.clone();
         if db
             .run(move |c| {
                 take_rate_slot(
                     c,
                     &b,
-                    now_us,
+                    offset_us,
                     MANGO_CALLBACKS_PER_SECOND,
                     MANGO_RATE_WINDOW_US,
                 )
@@ -44,12 +44,13 @@ pub async fn wait_for_callback_slot(db: &Db, clock: &Clock, api_key: &str) -> Re
 ///
 /// A sliding window (Mango's own limit behaves like one), not fixed seconds, which would allow
 /// twice the rate across a second boundary. The row at slot -1 is a lock: updating it first
-/// serialises concurrent takers on PostgreSQL as well as on SQLite. Each taken slot is a row keyed
-/// by its time in microseconds.
+/// (a write that changes nothing) serialises concurrent takers on PostgreSQL as well as on
+/// SQLite. Each taken slot is a row keyed by its time in microseconds of the database clock, plus
+/// `offset_us` (the app clock's test offset), so instances with drifting host clocks agree.
 pub fn take_rate_slot(
     conn: &mut DbConnection,
     bucket: &str,
-    now_us: i64,
+    offset_us: i64,
     limit: i64,
     window_us: i64,
 ) -> Result<bool, DbError> {
@@ -64,8 +65,10 @@ pub fn take_rate_slot(
                 .execute(c)
         })?;
         diesel::update(rate_slots::table.find((bucket, -1i64)))
-            .set(rate_slots::used.eq(rate_slots::used + 1))
+            .set(rate_slots::used.eq(rate_slots::used))
             .execute(c)?;
+        // Read after the lock: a taker that waited for it counts from when it got it.
+        let now_us = db_now_us(c)?.saturating_add(offset_us);
         diesel::delete(
             rate_slots::table
                 .filter(rate_slots::bucket.eq(bucket))

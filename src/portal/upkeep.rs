@@ -60,7 +60,9 @@ pub fn apply_verified_update(
 }
 
 fn job_error(e: BitrixError) -> JobError {
-    if e.is_transient() {
+    if let Some(wait) = e.budget_wait() {
+        JobError::Snooze(wait)
+    } else if e.is_transient() {
         JobError::Transient(e.into())
     } else {
         JobError::Permanent(e.into())

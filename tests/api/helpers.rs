@@ -385,7 +385,8 @@ pub async fn start_instance(
     let base = format!("http://127.0.0.1:{}", app.port());
     let shared = app.shared().clone();
     actix_web::rt::spawn(app.run_until_stopped());
-    let ctx = Rc::new(Context::new(shared.clone()));
+    // The test's `drain` runs jobs: with a worker's services.
+    let ctx = Rc::new(Context::for_jobs(shared.clone()));
     TestApp {
         base,
         shared,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod browser;
+mod budget;
 mod callback;
 mod hostile;
 mod install;

@@ -1,0 +1,231 @@
+//! The Bitrix24 request budget of a portal, shared by every instance on one database; jobs that
+//! must wait long for it snooze without spending an attempt; claims take turns across portals.
+
+use std::time::{Duration, Instant};
+
+use mango_callback::db::Backend;
+use mango_callback::jobs::queue;
+use mango_callback::sandbox::bitrix::BitrixSimOptions;
+use mango_callback::sandbox::LocalSettings;
+
+use crate::helpers::{spawn_app, spawn_app_configured, start_instance, TestApp};
+use crate::on_both_backends;
+
+/// Fires a robot call with a phone on a new deal of the portal; accepted, its jobs not run.
+async fn fire(app: &TestApp, member_id: &str, phone: &str) {
+    let deal = app.b24.add_deal(member_id, None);
+    let fired = app
+        .b24
+        .fire_robot(member_id, "mango_callback", deal, &[("phone", phone)])
+        .await
+        .expect("the robot is registered");
+    assert_eq!(fired.status, 200, "{}", fired.body);
+}
+
+fn snoozed(j: &queue::JobRow) -> bool {
+    j.last_error.as_deref().unwrap_or("").starts_with("snoozed")
+}
+
+/// Runs due jobs on `app` as a worker with `slots` slots does: claims up to that many, runs them
+/// at once, again until none is due. Two apps doing this at once split the work between them.
+async fn work(app: &TestApp, slots: i64) {
+    let registry = mango_callback::startup::job_registry();
+    loop {
+        let now = app.clock.now();
+        let lease = now + chrono::Duration::seconds(300);
+        let worker = format!("{}-worker", app.base);
+        let w = worker.clone();
+        let batch = app
+            .shared
+            .db
+            .run(move |c| Ok(queue::claim(c, &w, now, lease, slots)?))
+            .await
+            .expect("claim");
+        if batch.is_empty() {
+            return;
+        }
+        futures_util::future::join_all(
+            batch.into_iter().map(|job| {
+                mango_callback::jobs::worker::run_one(&app.ctx, &registry, &worker, job)
+            }),
+        )
+        .await;
+    }
+}
+
+/// Runs the jobs of every app at once, again and again, until none is left queued or running
+/// (snoozed jobs come due by themselves).
+async fn run_all(apps: &[&TestApp]) {
+    let started = Instant::now();
+    loop {
+        futures_util::future::join_all(apps.iter().map(|a| work(a, 4))).await;
+        let db = apps[0].shared.db.clone();
+        let now = apps[0].clock.now() + chrono::Duration::seconds(5);
+        let pending = db
+            .run(|c| Ok(queue::all(c)?))
+            .await
+            .expect("jobs")
+            .into_iter()
+            .filter(|j| {
+                j.status == queue::RUNNING
+                    || j.status == queue::QUEUED
+                        // A portal's upkeep waits for days: not part of the calls' work.
+                        && (j.run_at <= now || snoozed(j))
+            })
+            .count();
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "{pending} jobs still pending"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn two_instances_sharing_one_database_stay_within_one_portals_request_budget(
+    backend: Backend,
+) {
+    // A small, fast portal: 5 requests at once, 10 a second; each instance is told the same.
+    let sim = BitrixSimOptions {
+        drain_per_sec: 10.0,
+        burst: 5,
+        ..Default::default()
+    };
+    let plan = |s: &mut mango_callback::config::Settings| {
+        s.b24_requests_per_second = 10.0;
+        s.b24_burst = 5;
+    };
+    let first = spawn_app_configured(backend, sim, plan).await;
+    let mut settings = mango_callback::config::Settings::for_local(
+        &first.db_url,
+        &first.b24.url(),
+        &first.mango.api_url(),
+    );
+    plan(&mut settings);
+    let second = start_instance(settings, &first.b24, &first.mango, None).await;
+    let p = first.installed_portal("shared-budget").await;
+    // The install's requests drain from the portal's bucket first.
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let rejected_before = first.b24.rejections("QUERY_LIMIT_EXCEEDED");
+
+    const CALLS: usize = 8;
+    for _ in 0..CALLS {
+        fire(&first, &p.member_id, "89001234567").await;
+    }
+    run_all(&[&first, &second]).await;
+
+    assert_eq!(first.mango.callbacks().len(), CALLS, "every call placed");
+    assert_eq!(first.b24.event_sends(&p.member_id).len(), CALLS);
+    assert_eq!(
+        first.b24.rejections("QUERY_LIMIT_EXCEEDED") - rejected_before,
+        0,
+        "the portal never refused a request for its limit"
+    );
+}
+on_both_backends!(two_instances_sharing_one_database_stay_within_one_portals_request_budget);
+
+async fn a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_attempt(
+    backend: Backend,
+) {
+    // The app believes in a tight plan (2 a second, 5 at once); the portal is generous, so any
+    // refusal would be the app's own budget, never the portal's.
+    let sim = BitrixSimOptions {
+        drain_per_sec: 50.0,
+        burst: 50,
+        ..Default::default()
+    };
+    let app = spawn_app_configured(backend, sim, |s| {
+        s.b24_requests_per_second = 2.0;
+        s.b24_burst = 5;
+    })
+    .await;
+    let p = app.installed_portal("snooze").await;
+    app.advance(Duration::from_secs(60));
+
+    const CALLS: usize = 5;
+    for _ in 0..CALLS {
+        fire(&app, &p.member_id, "89001234567").await;
+    }
+    app.drain().await;
+    let now = app.clock.now();
+    let jobs = app
+        .shared
+        .db
+        .run(|c| Ok(queue::all(c)?))
+        .await
+        .expect("jobs");
+    let snoozed: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.status == queue::QUEUED && snoozed(j))
+        .collect();
+    assert!(
+        !snoozed.is_empty(),
+        "some job waits for the budget: {jobs:#?}"
+    );
+    for j in &snoozed {
+        assert_eq!(j.attempts, 0, "a snooze is not an attempt: {j:#?}");
+        assert!(j.run_at > now, "due when the budget allows: {j:#?}");
+    }
+
+    app.advance(Duration::from_secs(60));
+    run_all(&[&app]).await;
+    assert_eq!(app.mango.callbacks().len(), CALLS);
+    assert_eq!(app.b24.event_sends(&p.member_id).len(), CALLS);
+    let jobs = app
+        .shared
+        .db
+        .run(|c| Ok(queue::all(c)?))
+        .await
+        .expect("jobs");
+    for j in jobs.iter().filter(|j| j.status != queue::QUEUED) {
+        assert_eq!(j.status, queue::DONE, "{j:#?}");
+        assert!(
+            j.attempts <= 1,
+            "each ran once, snoozes not counted: {j:#?}"
+        );
+    }
+}
+on_both_backends!(a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_attempt);
+
+async fn a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a_burst(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let busy = app.installed_portal("busy").await;
+    let lone = app.installed_portal("lone").await;
+    for _ in 0..6 {
+        fire(&app, &busy.member_id, "89001234567").await;
+    }
+    // Later than the whole burst: oldest-first alone would leave it for last.
+    app.advance(Duration::from_secs(1));
+    fire(&app, &lone.member_id, "89007654321").await;
+
+    // One claim of two slots, as a worker with two free slots makes.
+    let now = app.clock.now();
+    let lease = now + chrono::Duration::seconds(300);
+    let claimed = app
+        .shared
+        .db
+        .run(move |c| Ok(queue::claim(c, "fair-test", now, lease, 2)?))
+        .await
+        .expect("claim");
+    let registry = mango_callback::startup::job_registry();
+    for job in claimed {
+        mango_callback::jobs::worker::run_one(&app.ctx, &registry, "fair-test", job).await;
+    }
+    let called: Vec<String> = app
+        .mango
+        .callbacks()
+        .iter()
+        .map(|c| c["to"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        called.iter().any(|to| to == "79007654321"),
+        "the lone portal's call went out with the first claim: {called:?}"
+    );
+    run_all(&[&app]).await;
+    assert_eq!(app.mango.callbacks().len(), 7);
+}
+on_both_backends!(a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a_burst);
