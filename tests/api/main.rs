@@ -11,6 +11,7 @@ mod jobs;
 mod limits;
 mod peer_failures;
 mod props;
+mod refresh;
 mod secrets;
 mod security;
 mod self_check;
