@@ -101,6 +101,10 @@ pub struct SettingsArgs {
         default_value = "https://oauth.bitrix.info"
     )]
     pub b24_oauth_url: String,
+    /// How long a token refresh waits for the OAuth server's answer. Generous on purpose:
+    /// Bitrix24 consumes the refresh token on receipt, so giving up early loses the portal.
+    #[arg(long, env = "B24_OAUTH_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub b24_oauth_timeout_seconds: u64,
     /// Mango Office VPBX API base URL.
     #[arg(
         long,
@@ -150,6 +154,8 @@ pub struct Settings {
     pub b24_client_secret: Option<String>,
     /// Without a trailing slash.
     pub b24_oauth_url: String,
+    /// The OAuth refresh request's timeout; the refresh lease lasts three of them.
+    pub b24_oauth_timeout: std::time::Duration,
     /// With a trailing slash, so that `{base}commands/callback_group` works.
     pub mango_api_url: String,
     pub secret_key: SecretKey,
@@ -286,6 +292,9 @@ impl Settings {
                 "must be a positive number such as 2",
             ));
         }
+        if a.b24_oauth_timeout_seconds == 0 {
+            return Err(bad("B24_OAUTH_TIMEOUT_SECONDS", "must be at least 1"));
+        }
         if a.b24_burst == 0 {
             return Err(bad("B24_BURST", "must be at least 1"));
         }
@@ -305,6 +314,7 @@ impl Settings {
             b24_client_id: a.b24_client_id.filter(|s| !s.is_empty()),
             b24_client_secret: a.b24_client_secret.and_then(SecretArg::non_empty),
             b24_oauth_url: oauth.as_str().trim_end_matches('/').to_owned(),
+            b24_oauth_timeout: std::time::Duration::from_secs(a.b24_oauth_timeout_seconds),
             mango_api_url,
             secret_key,
             job_concurrency: a.job_concurrency,
@@ -575,5 +585,17 @@ mod proxy_tests {
             .to_string();
         assert!(e.starts_with("APP_TRUSTED_PROXIES: "), "{e}");
         assert!(e.contains("10.0.0.0/33") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn the_oauth_timeout_defaults_to_a_generous_minute_and_zero_is_refused() {
+        let s = Settings::from_args(args(&[])).expect("defaults are valid");
+        assert_eq!(s.b24_oauth_timeout, std::time::Duration::from_secs(60));
+        let s = Settings::from_args(args(&["--b24-oauth-timeout-seconds", "90"])).expect("valid");
+        assert_eq!(s.b24_oauth_timeout, std::time::Duration::from_secs(90));
+        let e = Settings::from_args(args(&["--b24-oauth-timeout-seconds", "0"]))
+            .expect_err("zero would give up at once")
+            .to_string();
+        assert!(e.starts_with("B24_OAUTH_TIMEOUT_SECONDS: "), "{e}");
     }
 }

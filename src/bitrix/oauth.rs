@@ -13,6 +13,11 @@ use oauth2::{
 };
 use serde::{Deserialize, Serialize};
 
+/// How long a refresh waits for the OAuth server unless `B24_OAUTH_TIMEOUT_SECONDS` says
+/// otherwise. Generous: Bitrix24 consumes the refresh token when it receives it, so a refresh
+/// given up while the answer is on its way loses the portal.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Bitrix24's token answer: no `token_type`, a comma-separated `scope`, and extra fields.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct B24TokenResponse {
@@ -122,13 +127,12 @@ pub struct AdapterError(String);
 async fn send_via_awc(
     http: &awc::Client,
     req: oauth2::HttpRequest,
+    timeout: Duration,
 ) -> Result<oauth2::HttpResponse, AdapterError> {
     let (parts, body) = req.into_parts();
     let method = awc::http::Method::from_bytes(parts.method.as_str().as_bytes())
         .map_err(|e| AdapterError(e.to_string()))?;
-    let mut r = http
-        .request(method, parts.uri.to_string())
-        .timeout(Duration::from_secs(30));
+    let mut r = http.request(method, parts.uri.to_string()).timeout(timeout);
     for (name, value) in &parts.headers {
         r = r.insert_header((name.as_str(), value.as_bytes()));
     }
@@ -149,13 +153,15 @@ async fn send_via_awc(
         .map_err(|e| AdapterError(e.to_string()))
 }
 
-/// Exchanges a refresh token for a new pair at `{oauth_url}/oauth/token/`, credentials in the body.
+/// Exchanges a refresh token for a new pair at `{oauth_url}/oauth/token/`, credentials in the
+/// body, waiting up to `timeout` for the answer.
 pub async fn refresh(
     http: &awc::Client,
     oauth_url: &str,
     client_id: Option<&str>,
     client_secret: Option<&str>,
     refresh_token: &str,
+    timeout: Duration,
 ) -> Result<NewTokens, RefreshError> {
     let (Some(id), Some(secret)) = (client_id, client_secret) else {
         return Err(RefreshError::NotConfigured);
@@ -166,7 +172,7 @@ pub async fn refresh(
         .set_client_secret(ClientSecret::new(secret.to_owned()))
         .set_auth_type(AuthType::RequestBody)
         .set_token_uri(token_url);
-    let send = |req| send_via_awc(http, req);
+    let send = |req| send_via_awc(http, req, timeout);
     let answer = client
         .exchange_refresh_token(&RefreshToken::new(refresh_token.to_owned()))
         .request_async(&send)
@@ -202,6 +208,12 @@ pub async fn refresh(
                 ))),
             }
         }
+        // oauth2's own text for a transport failure is just "Request failed"; the cause
+        // (a timeout, a refused connection) is what an operator needs to read.
+        Err(RequestTokenError::Request(e)) => Err(RefreshError::Unavailable(format!(
+            "request failed (timeout {} s): {e}",
+            timeout.as_secs()
+        ))),
         Err(other) => Err(RefreshError::Unavailable(other.to_string())),
     }
 }

@@ -25,6 +25,7 @@ diesel::table! {
         app_check_sent_at -> Nullable<Timestamp>,
         app_reached_at -> Nullable<Timestamp>,
         app_token_received_at -> Nullable<Timestamp>,
+        refresh_problem -> Nullable<Text>,
     }
 }
 

@@ -4,7 +4,6 @@
 //! confirms. The wire itself is [`BitrixClient`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -12,7 +11,7 @@ use super::store;
 use crate::bitrix::address;
 use crate::bitrix::client::{BatchResult, BitrixClient};
 use crate::bitrix::limiter::RefreshGates;
-use crate::bitrix::oauth::{self, RefreshError, VerifiedAuth, VerifyError};
+use crate::bitrix::oauth::{self, VerifiedAuth, VerifyError};
 use crate::bitrix::BitrixError;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -20,19 +19,17 @@ use crate::context::Context;
 use crate::crypto::Cipher;
 use crate::db::Db;
 
-const REFRESH_LEASE: Duration = Duration::from_secs(30);
-
 /// What calling portals needs: the store, the cipher of the tokens, the OAuth settings.
 pub struct PortalApi {
-    rest: BitrixClient,
-    http: awc::Client,
-    settings: Arc<Settings>,
-    db: Db,
-    cipher: Cipher,
-    clock: Clock,
-    refresh_gates: Arc<RefreshGates>,
+    pub(super) rest: BitrixClient,
+    pub(super) http: awc::Client,
+    pub(super) settings: Arc<Settings>,
+    pub(super) db: Db,
+    pub(super) cipher: Cipher,
+    pub(super) clock: Clock,
+    pub(super) refresh_gates: Arc<RefreshGates>,
     /// Names this process in refresh leases.
-    instance_id: String,
+    pub(super) instance_id: String,
 }
 
 /// A portal's credentials as read for one call.
@@ -99,7 +96,9 @@ impl PortalApi {
         if p.needs_reauth {
             return Err(BitrixError::NeedsReauth {
                 member_id: member_id.to_owned(),
-                detail: "the refresh token was refused".into(),
+                detail: p
+                    .refresh_problem
+                    .unwrap_or_else(|| "the refresh token was refused".into()),
             });
         }
         let access_token = p
@@ -297,149 +296,6 @@ impl PortalApi {
                 }
             }
         })
-    }
-
-    /// Refreshes the portal's tokens once for everyone who saw `seen_version` expire.
-    ///
-    /// Within the process a per-portal mutex queues the callers; across processes a lease on
-    /// the portal row (compare-and-set on `token_version`) lets exactly one refresh while the
-    /// others wait for the version to move and then use the winner's tokens. No database
-    /// transaction is held across the HTTP call.
-    pub async fn refresh(&self, member_id: &str, seen_version: i64) -> Result<(), BitrixError> {
-        let gate = self.refresh_gates.gate(member_id);
-        let _held = gate.lock().await;
-        let deadline = std::time::Instant::now() + REFRESH_LEASE * 2;
-        loop {
-            let id = member_id.to_owned();
-            let portal = self
-                .db
-                .run(move |c| Ok(store::find(c, &id)?))
-                .await?
-                .ok_or_else(|| BitrixError::NotInstalled(member_id.to_owned()))?;
-            if portal.token_version != seen_version {
-                return Ok(());
-            }
-            if portal.needs_reauth {
-                return Err(BitrixError::NeedsReauth {
-                    member_id: member_id.to_owned(),
-                    detail: "the refresh token was refused".into(),
-                });
-            }
-            let now = self.clock.now();
-            let until = now + chrono::Duration::from_std(REFRESH_LEASE).unwrap_or_default();
-            let (id, holder) = (member_id.to_owned(), self.instance_id.clone());
-            let won = self
-                .db
-                .run(move |c| {
-                    Ok(store::try_lock_refresh(
-                        c,
-                        &id,
-                        seen_version,
-                        &holder,
-                        until,
-                        now,
-                    )?)
-                })
-                .await?;
-            if won {
-                return self
-                    .refresh_holding_lease(member_id, seen_version, portal.refresh_token.as_deref())
-                    .await;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(BitrixError::Transport {
-                    member_id: member_id.to_owned(),
-                    method: "oauth/token".into(),
-                    detail: "another instance's token refresh did not finish".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn refresh_holding_lease(
-        &self,
-        member_id: &str,
-        version: i64,
-        sealed_refresh: Option<&str>,
-    ) -> Result<(), BitrixError> {
-        let s = self;
-        let holder = s.instance_id.clone();
-        let refresh_token = sealed_refresh.and_then(|t| {
-            s.cipher
-                .open(crate::crypto::Slot::refresh_token(member_id), t)
-                .ok()
-        });
-        let result = match refresh_token {
-            Some(rt) => {
-                oauth::refresh(
-                    &self.http,
-                    &s.settings.b24_oauth_url,
-                    s.settings.b24_client_id.as_deref(),
-                    s.settings.b24_client_secret.as_deref(),
-                    &rt,
-                )
-                .await
-            }
-            None => Err(RefreshError::InvalidGrant("no refresh token stored".into())),
-        };
-        let now = s.clock.now();
-        let id = member_id.to_owned();
-        match result {
-            Ok(t) => {
-                let cipher = s.cipher.clone();
-                let expires = i64::try_from(t.expires_in).unwrap_or(3600);
-                let saved =
-                    s.db.run(move |c| {
-                        Ok(store::finish_refresh(
-                            c,
-                            &cipher,
-                            &id,
-                            version,
-                            &holder,
-                            &t.access_token,
-                            &t.refresh_token,
-                            expires,
-                            now,
-                        )?)
-                    })
-                    .await?;
-                if saved {
-                    tracing::info!(portal = member_id, "Bitrix24 tokens refreshed");
-                } else {
-                    // Our lease expired and someone else refreshed meanwhile; their pair is newer.
-                    tracing::warn!(
-                        portal = member_id,
-                        "refreshed tokens not saved: the lease was lost"
-                    );
-                }
-                Ok(())
-            }
-            Err(RefreshError::InvalidGrant(detail)) => {
-                let reread = id.clone();
-                let current = s.db.run(move |c| Ok(store::find(c, &reread)?)).await?;
-                let moved = current.as_ref().is_some_and(|p| p.token_version != version);
-                s.db.run(move |c| Ok(store::release_refresh(c, &id, &holder, !moved, now)?))
-                    .await?;
-                if moved {
-                    return Ok(());
-                }
-                tracing::error!(portal = member_id, %detail, "refresh token refused: portal needs re-authorisation (an admin opening the app heals it)");
-                Err(BitrixError::NeedsReauth {
-                    member_id: member_id.to_owned(),
-                    detail,
-                })
-            }
-            Err(e) => {
-                s.db.run(move |c| Ok(store::release_refresh(c, &id, &holder, false, now)?))
-                    .await?;
-                Err(BitrixError::Transport {
-                    member_id: member_id.to_owned(),
-                    method: "oauth/token".into(),
-                    detail: e.to_string(),
-                })
-            }
-        }
     }
 }
 

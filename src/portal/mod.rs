@@ -10,6 +10,7 @@
 //!   Mango throttle.
 
 pub mod api;
+mod refresh;
 pub mod reseal;
 pub mod robot;
 pub mod store;
@@ -86,6 +87,9 @@ pub struct Portal {
     pub app_reached_at: Option<NaiveDateTime>,
     /// When the request that brought the stored application token arrived (ordering of updates).
     pub app_token_received_at: Option<NaiveDateTime>,
+    /// Why the last token refresh failed, in words for the settings page: an answer that never
+    /// came, or (with `needs_reauth`) why the refresh token is gone. Cleared by a token save.
+    pub refresh_problem: Option<String>,
 }
 
 impl std::fmt::Debug for Portal {
@@ -110,6 +114,7 @@ impl std::fmt::Debug for Portal {
             .field("refresh_lock_until", &self.refresh_lock_until)
             .field("refresh_lock_by", &self.refresh_lock_by)
             .field("refreshed_at", &self.refreshed_at)
+            .field("refresh_problem", &self.refresh_problem)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
             .finish_non_exhaustive()
@@ -184,6 +189,7 @@ mod tests {
             app_check_sent_at: sent.map(at),
             app_reached_at: reached.map(at),
             app_token_received_at: None,
+            refresh_problem: None,
         };
         p.reach(at(now), chrono::Duration::minutes(5))
     }

@@ -178,6 +178,7 @@ struct TokenChange {
     refreshed_at: Option<NaiveDateTime>,
     refresh_lock_until: Option<NaiveDateTime>,
     refresh_lock_by: Option<String>,
+    refresh_problem: Option<String>,
     updated_at: NaiveDateTime,
 }
 
@@ -198,6 +199,7 @@ impl TokenChange {
             refreshed_at: Some(now),
             refresh_lock_until: None,
             refresh_lock_by: None,
+            refresh_problem: None,
             updated_at: now,
         }
     }
@@ -230,14 +232,15 @@ pub fn try_lock_refresh(
     Ok(n == 1)
 }
 
-/// Saves refreshed tokens only if we still hold the lease on `version`.
+/// Saves refreshed tokens if the row still holds the pair they replace (`version`), whoever
+/// holds the lease by now: Bitrix24 consumed the old refresh token, so the pair just received
+/// is the only live one, and dropping it because a lease ran out would lose the portal.
 #[allow(clippy::too_many_arguments)]
 pub fn finish_refresh(
     conn: &mut DbConnection,
     cipher: &Cipher,
     member_id: &str,
     version: i64,
-    holder: &str,
     access: &str,
     refresh: &str,
     expires_in: i64,
@@ -246,8 +249,7 @@ pub fn finish_refresh(
     let n = diesel::update(
         portals::table
             .filter(portals::member_id.eq(member_id))
-            .filter(portals::token_version.eq(version))
-            .filter(portals::refresh_lock_by.eq(holder)),
+            .filter(portals::token_version.eq(version)),
     )
     .set((
         TokenChange::new(cipher, member_id, access, refresh, expires_in, now),
@@ -257,34 +259,58 @@ pub fn finish_refresh(
     Ok(n == 1)
 }
 
-/// Gives the lease back without new tokens; `needs_reauth` when the grant is dead.
+/// Gives the lease back without new tokens, noting why the refresh failed (`problem`).
 pub fn release_refresh(
     conn: &mut DbConnection,
     member_id: &str,
     holder: &str,
-    needs_reauth: bool,
+    problem: Option<&str>,
     now: NaiveDateTime,
 ) -> QueryResult<usize> {
     let target = portals::table
         .filter(portals::member_id.eq(member_id))
         .filter(portals::refresh_lock_by.eq(holder));
-    if needs_reauth {
-        diesel::update(target)
+    match problem {
+        Some(problem) => diesel::update(target)
             .set((
                 portals::refresh_lock_until.eq(None::<NaiveDateTime>),
                 portals::refresh_lock_by.eq(None::<String>),
-                portals::needs_reauth.eq(true),
+                portals::refresh_problem.eq(problem),
                 portals::updated_at.eq(now),
             ))
-            .execute(conn)
-    } else {
-        diesel::update(target)
+            .execute(conn),
+        None => diesel::update(target)
             .set((
                 portals::refresh_lock_until.eq(None::<NaiveDateTime>),
                 portals::refresh_lock_by.eq(None::<String>),
             ))
-            .execute(conn)
+            .execute(conn),
     }
+}
+
+/// The refresh token of `version` is dead: the portal needs re-authorisation, for `reason`.
+/// Only while the row still holds that pair; a newer pair saved meanwhile is live.
+pub fn mark_refresh_lost(
+    conn: &mut DbConnection,
+    member_id: &str,
+    version: i64,
+    reason: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        portals::table
+            .filter(portals::member_id.eq(member_id))
+            .filter(portals::token_version.eq(version)),
+    )
+    .set((
+        portals::refresh_lock_until.eq(None::<NaiveDateTime>),
+        portals::refresh_lock_by.eq(None::<String>),
+        portals::needs_reauth.eq(true),
+        portals::refresh_problem.eq(reason),
+        portals::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
 }
 
 /// A renamed portal: Bitrix24 answered 302 from the old domain.

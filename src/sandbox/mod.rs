@@ -31,6 +31,7 @@ pub trait LocalSettings {
             b24_client_id: Some(bitrix::SANDBOX_CLIENT_ID.into()),
             b24_client_secret: Some(bitrix::SANDBOX_CLIENT_SECRET.into()),
             b24_oauth_url: oauth_url.trim_end_matches('/').into(),
+            b24_oauth_timeout: crate::bitrix::oauth::DEFAULT_TIMEOUT,
             mango_api_url: format!("{}/", mango_url.trim_end_matches('/')),
             secret_key: SecretKey::parse(LOCAL_SECRET_KEY)
                 .unwrap_or_else(|e| unreachable!("the local key is valid: {e}")),

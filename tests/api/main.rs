@@ -13,6 +13,7 @@ mod lease;
 mod limits;
 mod peer_failures;
 mod props;
+mod refresh;
 mod secrets;
 mod security;
 mod self_check;

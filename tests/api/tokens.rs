@@ -88,6 +88,7 @@ async fn a_refused_refresh_token_marks_the_portal_for_re_authorisation(backend: 
         Some(mango_callback::sandbox::bitrix::SANDBOX_CLIENT_ID),
         Some(mango_callback::sandbox::bitrix::SANDBOX_CLIENT_SECRET),
         &refresh,
+        mango_callback::bitrix::oauth::DEFAULT_TIMEOUT,
     )
     .await;
     assert!(used.is_ok());

@@ -49,6 +49,8 @@ pub struct AppPage {
     pub admin: bool,
     pub page_token: String,
     pub reauth: bool,
+    /// Why the portal needs re-authorisation (`refresh_problem`), as recorded when it was lost.
+    pub reauth_reason: Option<String>,
     pub mango_configured: bool,
     pub mango_checked: bool,
     pub mango_error: Option<String>,
@@ -112,6 +114,10 @@ pub(super) fn build_page(
         admin: token.admin,
         page_token: token.encode(&ctx.shared.cipher),
         reauth: portal.needs_reauth,
+        reauth_reason: portal
+            .refresh_problem
+            .clone()
+            .filter(|_| portal.needs_reauth),
         mango_configured: settings.mango_api_key.is_some() && settings.mango_api_salt.is_some(),
         mango_checked: settings.mango_checked_at.is_some(),
         mango_error: settings.mango_last_error.clone(),

@@ -40,6 +40,7 @@ impl BitrixSim {
             deliveries: Vec::new(),
             pending_deliveries: 0,
             oauth_unavailable: false,
+            refresh_answer_delay: Duration::ZERO,
             app_unreachable: false,
         }));
         let data = web::Data::from(state.clone());
@@ -248,6 +249,13 @@ impl BitrixSim {
     /// While `true`, the OAuth server (`/oauth/token/`, `/rest/app.info`) answers 503.
     pub fn set_oauth_unavailable(&self, unavailable: bool) {
         self.st().oauth_unavailable = unavailable;
+    }
+
+    /// The token endpoint consumes a refresh token at once but answers only after `d`
+    /// (`Duration::ZERO` turns it off): a slow Bitrix24, or, when the client gives up or dies
+    /// first, a refresh whose answer is lost.
+    pub fn delay_refresh_answers(&self, d: Duration) {
+        self.st().refresh_answer_delay = d;
     }
 
     /// While `true`, event deliveries fail as if the app's public URL could not be reached

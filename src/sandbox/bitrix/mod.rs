@@ -325,6 +325,9 @@ struct State {
     pending_deliveries: usize,
     /// The OAuth server (token endpoint and `app.info`) answers 503 while set.
     oauth_unavailable: bool,
+    /// How long the token endpoint holds back its answer to a refresh grant, after it has
+    /// already consumed the refresh token (as Bitrix24 does); see [`BitrixSim::delay_refresh_answers`].
+    refresh_answer_delay: Duration,
     /// Event deliveries fail as if the app's public URL could not be reached while set.
     app_unreachable: bool,
 }

@@ -143,11 +143,20 @@ pub(super) async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (reply, outbox) = {
+    let (reply, outbox, hold_back) = {
         let mut st = lock(&state);
         let reply = st.dispatch(req.path(), req.query_string(), &ctype, &body);
-        (reply, std::mem::take(&mut st.outbox))
+        // Only a refresh grant's answer is held back, and only after dispatch consumed the token.
+        let hold_back = if req.path().starts_with("/oauth/token") {
+            st.refresh_answer_delay
+        } else {
+            Duration::ZERO
+        };
+        (reply, std::mem::take(&mut st.outbox), hold_back)
     };
+    if !hold_back.is_zero() {
+        tokio::time::sleep(hold_back).await;
+    }
     deliver_later(state.into_inner(), outbox);
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
