@@ -18,8 +18,8 @@ pub const BITRIX_TIMEOUT: Duration = Duration::from_secs(65);
 const MAX_LIMIT_RETRIES: u32 = 8;
 
 /// The longest a request waits for its portal's budget by default (HTTP handlers: an install or
-/// the settings page waits a little rather than fail).
-pub const HANDLER_BUDGET_WAIT: Duration = Duration::from_secs(10);
+/// the settings page waits rather than fail; few of their requests ever wait at all).
+pub const HANDLER_BUDGET_WAIT: Duration = Duration::from_secs(30);
 /// The longest a job's request waits for its portal's budget; a longer wait snoozes the job
 /// ([`BitrixError::Throttled`]) so it does not hold a worker slot.
 pub const JOB_BUDGET_WAIT: Duration = Duration::from_secs(1);
