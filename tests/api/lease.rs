@@ -231,3 +231,38 @@ async fn a_call_interrupted_without_a_result_waits_two_minutes_then_fails_unsent
     assert_ne!(sends[0]["RETURN_VALUES"]["result"], "started");
 }
 on_both_backends!(a_call_interrupted_without_a_result_waits_two_minutes_then_fails_unsent);
+
+async fn a_worker_renews_only_a_lease_it_still_holds(backend: Backend) {
+    let (url, _dir) = crate::helpers::fresh_database(backend);
+    let db = mango_callback::db::Db::connect(&url, 2).expect("db");
+    let mut conn = db.get_blocking().expect("conn");
+    let now = mango_callback::db::database_now(&mut conn).expect("the database's clock");
+    let job = queue::NewJob {
+        kind: "noop",
+        payload: "{}".into(),
+        member_id: None,
+        dedup_key: None,
+        run_at: now,
+        max_attempts: 3,
+    };
+    queue::enqueue(&mut conn, &job, now).expect("enqueue");
+    let lease = chrono::Duration::seconds(20);
+    let first = queue::claim(&mut conn, "w1", now, now + lease, 1).expect("claim");
+    let id = first[0].id.clone();
+    let later = now + chrono::Duration::seconds(15);
+    assert!(queue::renew(&mut conn, &id, "w1", later + lease).expect("renew"));
+    let first_expiry = now + lease + chrono::Duration::seconds(1);
+    assert!(
+        queue::claim(&mut conn, "w2", first_expiry, first_expiry + lease, 1)
+            .expect("claim")
+            .is_empty(),
+        "a renewed lease is not taken over at its first expiry"
+    );
+    let expired = later + lease + chrono::Duration::seconds(1);
+    let taken = queue::claim(&mut conn, "w2", expired, expired + lease, 1).expect("claim");
+    assert_eq!(taken.len(), 1, "an expired lease is taken over by a claim");
+    assert!(!queue::renew(&mut conn, &id, "w1", expired + lease).expect("renew"));
+    assert!(!queue::holds_lease(&mut conn, &id, "w1", expired).expect("fence"));
+    assert!(queue::holds_lease(&mut conn, &id, "w2", expired).expect("fence"));
+}
+on_both_backends!(a_worker_renews_only_a_lease_it_still_holds);
