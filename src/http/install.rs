@@ -1,6 +1,7 @@
 //! `POST /b24/install`: the installer page (a user's browser POST with `AUTH_ID`) and the
 //! ONAPPINSTALL event (a server POST with `event=ONAPPINSTALL`), told apart by the body.
 
+use diesel::QueryResult;
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -92,9 +93,7 @@ pub async fn install_app(
     let (cipher, now) = (ctx.shared.cipher.clone(), ctx.shared.clock.now());
     ctx.shared
         .db
-        .run(move |c| {
-            crate::db::write_tx(c, |c| Ok(store::upsert_installed(c, &cipher, &data, now)?))
-        })
+        .run(move |c| crate::db::write_tx(c, |c| store::upsert_installed(c, &cipher, &data, now)))
         .await?;
     tracing::info!(domain = %verified.domain, "portal stored from the installer");
 
@@ -223,7 +222,7 @@ async fn on_app_install(auth: AuthBlock, ctx: &Context) -> Result<HttpResponse, 
     ctx.shared
         .db
         .run(move |c| {
-            crate::db::write_tx(c, |c| {
+            crate::db::write_tx(c, |c| -> QueryResult<()> {
                 store::upsert_installed(c, &cipher, &data, now)?;
                 // Registering is idempotent; the installer page may do it first, this makes sure.
                 let job = RegisterRobot {

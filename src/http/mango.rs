@@ -52,7 +52,7 @@ pub async fn receive(
     let candidates = ctx
         .shared
         .db
-        .run(move |c| Ok(store::settings_by_mango_key(c, &k)?))
+        .run(move |c| store::settings_by_mango_key(c, &k))
         .await?;
     let verified: Vec<String> = candidates
         .into_iter()
@@ -104,14 +104,14 @@ pub async fn receive(
             .shared
             .db
             .run(move |c| {
-                Ok(callback_store::record_mango_result(
+                callback_store::record_mango_result(
                     c,
                     &verified,
                     &command_id,
                     code,
                     &crate::callback::mango_outcome(code),
                     now,
-                )?)
+                )
             })
             .await?;
         if updated == 0 {

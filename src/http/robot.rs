@@ -11,6 +11,7 @@ use crate::callback::{
     MAX_DEAL_ID_DIGITS,
 };
 use crate::context::Context;
+use crate::db::DbError;
 use crate::error::AppError;
 use crate::portal::store as portal_store;
 use crate::portal::Lang;
@@ -117,7 +118,7 @@ pub async fn handle_robot_call(
     // One trip to the blocking pool: this is the hot path Bitrix24 waits on.
     let verdict = shared
         .db
-        .run(move |c| {
+        .run(move |c| -> Result<_, DbError> {
             let portal = portal_store::find(c, &mid)?.filter(|p| {
                 p.is_active()
                     && application_token_matches(&cipher, p, auth.application_token.as_deref())

@@ -82,7 +82,7 @@ impl Worker {
                 let keep_until = now - chrono::Duration::days(DONE_JOBS_KEPT_DAYS);
                 let reaped = self.ctx.shared.db.run(move |c| {
                     queue::purge_done(c, keep_until)?;
-                    Ok(queue::reap(c, now)?)
+                    queue::reap(c, now)
                 });
                 match reaped.await {
                     Ok(0) => {}
@@ -160,7 +160,7 @@ impl Worker {
                 .ctx
                 .shared
                 .db
-                .run(move |c| Ok(queue::release(c, &jid, &w, now)?))
+                .run(move |c| queue::release(c, &jid, &w, now))
                 .await
             {
                 Ok(true) => {
@@ -190,7 +190,7 @@ async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobR
     match ctx
         .shared
         .db
-        .run(move |c| Ok(queue::claim(c, &worker, now, lease_until, limit)?))
+        .run(move |c| queue::claim(c, &worker, now, lease_until, limit))
         .await
     {
         Ok(jobs) => jobs,
@@ -215,23 +215,23 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
         let outcome = match result {
             Ok(()) => {
                 tracing::info!("job done");
-                ctx.shared.db.run(move |c| Ok(queue::complete(c, &id, &w, now)?)).await
+                ctx.shared.db.run(move |c| queue::complete(c, &id, &w, now)).await
             }
             Err(JobError::RetryAt(at, note)) => {
                 tracing::info!(until = %at, %note, "job waits");
-                ctx.shared.db.run(move |c| Ok(queue::snooze(c, &id, &w, at, &note, now)?)).await
+                ctx.shared.db.run(move |c| queue::snooze(c, &id, &w, at, &note, now)).await
             }
             Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {
                 let e = super::cause_chain(&e);
                 let delay = super::backoff(job.attempts);
                 let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "job failed, will retry");
-                ctx.shared.db.run(move |c| Ok(queue::retry(c, &id, &w, at, &e, now)?)).await
+                ctx.shared.db.run(move |c| queue::retry(c, &id, &w, at, &e, now)).await
             }
             Err(JobError::Transient(e)) | Err(JobError::Permanent(e)) => {
                 let e = super::cause_chain(&e);
                 tracing::error!(error = %e, "job failed for good; buried");
-                ctx.shared.db.run(move |c| Ok(queue::bury(c, &id, &w, &e, now)?)).await
+                ctx.shared.db.run(move |c| queue::bury(c, &id, &w, &e, now)).await
             }
         };
         match outcome {

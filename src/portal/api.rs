@@ -92,7 +92,7 @@ impl PortalApi {
 
     async fn load_auth(&self, member_id: &str) -> Result<Auth, BitrixError> {
         let id = member_id.to_owned();
-        let portal = self.db.run(move |c| Ok(store::find(c, &id)?)).await?;
+        let portal = self.db.run(move |c| store::find(c, &id)).await?;
         let Some(p) = portal.filter(|p| p.is_active()) else {
             return Err(BitrixError::NotInstalled(member_id.to_owned()));
         };
@@ -253,7 +253,7 @@ impl PortalApi {
         tracing::warn!(portal = member_id, new_endpoint = %endpoint, "portal was renamed (confirmed by app.info); storing the new endpoint");
         let (id, now) = (member_id.to_owned(), self.clock.now());
         self.db
-            .run(move |c| Ok(store::move_endpoint(c, &id, &domain, &endpoint, now)?))
+            .run(move |c| store::move_endpoint(c, &id, &domain, &endpoint, now))
             .await?;
         Ok(())
     }
@@ -313,7 +313,7 @@ impl PortalApi {
             let id = member_id.to_owned();
             let portal = self
                 .db
-                .run(move |c| Ok(store::find(c, &id)?))
+                .run(move |c| store::find(c, &id))
                 .await?
                 .ok_or_else(|| BitrixError::NotInstalled(member_id.to_owned()))?;
             if portal.token_version != seen_version {
@@ -330,16 +330,7 @@ impl PortalApi {
             let (id, holder) = (member_id.to_owned(), self.instance_id.clone());
             let won = self
                 .db
-                .run(move |c| {
-                    Ok(store::try_lock_refresh(
-                        c,
-                        &id,
-                        seen_version,
-                        &holder,
-                        until,
-                        now,
-                    )?)
-                })
+                .run(move |c| store::try_lock_refresh(c, &id, seen_version, &holder, until, now))
                 .await?;
             if won {
                 return self
@@ -391,7 +382,7 @@ impl PortalApi {
                 let expires = i64::try_from(t.expires_in).unwrap_or(3600);
                 let saved =
                     s.db.run(move |c| {
-                        Ok(store::finish_refresh(
+                        store::finish_refresh(
                             c,
                             &cipher,
                             &id,
@@ -401,7 +392,7 @@ impl PortalApi {
                             &t.refresh_token,
                             expires,
                             now,
-                        )?)
+                        )
                     })
                     .await?;
                 if saved {
@@ -417,9 +408,9 @@ impl PortalApi {
             }
             Err(RefreshError::InvalidGrant(detail)) => {
                 let reread = id.clone();
-                let current = s.db.run(move |c| Ok(store::find(c, &reread)?)).await?;
+                let current = s.db.run(move |c| store::find(c, &reread)).await?;
                 let moved = current.as_ref().is_some_and(|p| p.token_version != version);
-                s.db.run(move |c| Ok(store::release_refresh(c, &id, &holder, !moved, now)?))
+                s.db.run(move |c| store::release_refresh(c, &id, &holder, !moved, now))
                     .await?;
                 if moved {
                     return Ok(());
@@ -431,7 +422,7 @@ impl PortalApi {
                 })
             }
             Err(e) => {
-                s.db.run(move |c| Ok(store::release_refresh(c, &id, &holder, false, now)?))
+                s.db.run(move |c| store::release_refresh(c, &id, &holder, false, now))
                     .await?;
                 Err(BitrixError::Transport {
                     member_id: member_id.to_owned(),

@@ -3,6 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use diesel::QueryResult;
 use serde_json::json;
 
 use super::authorise::{authorise, field, Authorised};
@@ -294,7 +295,7 @@ pub(super) async fn run_check(
         if let Err(e) = ctx
             .shared
             .db
-            .run(move |c| Ok(store::record_mango_status(c, &mid, err.as_deref(), now)?))
+            .run(move |c| store::record_mango_status(c, &mid, err.as_deref(), now))
             .await
         {
             tracing::error!(error = %e, "recording the Mango check failed");
@@ -325,7 +326,7 @@ pub(super) async fn json_request(
     let (portal, stored) = ctx
         .shared
         .db
-        .run(move |c| {
+        .run(move |c| -> QueryResult<_> {
             Ok((
                 store::find(c, &mid)?,
                 store::settings_or_default(c, &mid, now)?,

@@ -27,6 +27,7 @@ pub mod view;
 
 pub use mango_check::{check_mango, mango_options};
 
+use diesel::QueryResult;
 use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
@@ -121,9 +122,7 @@ pub async fn show_app(
             ctx.shared
                 .db
                 .run(move |c| {
-                    Ok(store::store_tokens(
-                        c, &cipher, &mid, &access, &refresh, expires, now,
-                    )?)
+                    store::store_tokens(c, &cipher, &mid, &access, &refresh, expires, now)
                 })
                 .await?;
             tracing::info!("portal re-authorised by an administrator opening the app");
@@ -163,7 +162,7 @@ async fn load_view(
     let (portal, settings, log) = ctx
         .shared
         .db
-        .run(move |c| {
+        .run(move |c| -> QueryResult<_> {
             Ok((
                 store::find(c, &mid)?,
                 store::settings_or_default(c, &mid, now)?,
@@ -233,7 +232,7 @@ pub async fn save_settings(
             let to_save = row.clone();
             ctx.shared
                 .db
-                .run(move |c| Ok(store::save_settings(c, &to_save)?))
+                .run(move |c| store::save_settings(c, &to_save))
                 .await?;
             tracing::info!(user = auth.token.user_id, "settings saved");
             let mut page = build_page(&ctx, lang, &auth.token, &portal, &row, log);
