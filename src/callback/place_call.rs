@@ -2,6 +2,7 @@
 //! contact, possibly linked late), take a slot of Mango's per-account rate, order
 //! `callback_group`, and finish the callback with its report queued.
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use serde_json::json;
@@ -143,10 +144,9 @@ impl PlaceCall {
                 ctx.shared.cipher.open(slot, s)
             }),
         ) {
-            (Some(key), Some(Ok(salt))) if !key.is_empty() && !salt.is_empty() => Credentials {
-                api_key: key.clone(),
-                api_salt: salt,
-            },
+            (Some(key), Some(Ok(salt))) if !key.is_empty() && !salt.is_empty() => {
+                Credentials::new(key.clone(), salt)
+            }
             _ => return end_without_call(ctx, &cb, Reason::MangoKeysMissing).await,
         };
         if extension.is_empty() || settings.line_number.is_empty() {
@@ -212,7 +212,12 @@ impl PlaceCall {
         };
 
         // Mango allows 4 callback commands per second per account, across all our instances.
-        crate::mango::rate::wait_for_callback_slot(db, &ctx.shared.clock, &creds.api_key).await?;
+        crate::mango::rate::wait_for_callback_slot(
+            db,
+            &ctx.shared.clock,
+            creds.api_key.expose_secret(),
+        )
+        .await?;
 
         let command_id = super::command_id(&cb.member_id, &cb.deal_id, &cb.id);
         let (cid, ext, ph, cmd_id) = (

@@ -63,15 +63,7 @@ pub async fn receive(
                     .ok()
             });
             salt.is_some_and(|salt| {
-                crate::mango::verify(
-                    &Credentials {
-                        api_key: key.to_owned(),
-                        api_salt: salt,
-                    },
-                    key,
-                    json,
-                    sign,
-                )
+                crate::mango::verify(&Credentials::new(key, salt), key, json, sign)
             })
         })
         .map(|s| s.member_id)

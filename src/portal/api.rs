@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::store;
@@ -367,7 +368,10 @@ impl PortalApi {
                     &self.http,
                     &s.settings.b24_oauth_url,
                     s.settings.b24_client_id.as_deref(),
-                    s.settings.b24_client_secret.as_deref(),
+                    s.settings
+                        .b24_client_secret
+                        .as_ref()
+                        .map(|s| s.expose_secret()),
                     &rt,
                 )
                 .await
@@ -388,8 +392,8 @@ impl PortalApi {
                             &id,
                             version,
                             &holder,
-                            &t.access_token,
-                            &t.refresh_token,
+                            t.access_token.expose_secret(),
+                            t.refresh_token.expose_secret(),
                             expires,
                             now,
                         )

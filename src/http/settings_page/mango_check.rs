@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::QueryResult;
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::authorise::{authorise, field, Authorised};
@@ -158,7 +159,7 @@ pub(super) async fn mango_turn(
 ) -> Result<Result<(), Throttled>, AppError> {
     let (mid, key_hash, now_us) = (
         member_id.to_owned(),
-        crate::crypto::sha256_hex(creds.api_key.as_bytes()),
+        crate::crypto::sha256_hex(creds.api_key.expose_secret().as_bytes()),
         ctx.shared.clock.now_utc().timestamp_micros(),
     );
     let turn = ctx
@@ -222,7 +223,7 @@ pub(super) async fn note_refusal(ctx: &Context, creds: &Credentials, e: &MangoEr
         return;
     }
     let (key_hash, now_us) = (
-        crate::crypto::sha256_hex(creds.api_key.as_bytes()),
+        crate::crypto::sha256_hex(creds.api_key.expose_secret().as_bytes()),
         ctx.shared.clock.now_utc().timestamp_micros(),
     );
     if let Err(e) = ctx
