@@ -23,7 +23,7 @@ use crate::portal::Lang;
 #[derive(Template)]
 #[template(path = "install.html")]
 pub struct InstallPage {
-    pub ru: bool,
+    pub lang: Lang,
     pub ok: bool,
     pub message: String,
 }
@@ -69,7 +69,7 @@ pub async fn install_app(
     let is_admin = is_admin(&ctx, &verified, &auth_id).await?;
     if !is_admin {
         return Err(AppError::Forbidden(
-            lang.pick(
+            lang.t(
                 "Установить приложение может только администратор портала",
                 "Only a portal administrator can install the app",
             )
@@ -115,7 +115,7 @@ pub async fn install_app(
                 .await?;
             tracing::info!("robot registered and events bound; installer finishes");
             InstallPage {
-                ru: lang == Lang::Ru,
+                lang,
                 ok: true,
                 message: String::new(),
             }
@@ -124,10 +124,10 @@ pub async fn install_app(
             // The portal's own words (an error code, a description, a URL) stay in the log.
             tracing::error!(error = %e, "install step failed; the installer can be opened again");
             InstallPage {
-                ru: lang == Lang::Ru,
+                lang,
                 ok: false,
                 message: lang
-                    .pick(
+                    .t(
                         "Портал не выполнил шаг установки. Подробности — в журнале приложения.",
                         "The portal did not complete an installation step. The details are in the application log.",
                     )

@@ -71,7 +71,7 @@ pub async fn show_app(
             error_html(
                 StatusCode::UNAUTHORIZED,
                 lang,
-                lang.pick(
+                lang.t(
                     "Нет данных авторизации Битрикс24. Откройте приложение из портала.",
                     "Bitrix24 authorisation is missing. Please open the app from your portal.",
                 ),
@@ -87,7 +87,7 @@ pub async fn show_app(
                 error_html(
                     StatusCode::UNAUTHORIZED,
                     lang,
-                    lang.pick(
+                    lang.t(
                         "Битрикс24 не подтвердил авторизацию. Откройте приложение из портала заново.",
                         "Bitrix24 did not confirm the authorisation. Please reopen the app from your portal.",
                     ),
@@ -146,7 +146,7 @@ fn not_installed(lang: Lang) -> HttpResponse {
     error_html(
         StatusCode::NOT_FOUND,
         lang,
-        lang.pick(
+        lang.t(
             "Приложение не установлено на этом портале",
             "The app is not installed on this portal",
         ),
@@ -219,7 +219,7 @@ pub async fn save_settings(
             page.form = input;
             page.errors = *errors;
             page.alert = Some(
-                lang.pick(
+                lang.t(
                     "Настройки не сохранены: исправьте отмеченные поля.",
                     "Settings were not saved: please correct the marked fields.",
                 )
@@ -237,7 +237,7 @@ pub async fn save_settings(
             tracing::info!(user = auth.token.user_id, "settings saved");
             let mut page = build_page(&ctx, lang, &auth.token, &portal, &row, log);
             page.notice = Some(
-                lang.pick(
+                lang.t(
                     "Настройки сохранены. Они действуют со следующего запуска робота.",
                     "Settings saved. They apply from the robot's next run.",
                 )
