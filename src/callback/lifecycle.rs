@@ -42,7 +42,7 @@ pub fn accept(
             .duplicate_window_minutes;
         let window_start = now - chrono::Duration::minutes(i64::from(window.max(0)));
         if store::claim_deal(c, run, &id, window_start, now)? {
-            let runs = store::deal_runs(c, &run.member_id, &run.deal_id)?;
+            let runs = store::deal_runs(c, &run.member_id, run.deal_id.as_str())?;
             let group = run.requested.resolve(runs);
             store::set_group(c, &id, group)?;
             let job = PlaceCall {

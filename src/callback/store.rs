@@ -20,7 +20,7 @@ pub fn insert_queued(
             .values((
                 callbacks::id.eq(id),
                 callbacks::member_id.eq(&run.member_id),
-                callbacks::deal_id.eq(&run.deal_id),
+                callbacks::deal_id.eq(run.deal_id.as_str()),
                 callbacks::event_token.eq(&run.event_token),
                 callbacks::workflow_id.eq(&run.workflow_id),
                 callbacks::requested_group.eq(run.requested.as_str()),
@@ -39,7 +39,7 @@ pub fn ensure_deal(c: &mut DbConnection, run: &RobotRun, now: NaiveDateTime) -> 
         diesel::insert_into(deals::table)
             .values((
                 deals::member_id.eq(&run.member_id),
-                deals::deal_id.eq(&run.deal_id),
+                deals::deal_id.eq(run.deal_id.as_str()),
                 deals::runs.eq(0),
                 deals::updated_at.eq(now),
             ))
@@ -59,7 +59,7 @@ pub fn claim_deal(
     Ok(diesel::update(
         deals::table
             .filter(deals::member_id.eq(&run.member_id))
-            .filter(deals::deal_id.eq(&run.deal_id))
+            .filter(deals::deal_id.eq(run.deal_id.as_str()))
             .filter(deals::active_callback_id.is_null())
             .filter(
                 deals::last_started_at

@@ -7,8 +7,7 @@ use serde::Deserialize;
 use super::auth::application_token_matches;
 use super::request::{parse_form, AuthBlock};
 use crate::callback::{
-    is_member_id_shaped, lifecycle, Accepted, RequestedGroup, RobotRun, Unusable,
-    MAX_DEAL_ID_DIGITS,
+    is_member_id_shaped, lifecycle, Accepted, DealId, RequestedGroup, RobotRun, Unusable,
 };
 use crate::context::Context;
 use crate::db::DbError;
@@ -35,15 +34,12 @@ struct RobotProperties {
 }
 
 /// `DEAL_123` → `123`: only deals, ids of 1–20 digits.
-fn deal_id(document_id: &[String]) -> Result<String, Unusable> {
+fn deal_id(document_id: &[String]) -> Result<DealId, Unusable> {
     let raw = document_id.get(2).ok_or(Unusable::NoDocument)?;
     let id = raw
         .strip_prefix("DEAL_")
         .ok_or_else(|| Unusable::NotADeal(raw.clone()))?;
-    if id.is_empty() || id.len() > MAX_DEAL_ID_DIGITS || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Unusable::BadDealId(raw.clone()));
-    }
-    Ok(id.to_owned())
+    DealId::parse(id).ok_or_else(|| Unusable::BadDealId(raw.clone()))
 }
 
 /// The payload checks. Pure: they run before verification but are acted upon only after it, and
@@ -54,14 +50,14 @@ fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<Strin
     let requested = match form.properties.group.as_deref() {
         None => RequestedGroup::Auto,
         Some(g) => RequestedGroup::parse(g)
-            .ok_or_else(|| (Some(deal.clone()), Unusable::UnknownGroup(g.to_owned())))?,
+            .ok_or_else(|| (Some(deal.to_string()), Unusable::UnknownGroup(g.to_owned())))?,
     };
     if let Some(code) = form
         .code
         .as_deref()
         .filter(|c| *c != crate::portal::robot::ROBOT_CODE)
     {
-        return Err((Some(deal), Unusable::WrongCode(code.to_owned())));
+        return Err((Some(deal.to_string()), Unusable::WrongCode(code.to_owned())));
     }
     Ok(RobotRun {
         member_id: member_id.to_owned(),
