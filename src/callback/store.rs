@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::{Callback, Group, RobotRun, Status};
+use super::{Callback, DealId, Group, RobotRun, Status};
 use crate::db::schema::{callbacks, deals};
 use crate::db::{insert_if_absent, DbConnection};
 
@@ -77,9 +77,9 @@ pub fn claim_deal(
 }
 
 /// How many runs the deal has had.
-pub fn deal_runs(c: &mut DbConnection, member_id: &str, deal_id: &str) -> QueryResult<i32> {
+pub fn deal_runs(c: &mut DbConnection, member_id: &str, deal_id: &DealId) -> QueryResult<i32> {
     deals::table
-        .find((member_id, deal_id))
+        .find((member_id, deal_id.as_str()))
         .select(deals::runs)
         .first(c)
 }
@@ -113,7 +113,7 @@ pub fn insert_unusable(
     c: &mut DbConnection,
     id: &str,
     member_id: &str,
-    deal_id: &str,
+    deal: Option<&DealId>,
     event_token: &str,
     workflow_id: Option<&str>,
     reason: &str,
@@ -124,7 +124,7 @@ pub fn insert_unusable(
             .values((
                 callbacks::id.eq(id),
                 callbacks::member_id.eq(member_id),
-                callbacks::deal_id.eq(deal_id),
+                callbacks::deal_id.eq(deal.map_or("", DealId::as_str)),
                 callbacks::event_token.eq(event_token),
                 callbacks::workflow_id.eq(workflow_id),
                 callbacks::requested_group.eq("-"),

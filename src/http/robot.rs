@@ -45,19 +45,19 @@ fn deal_id(document_id: &[String]) -> Result<DealId, Unusable> {
 /// The payload checks. Pure: they run before verification but are acted upon only after it, and
 /// a verified call that fails them is still answered through `bizproc.event.send`. The error
 /// carries the deal id when the document was a deal (for the timeline comment).
-fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<String>, Unusable)> {
+fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<DealId>, Unusable)> {
     let deal = deal_id(&form.document_id).map_err(|e| (None, e))?;
     let requested = match form.properties.group.as_deref() {
         None => RequestedGroup::Auto,
         Some(g) => RequestedGroup::parse(g)
-            .ok_or_else(|| (Some(deal.to_string()), Unusable::UnknownGroup(g.to_owned())))?,
+            .ok_or_else(|| (Some(deal.clone()), Unusable::UnknownGroup(g.to_owned())))?,
     };
     if let Some(code) = form
         .code
         .as_deref()
         .filter(|c| *c != crate::portal::robot::ROBOT_CODE)
     {
-        return Err((Some(deal.to_string()), Unusable::WrongCode(code.to_owned())));
+        return Err((Some(deal), Unusable::WrongCode(code.to_owned())));
     }
     Ok(RobotRun {
         member_id: member_id.to_owned(),
@@ -129,7 +129,7 @@ pub async fn handle_robot_call(
                     let accepted = lifecycle::record_unusable(
                         c,
                         &mid,
-                        deal.as_deref().unwrap_or_default(),
+                        deal.as_ref(),
                         event_token.as_deref().unwrap_or_default(),
                         workflow_id.as_deref(),
                         &why,
