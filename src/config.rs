@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
 
 use crate::crypto::SecretKey;
 use crate::net::trusted_proxies::TrustedProxies;
@@ -151,7 +152,7 @@ pub struct Settings {
     pub public_url_explicit: bool,
     pub database_url: String,
     pub b24_client_id: Option<String>,
-    pub b24_client_secret: Option<String>,
+    pub b24_client_secret: Option<SecretString>,
     /// Without a trailing slash.
     pub b24_oauth_url: String,
     /// The OAuth refresh request's timeout; the refresh lease lasts three of them.
@@ -312,7 +313,10 @@ impl Settings {
             public_url_explicit,
             database_url: db,
             b24_client_id: a.b24_client_id.filter(|s| !s.is_empty()),
-            b24_client_secret: a.b24_client_secret.and_then(SecretArg::non_empty),
+            b24_client_secret: a
+                .b24_client_secret
+                .and_then(SecretArg::non_empty)
+                .map(SecretString::from),
             b24_oauth_url: oauth.as_str().trim_end_matches('/').to_owned(),
             b24_oauth_timeout: std::time::Duration::from_secs(a.b24_oauth_timeout_seconds),
             mango_api_url,

@@ -41,15 +41,7 @@ impl RateLimiter {
         let (interval_us, tolerance_us) = (self.interval_us, self.tolerance_us);
         let wait = self
             .db
-            .run(move |c| {
-                Ok(super::store::take(
-                    c,
-                    &member,
-                    offset_us,
-                    interval_us,
-                    tolerance_us,
-                )?)
-            })
+            .run(move |c| super::store::take(c, &member, offset_us, interval_us, tolerance_us))
             .await?;
         Ok(wait.map_or(Duration::ZERO, |us| {
             Duration::from_micros(u64::try_from(us).unwrap_or(1))

@@ -11,6 +11,7 @@ use oauth2::{
     AccessToken, AuthType, Client, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
     RefreshToken, RequestTokenError, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
 };
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 /// How long a refresh waits for the OAuth server unless `B24_OAUTH_TIMEOUT_SECONDS` says
@@ -86,8 +87,8 @@ type B24OAuthClient = Client<
 /// A fresh token pair. `Debug` hides the tokens.
 #[derive(Clone)]
 pub struct NewTokens {
-    pub access_token: String,
-    pub refresh_token: String,
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
     pub expires_in: u64,
     pub client_endpoint: Option<String>,
     pub scope: Option<String>,
@@ -181,12 +182,12 @@ pub async fn refresh(
         Ok(t) => {
             let refresh_token = t
                 .refresh_token()
-                .map(|r| r.secret().clone())
+                .map(|r| SecretString::from(r.secret().as_str()))
                 .ok_or_else(|| {
                     RefreshError::Unavailable("token answer carries no refresh_token".into())
                 })?;
             Ok(NewTokens {
-                access_token: t.access_token().secret().clone(),
+                access_token: SecretString::from(t.access_token().secret().as_str()),
                 refresh_token,
                 expires_in: t.expires_in.unwrap_or(3600),
                 client_endpoint: t.client_endpoint.clone(),

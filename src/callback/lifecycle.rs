@@ -5,7 +5,8 @@
 use chrono::NaiveDateTime;
 
 use super::{
-    store, Accepted, Callback, PlaceCall, Reason, ReportCallback, RobotRun, Status, Unusable,
+    store, Accepted, Callback, DealId, PlaceCall, Reason, ReportCallback, RobotRun, Status,
+    Unusable,
 };
 use crate::db::{write_tx, DbConnection, DbError};
 use crate::jobs::queue;
@@ -72,13 +73,13 @@ pub fn accept(
 /// (in the portal's language `lang`) and its report job in one transaction. No deal row is touched and nothing calls Mango; the
 /// report answers the business process (and comments on the deal when there is one).
 ///
-/// `deal_id` is empty when the call names no deal. The same `event_token` again is
+/// `deal` is `None` when the call names no deal (stored as an empty deal id). The same `event_token` again is
 /// [`Accepted::Redelivered`], as for usable calls.
 #[allow(clippy::too_many_arguments)]
 pub fn record_unusable(
     conn: &mut DbConnection,
     member_id: &str,
-    deal_id: &str,
+    deal: Option<&DealId>,
     event_token: &str,
     workflow_id: Option<&str>,
     why: &Unusable,
@@ -96,7 +97,7 @@ pub fn record_unusable(
             c,
             &id,
             member_id,
-            deal_id,
+            deal,
             event_token,
             workflow_id,
             &error,

@@ -258,11 +258,36 @@ pub struct ReportCallback {
     pub reason: Option<Reason>,
 }
 
+/// A Bitrix24 deal id as a robot call names it (`DEAL_123` → `123`): 1–[`MAX_DEAL_ID_DIGITS`]
+/// ASCII digits. Only [`DealId::parse`] makes one, so a [`RobotRun`] never carries an unchecked
+/// id (its length bounds [`command_id`]) and a portal or callback id cannot stand in for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DealId(String);
+
+impl DealId {
+    pub fn parse(id: &str) -> Option<DealId> {
+        let ok = !id.is_empty()
+            && id.len() <= MAX_DEAL_ID_DIGITS
+            && id.bytes().all(|b| b.is_ascii_digit());
+        ok.then(|| DealId(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DealId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A verified robot call, parsed at the HTTP edge.
 #[derive(Debug, Clone)]
 pub struct RobotRun {
     pub member_id: String,
-    pub deal_id: String,
+    pub deal_id: DealId,
     pub event_token: Option<String>,
     pub workflow_id: Option<String>,
     pub requested: RequestedGroup,
@@ -417,6 +442,26 @@ pub fn command_id(member_id: &str, deal_id: &str, callback_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deal_id_is_one_to_twenty_ascii_digits() {
+        for ok in ["1", "0042", &"9".repeat(MAX_DEAL_ID_DIGITS)] {
+            assert_eq!(
+                DealId::parse(ok).map(|d| d.to_string()),
+                Some(ok.to_owned())
+            );
+        }
+        for bad in [
+            "",
+            "12a",
+            "-1",
+            " 1",
+            "１２",
+            &"9".repeat(MAX_DEAL_ID_DIGITS + 1),
+        ] {
+            assert_eq!(DealId::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_longest_admitted_command_id_fits_mangos_limit() {

@@ -2,6 +2,7 @@
 //! contact, possibly linked late), take a slot of Mango's per-account rate, order
 //! `callback_group`, and finish the callback with its report queued.
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use serde_json::json;
@@ -138,7 +139,7 @@ impl Job for PlaceCall {
     async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let id = self.callback_id.clone();
         let give_up = |e: String| async move {
-            let Some(cb) = ctx.shared.db.run(move |c| Ok(store::find(c, &id)?)).await? else {
+            let Some(cb) = ctx.shared.db.run(move |c| store::find(c, &id)).await? else {
                 return Ok(());
             };
             end_without_call(ctx, &cb, Reason::GaveUp { detail: e }).await
@@ -157,7 +158,7 @@ impl PlaceCall {
     async fn place(&self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
-        let Some(cb) = db.run(move |c| Ok(store::find(c, &id)?)).await? else {
+        let Some(cb) = db.run(move |c| store::find(c, &id)).await? else {
             return Ok(());
         };
         if cb.status == Status::Calling {
@@ -168,7 +169,7 @@ impl PlaceCall {
         }
         let (mid, now) = (cb.member_id.clone(), ctx.shared.clock.now());
         let settings: PortalSettings = db
-            .run(move |c| Ok(portal_store::settings_or_default(c, &mid, now)?))
+            .run(move |c| portal_store::settings_or_default(c, &mid, now))
             .await?;
 
         let group_kind = cb.group_kind.unwrap_or(Group::Trainee);
@@ -184,10 +185,9 @@ impl PlaceCall {
                 ctx.shared.cipher.open(slot, s)
             }),
         ) {
-            (Some(key), Some(Ok(salt))) if !key.is_empty() && !salt.is_empty() => Credentials {
-                api_key: key.clone(),
-                api_salt: salt,
-            },
+            (Some(key), Some(Ok(salt))) if !key.is_empty() && !salt.is_empty() => {
+                Credentials::new(key.clone(), salt)
+            }
             _ => return end_without_call(ctx, &cb, Reason::MangoKeysMissing).await,
         };
         if extension.is_empty() || settings.line_number.is_empty() {
@@ -212,7 +212,7 @@ impl PlaceCall {
                     let waited = (now - cb.created_at).num_seconds();
                     if waited < i64::from(settings.contact_wait_seconds) {
                         let cid = cb.id.clone();
-                        db.run(move |c| Ok(store::count_contact_check(c, &cid, now)?))
+                        db.run(move |c| store::count_contact_check(c, &cid, now))
                             .await?;
                         let at =
                             now + chrono::Duration::from_std(CONTACT_RECHECK).unwrap_or_default();
@@ -253,7 +253,12 @@ impl PlaceCall {
         };
 
         // Mango allows 4 callback commands per second per account, across all our instances.
-        crate::mango::rate::wait_for_callback_slot(db, &ctx.shared.clock, &creds.api_key).await?;
+        crate::mango::rate::wait_for_callback_slot(
+            db,
+            &ctx.shared.clock,
+            creds.api_key.expose_secret(),
+        )
+        .await?;
 
         let command_id = super::command_id(&cb.member_id, &cb.deal_id, &cb.id);
         let (ext, ph, cmd_id) = (
@@ -288,13 +293,13 @@ impl PlaceCall {
         match answer {
             Ok(_) => {
                 let now = ctx.shared.clock.now();
-                db.run(move |c| Ok(portal_store::record_mango_status(c, &mid, None, now)?))
+                db.run(move |c| portal_store::record_mango_status(c, &mid, None, now))
                     .await?;
                 finish(ctx, &cb, ext, ph, Some(1000), None).await
             }
             Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
                 let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
-                db.run(move |c| Ok(store::back_to_queued(c, &cid, &msg, now)?))
+                db.run(move |c| store::back_to_queued(c, &cid, &msg, now))
                     .await?;
                 Err(JobError::Transient(anyhow::anyhow!(
                     "Mango did not accept the command, will retry: {e}"
@@ -316,15 +321,8 @@ impl PlaceCall {
                 };
                 let msg = reason.stored_error(crate::portal::Lang::En);
                 let (m, now, stored) = (mid.clone(), ctx.shared.clock.now(), msg.clone());
-                db.run(move |c| {
-                    Ok(portal_store::record_mango_status(
-                        c,
-                        &m,
-                        Some(&stored),
-                        now,
-                    )?)
-                })
-                .await?;
+                db.run(move |c| portal_store::record_mango_status(c, &m, Some(&stored), now))
+                    .await?;
                 finish(ctx, &cb, ext, ph, code, Some(reason)).await
             }
         }

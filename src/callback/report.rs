@@ -1,6 +1,7 @@
 //! The [`ReportCallback`] job: answer the waiting business process (`bizproc.event.send`) and
 //! write the outcome on the deal's timeline, in the portal's language.
 
+use diesel::QueryResult;
 use serde_json::json;
 
 use super::place_call::bitrix_error;
@@ -62,7 +63,7 @@ impl Job for ReportCallback {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
         let found = db
-            .run(move |c| {
+            .run(move |c| -> QueryResult<_> {
                 let Some(cb) = store::find(c, &id)? else {
                     return Ok(None);
                 };
@@ -96,7 +97,7 @@ impl Job for ReportCallback {
                 }
             }
             let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
-            db.run(move |c| Ok(store::mark_event_sent(c, &cid, now)?))
+            db.run(move |c| store::mark_event_sent(c, &cid, now))
                 .await?;
         }
         // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
@@ -120,7 +121,7 @@ impl Job for ReportCallback {
                 Err(e) => return Err(report_error(ctx, &cb, e)),
             }
             let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
-            db.run(move |c| Ok(store::mark_comment_added(c, &cid, now)?))
+            db.run(move |c| store::mark_comment_added(c, &cid, now))
                 .await?;
         }
         Ok(())

@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::{Callback, Group, RobotRun, Status};
+use super::{Callback, DealId, Group, RobotRun, Status};
 use crate::db::schema::{callbacks, deals};
 use crate::db::{insert_if_absent, DbConnection};
 
@@ -20,7 +20,7 @@ pub fn insert_queued(
             .values((
                 callbacks::id.eq(id),
                 callbacks::member_id.eq(&run.member_id),
-                callbacks::deal_id.eq(&run.deal_id),
+                callbacks::deal_id.eq(run.deal_id.as_str()),
                 callbacks::event_token.eq(&run.event_token),
                 callbacks::workflow_id.eq(&run.workflow_id),
                 callbacks::requested_group.eq(run.requested.as_str()),
@@ -39,7 +39,7 @@ pub fn ensure_deal(c: &mut DbConnection, run: &RobotRun, now: NaiveDateTime) -> 
         diesel::insert_into(deals::table)
             .values((
                 deals::member_id.eq(&run.member_id),
-                deals::deal_id.eq(&run.deal_id),
+                deals::deal_id.eq(run.deal_id.as_str()),
                 deals::runs.eq(0),
                 deals::updated_at.eq(now),
             ))
@@ -59,7 +59,7 @@ pub fn claim_deal(
     Ok(diesel::update(
         deals::table
             .filter(deals::member_id.eq(&run.member_id))
-            .filter(deals::deal_id.eq(&run.deal_id))
+            .filter(deals::deal_id.eq(run.deal_id.as_str()))
             .filter(deals::active_callback_id.is_null().or(active_run_is_dead()))
             .filter(
                 deals::last_started_at
@@ -123,9 +123,9 @@ pub fn end_unfinished_of_portal(
 }
 
 /// How many runs the deal has had.
-pub fn deal_runs(c: &mut DbConnection, member_id: &str, deal_id: &str) -> QueryResult<i32> {
+pub fn deal_runs(c: &mut DbConnection, member_id: &str, deal_id: &DealId) -> QueryResult<i32> {
     deals::table
-        .find((member_id, deal_id))
+        .find((member_id, deal_id.as_str()))
         .select(deals::runs)
         .first(c)
 }
@@ -159,7 +159,7 @@ pub fn insert_unusable(
     c: &mut DbConnection,
     id: &str,
     member_id: &str,
-    deal_id: &str,
+    deal: Option<&DealId>,
     event_token: &str,
     workflow_id: Option<&str>,
     reason: &str,
@@ -170,7 +170,7 @@ pub fn insert_unusable(
             .values((
                 callbacks::id.eq(id),
                 callbacks::member_id.eq(member_id),
-                callbacks::deal_id.eq(deal_id),
+                callbacks::deal_id.eq(deal.map_or("", DealId::as_str)),
                 callbacks::event_token.eq(event_token),
                 callbacks::workflow_id.eq(workflow_id),
                 callbacks::requested_group.eq("-"),

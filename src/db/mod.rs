@@ -179,15 +179,19 @@ impl Db {
     }
 
     /// Runs `f` with a pooled connection on the blocking thread pool.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
+    ///
+    /// `f` may fail with any error that converts into [`DbError`], so a store function's
+    /// `QueryResult` is passed through as is (`db.run(move |c| store::find(c, &id))`).
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, DbError>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        DbError: From<E>,
         T: Send + 'static,
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
-            f(&mut conn)
+            Ok(f(&mut conn)?)
         })
         .await
         .map_err(|e| match e.try_into_panic() {
@@ -220,9 +224,10 @@ pub fn run_migrations(conn: &mut DbConnection) -> anyhow::Result<()> {
 /// `SQLITE_BUSY` without waiting when another writer committed in between; taking the write lock
 /// up front (a no-op write) makes `busy_timeout` apply and serialises writers cleanly. PostgreSQL
 /// needs nothing extra: the compare-and-set updates inside re-check their `WHERE` under its locks.
-pub fn write_tx<T, F>(conn: &mut DbConnection, f: F) -> Result<T, DbError>
+pub fn write_tx<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
 where
-    F: FnOnce(&mut DbConnection) -> Result<T, DbError>,
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+    E: From<DieselError>,
 {
     conn.transaction(|c| {
         if let DbConnection::Sqlite(s) = c {

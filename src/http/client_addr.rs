@@ -174,11 +174,11 @@ pub fn limit_address(req: &HttpRequest, ctx: &crate::context::Context) -> Option
     let lang = lang_of(req);
     let message = format!(
         "{} {secs} {}",
-        lang.pick(
+        lang.t(
             "Слишком много запросов с вашего адреса. Повторите через",
             "Too many requests from your address. Please try again in",
         ),
-        lang.pick("с.", "s."),
+        lang.t("с.", "s."),
     );
     let mut resp = error_html(
         actix_web::http::StatusCode::TOO_MANY_REQUESTS,

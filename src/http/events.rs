@@ -2,6 +2,7 @@
 //! event is logged and ignored.
 
 use actix_web::{web, HttpResponse};
+use diesel::QueryResult;
 use serde::Deserialize;
 
 use super::auth::application_token_matches;
@@ -43,7 +44,7 @@ pub async fn handle_event(
     tracing::Span::current().record("portal", member_id.as_str());
     let shared = &ctx.shared;
     let mid = member_id.clone();
-    let portal = shared.db.run(move |c| Ok(store::find(c, &mid)?)).await?;
+    let portal = shared.db.run(move |c| store::find(c, &mid)).await?;
     let Some(portal) = portal else {
         return Err(AppError::Unauthorized("unknown portal".into()));
     };
@@ -60,7 +61,7 @@ pub async fn handle_event(
             shared
                 .db
                 .run(move |c| {
-                    crate::db::write_tx(c, |c| {
+                    crate::db::write_tx(c, |c| -> QueryResult<()> {
                         if clean {
                             store::delete_everything(c, &member_id)?;
                         } else {
@@ -170,7 +171,7 @@ async fn on_app_update(
                         {
                             return Ok(false);
                         }
-                        Ok(queue::enqueue(c, &job, now)?)
+                        queue::enqueue(c, &job, now)
                     })
                 })
                 .await?;
@@ -222,7 +223,7 @@ async fn on_app_test(
     shared
         .db
         .run(move |c| {
-            crate::db::write_tx(c, |c| {
+            crate::db::write_tx(c, |c| -> QueryResult<()> {
                 if let Some(t) = &store_token {
                     store::set_application_token_if_missing(c, &cipher, &mid, t, now)?;
                 }

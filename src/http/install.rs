@@ -1,6 +1,7 @@
 //! `POST /b24/install`: the installer page (a user's browser POST with `AUTH_ID`) and the
 //! ONAPPINSTALL event (a server POST with `event=ONAPPINSTALL`), told apart by the body.
 
+use diesel::QueryResult;
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -22,7 +23,7 @@ use crate::portal::Lang;
 #[derive(Template)]
 #[template(path = "install.html")]
 pub struct InstallPage {
-    pub ru: bool,
+    pub lang: Lang,
     pub ok: bool,
     pub message: String,
 }
@@ -68,7 +69,7 @@ pub async fn install_app(
     let is_admin = is_admin(&ctx, &verified, &auth_id).await?;
     if !is_admin {
         return Err(AppError::Forbidden(
-            lang.pick(
+            lang.t(
                 "Установить приложение может только администратор портала",
                 "Only a portal administrator can install the app",
             )
@@ -92,9 +93,7 @@ pub async fn install_app(
     let (cipher, now) = (ctx.shared.cipher.clone(), ctx.shared.clock.now());
     ctx.shared
         .db
-        .run(move |c| {
-            crate::db::write_tx(c, |c| Ok(store::upsert_installed(c, &cipher, &data, now)?))
-        })
+        .run(move |c| crate::db::write_tx(c, |c| store::upsert_installed(c, &cipher, &data, now)))
         .await?;
     tracing::info!(domain = %verified.domain, "portal stored from the installer");
 
@@ -116,7 +115,7 @@ pub async fn install_app(
                 .await?;
             tracing::info!("robot registered and events bound; installer finishes");
             InstallPage {
-                ru: lang == Lang::Ru,
+                lang,
                 ok: true,
                 message: String::new(),
             }
@@ -125,10 +124,10 @@ pub async fn install_app(
             // The portal's own words (an error code, a description, a URL) stay in the log.
             tracing::error!(error = %e, "install step failed; the installer can be opened again");
             InstallPage {
-                ru: lang == Lang::Ru,
+                lang,
                 ok: false,
                 message: lang
-                    .pick(
+                    .t(
                         "Портал не выполнил шаг установки. Подробности — в журнале приложения.",
                         "The portal did not complete an installation step. The details are in the application log.",
                     )
@@ -223,7 +222,7 @@ async fn on_app_install(auth: AuthBlock, ctx: &Context) -> Result<HttpResponse, 
     ctx.shared
         .db
         .run(move |c| {
-            crate::db::write_tx(c, |c| {
+            crate::db::write_tx(c, |c| -> QueryResult<()> {
                 store::upsert_installed(c, &cipher, &data, now)?;
                 // Registering is idempotent; the installer page may do it first, this makes sure.
                 let job = RegisterRobot {

@@ -52,7 +52,7 @@ pub async fn receive(
     let candidates = ctx
         .shared
         .db
-        .run(move |c| Ok(store::settings_by_mango_key(c, &k)?))
+        .run(move |c| store::settings_by_mango_key(c, &k))
         .await?;
     let verified: Vec<String> = candidates
         .into_iter()
@@ -63,15 +63,7 @@ pub async fn receive(
                     .ok()
             });
             salt.is_some_and(|salt| {
-                crate::mango::verify(
-                    &Credentials {
-                        api_key: key.to_owned(),
-                        api_salt: salt,
-                    },
-                    key,
-                    json,
-                    sign,
-                )
+                crate::mango::verify(&Credentials::new(key, salt), key, json, sign)
             })
         })
         .map(|s| s.member_id)
@@ -104,14 +96,14 @@ pub async fn receive(
             .shared
             .db
             .run(move |c| {
-                Ok(callback_store::record_mango_result(
+                callback_store::record_mango_result(
                     c,
                     &verified,
                     &command_id,
                     code,
                     &crate::callback::mango_outcome(code),
                     now,
-                )?)
+                )
             })
             .await?;
         if updated == 0 {

@@ -11,7 +11,7 @@ use crate::portal::Lang;
 #[derive(Template)]
 #[template(path = "app_error.html")]
 pub struct ErrorPage<'a> {
-    pub ru: bool,
+    pub lang: Lang,
     pub title: &'a str,
     pub message: &'a str,
 }
@@ -37,8 +37,8 @@ pub fn html(status: StatusCode, domain: Option<&str>, body: String) -> HttpRespo
 
 pub fn error_html(status: StatusCode, lang: Lang, message: &str) -> HttpResponse {
     let page = ErrorPage {
-        ru: lang == Lang::Ru,
-        title: lang.pick("Mango Office: обратный звонок", "Mango Office callback"),
+        lang,
+        title: lang.t("Mango Office: обратный звонок", "Mango Office callback"),
         message,
     };
     match page.render() {

@@ -7,10 +7,10 @@ use serde::Deserialize;
 use super::auth::application_token_matches;
 use super::request::{parse_form, AuthBlock};
 use crate::callback::{
-    is_member_id_shaped, lifecycle, Accepted, RequestedGroup, RobotRun, Unusable,
-    MAX_DEAL_ID_DIGITS,
+    is_member_id_shaped, lifecycle, Accepted, DealId, RequestedGroup, RobotRun, Unusable,
 };
 use crate::context::Context;
+use crate::db::DbError;
 use crate::error::AppError;
 use crate::portal::store as portal_store;
 use crate::portal::Lang;
@@ -34,21 +34,18 @@ struct RobotProperties {
 }
 
 /// `DEAL_123` → `123`: only deals, ids of 1–20 digits.
-fn deal_id(document_id: &[String]) -> Result<String, Unusable> {
+fn deal_id(document_id: &[String]) -> Result<DealId, Unusable> {
     let raw = document_id.get(2).ok_or(Unusable::NoDocument)?;
     let id = raw
         .strip_prefix("DEAL_")
         .ok_or_else(|| Unusable::NotADeal(raw.clone()))?;
-    if id.is_empty() || id.len() > MAX_DEAL_ID_DIGITS || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Unusable::BadDealId(raw.clone()));
-    }
-    Ok(id.to_owned())
+    DealId::parse(id).ok_or_else(|| Unusable::BadDealId(raw.clone()))
 }
 
 /// The payload checks. Pure: they run before verification but are acted upon only after it, and
 /// a verified call that fails them is still answered through `bizproc.event.send`. The error
 /// carries the deal id when the document was a deal (for the timeline comment).
-fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<String>, Unusable)> {
+fn validate(form: &RobotForm, member_id: &str) -> Result<RobotRun, (Option<DealId>, Unusable)> {
     let deal = deal_id(&form.document_id).map_err(|e| (None, e))?;
     let requested = match form.properties.group.as_deref() {
         None => RequestedGroup::Auto,
@@ -117,7 +114,7 @@ pub async fn handle_robot_call(
     // One trip to the blocking pool: this is the hot path Bitrix24 waits on.
     let verdict = shared
         .db
-        .run(move |c| {
+        .run(move |c| -> Result<_, DbError> {
             let portal = portal_store::find(c, &mid)?.filter(|p| {
                 p.is_active()
                     && application_token_matches(&cipher, p, auth.application_token.as_deref())
@@ -132,7 +129,7 @@ pub async fn handle_robot_call(
                     let accepted = lifecycle::record_unusable(
                         c,
                         &mid,
-                        deal.as_deref().unwrap_or_default(),
+                        deal.as_ref(),
                         event_token.as_deref().unwrap_or_default(),
                         workflow_id.as_deref(),
                         &why,

@@ -85,7 +85,7 @@ impl Worker {
                     let now = clock.shift(crate::db::database_now(c)?);
                     let keep_until = now - chrono::Duration::days(DONE_JOBS_KEPT_DAYS);
                     queue::purge_done(c, keep_until)?;
-                    Ok(queue::reap(c, now)?)
+                    queue::reap(c, now)
                 });
                 match reaped.await {
                     Ok(0) => {}
@@ -163,7 +163,7 @@ impl Worker {
                 .ctx
                 .shared
                 .db
-                .run(move |c| Ok(queue::release(c, &jid, &w, now)?))
+                .run(move |c| queue::release(c, &jid, &w, now))
                 .await
             {
                 Ok(true) => {
@@ -197,7 +197,7 @@ pub async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::
         .run(move |c| {
             // One reading of the database's clock per claim: see [`queue`] on why.
             let now = clock.shift(crate::db::database_now(c)?);
-            Ok(queue::claim(c, &worker, now, now + lease, limit)?)
+            Ok::<_, crate::db::DbError>(queue::claim(c, &worker, now, now + lease, limit)?)
         })
         .await
     {
@@ -227,7 +227,7 @@ async fn keep_lease(ctx: &Context, id: &str, worker: &str) {
             .db
             .run(move |c| {
                 let now = clock.shift(crate::db::database_now(c)?);
-                Ok(queue::renew(c, &jid, &w, now + lease)?)
+                Ok::<_, crate::db::DbError>(queue::renew(c, &jid, &w, now + lease)?)
             })
             .await;
         match renewed {
@@ -260,29 +260,29 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
         let outcome = match result {
             Ok(()) => {
                 tracing::info!("job done");
-                ctx.shared.db.run(move |c| Ok(queue::complete(c, &id, &w, now)?)).await
+                ctx.shared.db.run(move |c| queue::complete(c, &id, &w, now)).await
             }
             Err(JobError::RetryAt(at, note)) => {
                 tracing::info!(until = %at, %note, "job waits");
-                ctx.shared.db.run(move |c| Ok(queue::snooze(c, &id, &w, at, &note, now)?)).await
+                ctx.shared.db.run(move |c| queue::snooze(c, &id, &w, at, &note, now)).await
             }
             Err(JobError::Snooze(wait)) => {
                 let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
                 let note = format!("snoozed {} ms for a rate budget", wait.as_millis());
                 tracing::debug!(wait_ms = wait.as_millis() as u64, "job snoozes for a rate budget");
-                ctx.shared.db.run(move |c| Ok(queue::snooze(c, &id, &w, at, &note, now)?)).await
+                ctx.shared.db.run(move |c| queue::snooze(c, &id, &w, at, &note, now)).await
             }
             Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {
                 let e = super::cause_chain(&e);
                 let delay = super::backoff(job.attempts);
                 let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "job failed, will retry");
-                ctx.shared.db.run(move |c| Ok(queue::retry(c, &id, &w, at, &e, now)?)).await
+                ctx.shared.db.run(move |c| queue::retry(c, &id, &w, at, &e, now)).await
             }
             Err(JobError::Transient(e)) | Err(JobError::Permanent(e)) => {
                 let e = super::cause_chain(&e);
                 tracing::error!(error = %e, "job failed for good; buried");
-                ctx.shared.db.run(move |c| Ok(queue::bury(c, &id, &w, &e, now)?)).await
+                ctx.shared.db.run(move |c| queue::bury(c, &id, &w, &e, now)).await
             }
         };
         match outcome {

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -18,16 +19,16 @@ use subtle::ConstantTimeEq;
 #[derive(Clone)]
 pub struct Credentials {
     /// `vpbx_api_key`, "the unique code of your PBX"; sent as a form field.
-    pub api_key: String,
+    pub api_key: SecretString,
     /// `vpbx_api_salt`, the signing secret; only ever hashed.
-    pub api_salt: String,
+    pub api_salt: SecretString,
 }
 
 impl Credentials {
     pub fn new(api_key: impl Into<String>, api_salt: impl Into<String>) -> Self {
         Self {
-            api_key: api_key.into(),
-            api_salt: api_salt.into(),
+            api_key: SecretString::from(api_key.into()),
+            api_salt: SecretString::from(api_salt.into()),
         }
     }
 }
@@ -36,7 +37,7 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Four characters are enough to tell two PBXs apart in a log, far too few to use.
         // Counted in chars, not bytes, so a non-ASCII key cannot make this panic.
-        let prefix: String = self.api_key.chars().take(4).collect();
+        let prefix: String = self.api_key.expose_secret().chars().take(4).collect();
         f.debug_struct("Credentials")
             .field("api_key", &format_args!("{prefix}…"))
             .field("api_salt", &format_args!("<redacted>"))
@@ -59,9 +60,17 @@ pub fn sign(api_key: &str, json: &str, api_salt: &str) -> String {
 /// Both the key and the signature are compared in constant time; the signature is accepted in
 /// either hex case because nothing in Mango's documentation promises lowercase on their side.
 pub fn verify(creds: &Credentials, vpbx_api_key: &str, json: &str, received_sign: &str) -> bool {
-    let expected = sign(&creds.api_key, json, &creds.api_salt);
+    let expected = sign(
+        creds.api_key.expose_secret(),
+        json,
+        creds.api_salt.expose_secret(),
+    );
     let received = received_sign.to_ascii_lowercase();
-    let key_ok = creds.api_key.as_bytes().ct_eq(vpbx_api_key.as_bytes());
+    let key_ok = creds
+        .api_key
+        .expose_secret()
+        .as_bytes()
+        .ct_eq(vpbx_api_key.as_bytes());
     let sign_ok = expected.as_bytes().ct_eq(received.as_bytes());
     bool::from(key_ok & sign_ok)
 }
@@ -71,10 +80,14 @@ pub fn verify(creds: &Credentials, vpbx_api_key: &str, json: &str, received_sign
 /// Encoded byte-for-byte like PHP's `http_build_query` and Python's `urlencode`, the two
 /// encoders Mango's examples were produced with, so our wire body can be diffed against theirs.
 pub fn form_body(creds: &Credentials, json: &str) -> String {
-    let signature = sign(&creds.api_key, json, &creds.api_salt);
-    let mut out = String::with_capacity(json.len() * 3 + creds.api_key.len() + 96);
+    let signature = sign(
+        creds.api_key.expose_secret(),
+        json,
+        creds.api_salt.expose_secret(),
+    );
+    let mut out = String::with_capacity(json.len() * 3 + creds.api_key.expose_secret().len() + 96);
     out.push_str("vpbx_api_key=");
-    urlencode_into(&mut out, &creds.api_key);
+    urlencode_into(&mut out, creds.api_key.expose_secret());
     out.push_str("&sign=");
     out.push_str(&signature);
     out.push_str("&json=");

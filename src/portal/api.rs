@@ -89,7 +89,7 @@ impl PortalApi {
 
     async fn load_auth(&self, member_id: &str) -> Result<Auth, BitrixError> {
         let id = member_id.to_owned();
-        let portal = self.db.run(move |c| Ok(store::find(c, &id)?)).await?;
+        let portal = self.db.run(move |c| store::find(c, &id)).await?;
         let Some(p) = portal.filter(|p| p.is_active()) else {
             return Err(BitrixError::NotInstalled(member_id.to_owned()));
         };
@@ -252,7 +252,7 @@ impl PortalApi {
         tracing::warn!(portal = member_id, new_endpoint = %endpoint, "portal was renamed (confirmed by app.info); storing the new endpoint");
         let (id, now) = (member_id.to_owned(), self.clock.now());
         self.db
-            .run(move |c| Ok(store::move_endpoint(c, &id, &domain, &endpoint, now)?))
+            .run(move |c| store::move_endpoint(c, &id, &domain, &endpoint, now))
             .await?;
         Ok(())
     }

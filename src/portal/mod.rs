@@ -272,6 +272,13 @@ pub enum Lang {
     En,
 }
 
+/// The language code, as templates print it in `<html lang="…">`.
+impl std::fmt::Display for Lang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
 impl Lang {
     pub fn parse(code: &str) -> Lang {
         match code.trim().to_ascii_lowercase().as_str() {
@@ -285,8 +292,9 @@ impl Lang {
             Lang::En => "en",
         }
     }
-    /// Picks the text in this language.
-    pub fn pick<'a>(self, ru: &'a str, en: &'a str) -> &'a str {
+    /// Picks the text in this language: the one translation helper, used by the pages'
+    /// templates (`{{ lang.t("…", "…") }}`) and by the code that writes texts alike.
+    pub fn t<'a>(self, ru: &'a str, en: &'a str) -> &'a str {
         match self {
             Lang::Ru => ru,
             Lang::En => en,

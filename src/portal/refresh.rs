@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
+use secrecy::ExposeSecret;
 
 use super::api::PortalApi;
 use super::{store, Portal};
@@ -29,7 +30,7 @@ impl PortalApi {
     async fn read_row(&self, member_id: &str) -> Result<Portal, BitrixError> {
         let id = member_id.to_owned();
         self.db
-            .run(move |c| Ok(store::find(c, &id)?))
+            .run(move |c| store::find(c, &id))
             .await?
             .ok_or_else(|| BitrixError::NotInstalled(member_id.to_owned()))
     }
@@ -64,16 +65,7 @@ impl PortalApi {
             let (id, holder) = (member_id.to_owned(), self.instance_id.clone());
             let won = self
                 .db
-                .run(move |c| {
-                    Ok(store::try_lock_refresh(
-                        c,
-                        &id,
-                        seen_version,
-                        &holder,
-                        until,
-                        now,
-                    )?)
-                })
+                .run(move |c| store::try_lock_refresh(c, &id, seen_version, &holder, until, now))
                 .await?;
             if won {
                 return self.refresh_holding_lease(&portal).await;
@@ -104,7 +96,7 @@ impl PortalApi {
                     &self.http,
                     &s.b24_oauth_url,
                     s.b24_client_id.as_deref(),
-                    s.b24_client_secret.as_deref(),
+                    s.b24_client_secret.as_ref().map(|s| s.expose_secret()),
                     &rt,
                     s.b24_oauth_timeout,
                 )
@@ -130,15 +122,7 @@ impl PortalApi {
                 tracing::warn!(portal = member_id, error = %e, "token refresh failed; tried again on the next call");
                 let (id, holder) = (member_id.to_owned(), self.instance_id.clone());
                 self.db
-                    .run(move |c| {
-                        Ok(store::release_refresh(
-                            c,
-                            &id,
-                            &holder,
-                            Some(&problem),
-                            now,
-                        )?)
-                    })
+                    .run(move |c| store::release_refresh(c, &id, &holder, Some(&problem), now))
                     .await?;
                 Err(BitrixError::Transport {
                     member_id: member_id.to_owned(),
@@ -161,16 +145,16 @@ impl PortalApi {
         let saved = self
             .db
             .run(move |c| {
-                Ok(store::finish_refresh(
+                store::finish_refresh(
                     c,
                     &cipher,
                     &id,
                     version,
-                    &t.access_token,
-                    &t.refresh_token,
+                    t.access_token.expose_secret(),
+                    t.refresh_token.expose_secret(),
                     expires,
                     now,
-                )?)
+                )
             })
             .await?;
         if saved {
@@ -202,7 +186,7 @@ impl PortalApi {
                     self.clock.now(),
                 );
                 self.db
-                    .run(move |c| Ok(store::release_refresh(c, &id, &holder, None, now)?))
+                    .run(move |c| store::release_refresh(c, &id, &holder, None, now))
                     .await?;
                 return Ok(());
             }
@@ -220,7 +204,7 @@ impl PortalApi {
         let (id, now, why) = (member_id.to_owned(), self.clock.now(), reason.clone());
         let marked = self
             .db
-            .run(move |c| Ok(store::mark_refresh_lost(c, &id, version, &why, now)?))
+            .run(move |c| store::mark_refresh_lost(c, &id, version, &why, now))
             .await?;
         if !marked {
             // A new pair arrived between the last read and the mark.

@@ -1,6 +1,7 @@
 //! Portal upkeep jobs: re-registering the robot after an update, keeping idle portals' tokens
 //! alive, the ONAPPTEST self-check, and ONAPPUPDATEs that could not be verified at once.
 
+use diesel::QueryResult;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -109,7 +110,7 @@ impl Job for KeepTokensAlive {
         let portal = ctx
             .shared
             .db
-            .run(move |c| Ok(crate::portal::store::find(c, &id)?))
+            .run(move |c| crate::portal::store::find(c, &id))
             .await?;
         let Some(p) = portal.filter(|p| p.is_active() && !p.needs_reauth) else {
             return Ok(());
@@ -128,7 +129,7 @@ pub async fn schedule_keep_alive(ctx: &Context) -> Result<usize, crate::db::DbEr
     let before = now - chrono::Duration::days(KEEP_ALIVE_AFTER_DAYS);
     ctx.shared
         .db
-        .run(move |c| {
+        .run(move |c| -> QueryResult<_> {
             let mut n = 0;
             for (member_id, refreshed_at) in crate::portal::store::stale_token_portals(c, before)? {
                 let key = format!(
@@ -170,7 +171,7 @@ impl Job for SelfCheck {
 
     async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let id = self.member_id.clone();
-        let portal = ctx.shared.db.run(move |c| Ok(store::find(c, &id)?)).await?;
+        let portal = ctx.shared.db.run(move |c| store::find(c, &id)).await?;
         if !portal.is_some_and(|p| p.is_active() && !p.needs_reauth) {
             return Ok(());
         }
@@ -182,7 +183,7 @@ impl Job for SelfCheck {
         let (id, now) = (self.member_id.clone(), ctx.shared.clock.now());
         ctx.shared
             .db
-            .run(move |c| Ok(store::mark_app_check_sent(c, &id, now)?))
+            .run(move |c| store::mark_app_check_sent(c, &id, now))
             .await?;
         ctx.bitrix()
             .call(

@@ -151,11 +151,11 @@ pub async fn run(
     let mid = m.clone();
     let mut log = shared
         .db
-        .run(move |c| Ok(callback_store::latest(c, &mid, 50)?))
+        .run(move |c| callback_store::latest(c, &mid, 50))
         .await?;
     log.reverse();
     // The reasons the reports were given: the timeline text is built from them.
-    let jobs = shared.db.run(|c| Ok(crate::jobs::queue::all(c)?)).await?;
+    let jobs = shared.db.run(crate::jobs::queue::all).await?;
     let reports: Vec<ReportCallback> = jobs
         .iter()
         .filter(|j| j.kind == <ReportCallback as crate::jobs::Job>::KIND)
@@ -197,7 +197,7 @@ async fn wait_until_reported(
         let mid = member_id.to_owned();
         let log = shared
             .db
-            .run(move |c| Ok(callback_store::latest(c, &mid, 50)?))
+            .run(move |c| callback_store::latest(c, &mid, 50))
             .await?;
         let done = log
             .iter()

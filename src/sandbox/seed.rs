@@ -58,6 +58,6 @@ pub async fn seed_mango(
     adjust(&mut settings);
     shared
         .db
-        .run(move |c| Ok(store::save_settings(c, &settings)?))
+        .run(move |c| store::save_settings(c, &settings))
         .await
 }

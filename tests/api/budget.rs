@@ -38,7 +38,7 @@ async fn work(app: &TestApp, slots: i64) {
         let batch = app
             .shared
             .db
-            .run(move |c| Ok(queue::claim(c, &w, now, lease, slots)?))
+            .run(move |c| queue::claim(c, &w, now, lease, slots))
             .await
             .expect("claim");
         if batch.is_empty() {
@@ -60,7 +60,7 @@ async fn run_all(apps: &[&TestApp]) {
         let db = apps[0].shared.db.clone();
         let now = apps[0].clock.now() + chrono::Duration::seconds(5);
         let pending = db
-            .run(|c| Ok(queue::all(c)?))
+            .run(|c| queue::all(c))
             .await
             .expect("jobs")
             .into_iter()
@@ -150,12 +150,7 @@ async fn a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_att
     }
     app.drain().await;
     let now = app.clock.now();
-    let jobs = app
-        .shared
-        .db
-        .run(|c| Ok(queue::all(c)?))
-        .await
-        .expect("jobs");
+    let jobs = app.shared.db.run(|c| queue::all(c)).await.expect("jobs");
     let snoozed: Vec<_> = jobs
         .iter()
         .filter(|j| j.status == queue::QUEUED && snoozed(j))
@@ -179,12 +174,7 @@ async fn a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_att
     }
     assert_eq!(app.mango.callbacks().len(), CALLS);
     assert_eq!(app.b24.event_sends(&p.member_id).len(), CALLS);
-    let jobs = app
-        .shared
-        .db
-        .run(|c| Ok(queue::all(c)?))
-        .await
-        .expect("jobs");
+    let jobs = app.shared.db.run(|c| queue::all(c)).await.expect("jobs");
     for j in jobs.iter().filter(|j| j.status != queue::QUEUED) {
         assert_eq!(j.status, queue::DONE, "{j:#?}");
         assert!(
@@ -214,7 +204,7 @@ async fn a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a
     let claimed = app
         .shared
         .db
-        .run(move |c| Ok(queue::claim(c, "fair-test", now, lease, 2)?))
+        .run(move |c| queue::claim(c, "fair-test", now, lease, 2))
         .await
         .expect("claim");
     let registry = mango_callback::startup::job_registry();

@@ -369,7 +369,7 @@ async fn stored_callbacks(
     let mid = member_id.to_owned();
     app.shared
         .db
-        .run(move |c| Ok(mango_callback::callback::store::latest(c, &mid, 50)?))
+        .run(move |c| mango_callback::callback::store::latest(c, &mid, 50))
         .await
         .expect("db")
 }
@@ -495,7 +495,7 @@ async fn a_verified_robot_call_that_cannot_be_used_is_reported_as_failed_without
     let jobs = app
         .shared
         .db
-        .run(|c| Ok(mango_callback::jobs::queue::all(c)?))
+        .run(mango_callback::jobs::queue::all)
         .await
         .expect("db");
     assert!(
@@ -660,7 +660,7 @@ async fn mango_results_are_verified_and_recorded_on_their_callback(backend: Back
     let log = app
         .shared
         .db
-        .run(move |c| Ok(mango_callback::callback::store::latest(c, &mid, 1)?))
+        .run(move |c| mango_callback::callback::store::latest(c, &mid, 1))
         .await
         .expect("db");
     assert_eq!(log[0].mango_code, Some(2240));

@@ -479,7 +479,7 @@ impl TestApp {
         let mid = member_id.to_owned();
         self.shared
             .db
-            .run(move |c| Ok(store::find(c, &mid)?))
+            .run(move |c| store::find(c, &mid))
             .await
             .expect("db")
     }
@@ -489,7 +489,7 @@ impl TestApp {
     pub async fn dump_text(&self) -> String {
         self.shared
             .db
-            .run(move |c| {
+            .run(move |c| -> diesel::QueryResult<_> {
                 let jobs = mango_callback::jobs::queue::all(c)?;
                 let mut out = format!("{jobs:?}");
                 use diesel::prelude::*;
@@ -667,7 +667,7 @@ impl TestApp {
         }
         self.shared
             .db
-            .run(|c| {
+            .run(|c| -> diesel::QueryResult<_> {
                 let sqlite = matches!(c, DbConnection::Sqlite(_));
                 let tables: Vec<Line> = diesel::sql_query(if sqlite {
                     "SELECT name AS v FROM sqlite_master WHERE type = 'table' \

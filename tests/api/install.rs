@@ -228,7 +228,7 @@ async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(back
     let (a_rows, b_rows) = app
         .shared
         .db
-        .run(move |c| {
+        .run(move |c| -> diesel::QueryResult<_> {
             Ok((
                 mango_callback::callback::store::latest(c, &am, 50)?.len(),
                 mango_callback::callback::store::latest(c, &bm, 50)?.len(),
@@ -240,7 +240,7 @@ async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(back
     let jobs = app
         .shared
         .db
-        .run(|c| Ok(mango_callback::jobs::queue::all(c)?))
+        .run(mango_callback::jobs::queue::all)
         .await
         .expect("db");
     assert!(jobs

@@ -120,7 +120,7 @@ async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backen
     let mut delays = Vec::new();
     for _ in 0..40 {
         app.drain().await;
-        let jobs = app.shared.db.run(|c| Ok(queue::all(c)?)).await.expect("db");
+        let jobs = app.shared.db.run(queue::all).await.expect("db");
         let report = jobs
             .iter()
             .find(|j| j.kind == "report_callback")
@@ -150,7 +150,7 @@ async fn a_failing_job_is_retried_with_growing_delay_then_buried(backend: Backen
         delays.windows(2).take(4).all(|w| w[1] > w[0]),
         "delays grow: {delays:?}"
     );
-    let jobs = app.shared.db.run(|c| Ok(queue::all(c)?)).await.expect("db");
+    let jobs = app.shared.db.run(queue::all).await.expect("db");
     assert!(
         jobs.iter()
             .any(|j| j.kind == "report_callback" && j.status == queue::DEAD),
@@ -191,7 +191,7 @@ async fn bury_one(app: &crate::helpers::TestApp) {
     let now = app.clock.now();
     app.shared
         .db
-        .run(move |c| {
+        .run(move |c| -> diesel::QueryResult<_> {
             queue::enqueue(c, &job(1, now), now)?;
             let claimed = queue::claim(c, "w", now, now + chrono::Duration::minutes(5), 1)?;
             for j in claimed {
@@ -235,7 +235,7 @@ async fn sqlite_connections_commit_durably_with_synchronous_full() {
         .expect("task")
         .expect("db");
     let modes = db
-        .run(|c| {
+        .run(|c| -> diesel::QueryResult<_> {
             #[derive(diesel::QueryableByName)]
             struct Row {
                 #[diesel(sql_type = diesel::sql_types::Integer)]

@@ -39,7 +39,7 @@ async fn statuses(app: &TestApp, member_id: &str) -> Vec<Status> {
     let mut rows = app
         .shared
         .db
-        .run(move |c| Ok(callback::store::latest(c, &mid, 50)?))
+        .run(move |c| callback::store::latest(c, &mid, 50))
         .await
         .expect("db");
     rows.reverse();
@@ -131,7 +131,13 @@ async fn a_callback_whose_job_died_does_not_block_its_deal(backend: Backend) {
         .db
         .run(move |c| {
             let now = chrono::Utc::now().naive_utc();
-            Ok(queue::bury(c, &job.id, "buggy-worker", "a bug", now)?)
+            Ok::<_, mango_callback::db::DbError>(queue::bury(
+                c,
+                &job.id,
+                "buggy-worker",
+                "a bug",
+                now,
+            )?)
         })
         .await
         .expect("db");
@@ -176,7 +182,7 @@ async fn interrupted_while_calling(app: &TestApp) -> (SimPortal, String) {
                 ("002", "79001234567", &command_id),
             )?;
             assert!(moved, "the lease holder may start the call");
-            Ok(command_id)
+            Ok::<_, mango_callback::db::DbError>(command_id)
         })
         .await
         .expect("db");

@@ -332,7 +332,7 @@ fn a_valid_robot_call_is_stored_with_the_fields_it_carried(backend: Backend) {
         prop_assert_eq!(&answer["status"], "queued");
         let id = answer["callback_id"].as_str().unwrap_or_default().to_owned();
         let stored = h
-            .block_on(h.app.shared.db.run(move |c| Ok(mango_callback::callback::store::find(c, &id)?)))
+            .block_on(h.app.shared.db.run(move |c| mango_callback::callback::store::find(c, &id)))
             .expect("db")
             .expect("the accepted call is stored");
         prop_assert_eq!(stored.member_id, p.member_id.clone());
@@ -516,7 +516,7 @@ async fn a_nul_character_in_a_robot_call_is_refused_and_nothing_is_stored(backen
     let stored = app
         .shared
         .db
-        .run(move |c| Ok(mango_callback::callback::store::latest(c, &mid, 10)?))
+        .run(move |c| mango_callback::callback::store::latest(c, &mid, 10))
         .await
         .expect("db");
     assert!(stored.is_empty(), "{stored:?}");

@@ -26,9 +26,9 @@ async fn a_sealed_token_copied_into_another_portals_row_does_not_open(backend: B
         .run(move |c| {
             use diesel::prelude::*;
             use mango_callback::db::schema::portals;
-            Ok(diesel::update(portals::table.find(&beta_id))
+            diesel::update(portals::table.find(&beta_id))
                 .set(portals::application_token.eq(&sealed_alpha))
-                .execute(c)?)
+                .execute(c)
         })
         .await
         .expect("copied");
@@ -157,7 +157,7 @@ async fn debug_prints_of_structs_that_hold_secrets_show_none_of_them(backend: Ba
     let settings = app
         .shared
         .db
-        .run(move |c| Ok(mango_callback::portal::store::settings(c, &mid)?))
+        .run(move |c| mango_callback::portal::store::settings(c, &mid))
         .await
         .expect("db")
         .expect("settings");
@@ -193,7 +193,7 @@ on_both_backends!(debug_prints_of_structs_that_hold_secrets_show_none_of_them);
 async fn sealed_values(app: &TestApp) -> Vec<(SealedColumn, String, String)> {
     app.shared
         .db
-        .run(|c| {
+        .run(|c| -> diesel::QueryResult<_> {
             use diesel::prelude::*;
             use mango_callback::db::schema::{portal_settings, portals};
             type Row = (String, Option<String>, Option<String>, Option<String>);
@@ -370,15 +370,15 @@ async fn values_sealed_before_binding_are_rebound_at_start_and_keep_working(back
     let (a, s) = (app_v1.clone(), salt_v1.clone());
     app.shared
         .db
-        .run(move |c| {
+        .run(move |c| -> diesel::QueryResult<_> {
             use diesel::prelude::*;
             use mango_callback::db::schema::{portal_settings, portals};
             diesel::update(portals::table.find(&mid))
                 .set(portals::application_token.eq(&a))
                 .execute(c)?;
-            Ok(diesel::update(portal_settings::table.find(&mid))
+            diesel::update(portal_settings::table.find(&mid))
                 .set(portal_settings::mango_api_salt.eq(&s))
-                .execute(c)?)
+                .execute(c)
         })
         .await
         .expect("stored as v1");
@@ -408,16 +408,16 @@ async fn rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing(ba
     let (from, to) = (alpha.member_id.clone(), beta.member_id.clone());
     app.shared
         .db
-        .run(move |c| {
+        .run(move |c| -> diesel::QueryResult<_> {
             use diesel::prelude::*;
             use mango_callback::db::schema::portal_settings;
             let salt: Option<String> = portal_settings::table
                 .find(&from)
                 .select(portal_settings::mango_api_salt)
                 .first(c)?;
-            Ok(diesel::update(portal_settings::table.find(&to))
+            diesel::update(portal_settings::table.find(&to))
                 .set(portal_settings::mango_api_salt.eq(salt))
-                .execute(c)?)
+                .execute(c)
         })
         .await
         .expect("moved");
@@ -429,7 +429,11 @@ async fn rotation_refuses_a_value_moved_to_another_portal_and_changes_nothing(ba
     let refused = app
         .shared
         .db
-        .run(move |c| Ok(mango_callback::portal::reseal::rotate(c, &old, &new)))
+        .run(move |c| {
+            Ok::<_, mango_callback::db::DbError>(mango_callback::portal::reseal::rotate(
+                c, &old, &new,
+            ))
+        })
         .await
         .expect("db")
         .expect_err("refused")

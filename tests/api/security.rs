@@ -117,7 +117,7 @@ async fn a_write_after_a_panic_inside_a_transaction_is_committed_for_everyone(ba
     };
     let panicked: Result<(), _> = db
         .run(|c| {
-            write_tx(c, |c| {
+            write_tx(c, |c| -> diesel::QueryResult<_> {
                 diesel::sql_query(
                     "INSERT INTO rate_slots (bucket, slot, used) VALUES ('torn', 1, 0)",
                 )
@@ -129,7 +129,7 @@ async fn a_write_after_a_panic_inside_a_transaction_is_committed_for_everyone(ba
     assert!(panicked.is_err(), "the panic surfaces as an error");
 
     db.run(|c| {
-        write_tx(c, |c| {
+        write_tx(c, |c| -> diesel::QueryResult<_> {
             diesel::sql_query("INSERT INTO rate_slots (bucket, slot, used) VALUES ('after', 1, 0)")
                 .execute(c)?;
             Ok(())
@@ -144,7 +144,7 @@ async fn a_write_after_a_panic_inside_a_transaction_is_committed_for_everyone(ba
         .expect("task")
         .expect("db");
     let buckets: Vec<String> = other
-        .run(|c| {
+        .run(|c| -> diesel::QueryResult<_> {
             #[derive(diesel::QueryableByName)]
             struct Row {
                 #[diesel(sql_type = diesel::sql_types::Text)]
@@ -179,7 +179,7 @@ async fn postgres_sessions_carry_lock_statement_and_idle_transaction_timeouts() 
         .expect("task")
         .expect("db");
     let settings = db
-        .run(|c| {
+        .run(|c| -> diesel::QueryResult<_> {
             #[derive(diesel::QueryableByName)]
             struct Row {
                 #[diesel(sql_type = diesel::sql_types::Text)]

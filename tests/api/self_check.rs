@@ -313,7 +313,7 @@ async fn a_forged_onappupdate_kept_while_the_oauth_server_is_down_is_never_appli
     let jobs = app
         .shared
         .db
-        .run(|c| Ok(mango_callback::jobs::queue::all(c)?))
+        .run(mango_callback::jobs::queue::all)
         .await
         .expect("db");
     assert!(

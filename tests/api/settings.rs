@@ -82,7 +82,7 @@ async fn stored_settings(app: &TestApp, member_id: &str) -> Option<PortalSetting
     let mid = member_id.to_owned();
     app.shared
         .db
-        .run(move |c| Ok(store::settings(c, &mid)?))
+        .run(move |c| store::settings(c, &mid))
         .await
         .expect("db")
 }

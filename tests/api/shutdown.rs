@@ -44,11 +44,7 @@ async fn worker_instance(
 }
 
 async fn jobs(app: &TestApp) -> Vec<JobRow> {
-    app.shared
-        .db
-        .run(|c| Ok(queue::all(c)?))
-        .await
-        .expect("jobs")
+    app.shared.db.run(queue::all).await.expect("jobs")
 }
 
 /// Waits (bounded, real time: the other instance's worker runs on its own) until `pred` holds.

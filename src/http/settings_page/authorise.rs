@@ -54,7 +54,7 @@ pub(super) fn authorise(
             reply.refuse(
                 StatusCode::FORBIDDEN,
                 lang,
-                lang.pick(
+                lang.t(
                     "Изменять настройки может только администратор портала.",
                     "Only a portal administrator can change the settings.",
                 ),

@@ -116,7 +116,7 @@ pub fn validate(
     lang: Lang,
 ) -> Result<ValidSettings, Box<FieldErrors>> {
     let mut e = FieldErrors::default();
-    let msg = |ru: &str, en: &str| Some(lang.pick(ru, en).to_owned());
+    let msg = |ru: &str, en: &str| Some(lang.t(ru, en).to_owned());
     if input.mango_api_key.is_empty() {
         e.mango_api_key = msg(
             "Укажите ключ API из личного кабинета Mango Office",

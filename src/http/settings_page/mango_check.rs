@@ -3,6 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use diesel::QueryResult;
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::authorise::{authorise, field, Authorised};
@@ -51,7 +53,7 @@ pub(super) fn credentials(
     };
     if key.is_empty() || salt.is_empty() {
         return Err(lang
-            .pick(
+            .t(
                 "Введите ключ API и ключ для подписи (соль) из личного кабинета Mango Office.",
                 "Enter the API key and the signing key (salt) from your Mango Office account.",
             )
@@ -66,13 +68,13 @@ pub(super) fn credentials(
 pub(super) fn mango_failure(lang: Lang, e: &MangoError) -> String {
     let what = match e {
         MangoError::Rejected { code: 3102, .. } => lang
-            .pick(
+            .t(
                 "Mango не принял подпись (код 3102): неверный ключ для подписи (соль).",
                 "Mango rejected the signature (code 3102): the signing key (salt) is wrong.",
             )
             .to_owned(),
         MangoError::Rejected { code: 3105, .. } => lang
-            .pick(
+            .t(
                 "Mango не знает такой ключ API (код 3105).",
                 "Mango does not know this API key (code 3105).",
             )
@@ -81,34 +83,34 @@ pub(super) fn mango_failure(lang: Lang, e: &MangoError) -> String {
             let (ru, en) = describe_code(*code);
             format!(
                 "{} {code}: {}",
-                lang.pick("Mango ответил кодом", "Mango answered with code"),
-                lang.pick(ru, en)
+                lang.t("Mango ответил кодом", "Mango answered with code"),
+                lang.t(ru, en)
             )
         }
         MangoError::Locked => lang
-            .pick(
+            .t(
                 "Mango отказал в доступе (HTTP 401): неверный ключ API, или доступ заблокирован на 2 минуты после неверных запросов.",
                 "Mango refused access (HTTP 401): the API key is wrong, or access is locked for 2 minutes after bad requests.",
             )
             .to_owned(),
         MangoError::RateLimited => lang
-            .pick(
+            .t(
                 "Mango просит подождать: превышен лимит запросов.",
                 "Mango asks to wait: the request limit was exceeded.",
             )
             .to_owned(),
         MangoError::Unavailable { detail, .. } => format!(
             "{}: {detail}",
-            lang.pick("Mango недоступен", "Mango is unreachable")
+            lang.t("Mango недоступен", "Mango is unreachable")
         ),
         MangoError::Protocol(detail) => format!(
             "{}: {detail}",
-            lang.pick("Непонятный ответ Mango", "Unexpected answer from Mango")
+            lang.t("Непонятный ответ Mango", "Unexpected answer from Mango")
         ),
     };
     format!(
         "{what} {}",
-        lang.pick(
+        lang.t(
             "Не повторяйте проверку сразу: после повторных неверных запросов Mango блокирует API на 2 минуты.",
             "Do not retry right away: after repeated bad requests Mango locks the API for 2 minutes.",
         )
@@ -157,7 +159,7 @@ pub(super) async fn mango_turn(
 ) -> Result<Result<(), Throttled>, AppError> {
     let (mid, key_hash, now_us) = (
         member_id.to_owned(),
-        crate::crypto::sha256_hex(creds.api_key.as_bytes()),
+        crate::crypto::sha256_hex(creds.api_key.expose_secret().as_bytes()),
         ctx.shared.clock.now_utc().timestamp_micros(),
     );
     let turn = ctx
@@ -179,12 +181,12 @@ pub(super) async fn mango_turn(
                 secs,
                 format!(
                     "{} {every} {} {secs} {}",
-                    lang.pick(
+                    lang.t(
                         "Страница обращается к Mango не чаще раза в",
                         "The page asks Mango at most once every",
                     ),
-                    lang.pick("секунд. Повторите через", "seconds. Please try again in"),
-                    lang.pick("с.", "s."),
+                    lang.t("секунд. Повторите через", "seconds. Please try again in"),
+                    lang.t("с.", "s."),
                 ),
             )
         }
@@ -194,11 +196,11 @@ pub(super) async fn mango_turn(
                 secs,
                 format!(
                     "{} {secs} {}",
-                    lang.pick(
+                    lang.t(
                         "Mango только что отклонил запрос с этим ключом API. Второй неверный запрос за 2 минуты заблокировал бы API Mango (и звонки робота) на 2 минуты, поэтому следующая проверка с этим ключом возможна через",
                         "Mango has just refused a request with this API key. A second bad request within 2 minutes would lock Mango's API (and the robot's calls) for 2 minutes, so the next check with this key is possible in",
                     ),
-                    lang.pick("с.", "s."),
+                    lang.t("с.", "s."),
                 ),
             )
         }
@@ -221,7 +223,7 @@ pub(super) async fn note_refusal(ctx: &Context, creds: &Credentials, e: &MangoEr
         return;
     }
     let (key_hash, now_us) = (
-        crate::crypto::sha256_hex(creds.api_key.as_bytes()),
+        crate::crypto::sha256_hex(creds.api_key.expose_secret().as_bytes()),
         ctx.shared.clock.now_utc().timestamp_micros(),
     );
     if let Err(e) = ctx
@@ -269,7 +271,7 @@ pub(super) async fn run_check(
             true,
             format!(
                 "{} {}",
-                lang.pick(
+                lang.t(
                     "Ключи работают: Mango ответил. Групп найдено:",
                     "The keys work: Mango answered. Groups found:"
                 ),
@@ -294,7 +296,7 @@ pub(super) async fn run_check(
         if let Err(e) = ctx
             .shared
             .db
-            .run(move |c| Ok(store::record_mango_status(c, &mid, err.as_deref(), now)?))
+            .run(move |c| store::record_mango_status(c, &mid, err.as_deref(), now))
             .await
         {
             tracing::error!(error = %e, "recording the Mango check failed");
@@ -325,7 +327,7 @@ pub(super) async fn json_request(
     let (portal, stored) = ctx
         .shared
         .db
-        .run(move |c| {
+        .run(move |c| -> QueryResult<_> {
             Ok((
                 store::find(c, &mid)?,
                 store::settings_or_default(c, &mid, now)?,
@@ -446,9 +448,9 @@ pub async fn mango_options(
         .collect();
     let message = format!(
         "{} {}, {} {}",
-        lang.pick("Загружено групп:", "Groups loaded:"),
+        lang.t("Загружено групп:", "Groups loaded:"),
         groups.len(),
-        lang.pick("линий:", "lines:"),
+        lang.t("линий:", "lines:"),
         lines.len()
     );
     Ok(json_reply(

@@ -27,6 +27,7 @@ pub mod view;
 
 pub use mango_check::{check_mango, mango_options};
 
+use diesel::QueryResult;
 use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
@@ -70,7 +71,7 @@ pub async fn show_app(
             error_html(
                 StatusCode::UNAUTHORIZED,
                 lang,
-                lang.pick(
+                lang.t(
                     "Нет данных авторизации Битрикс24. Откройте приложение из портала.",
                     "Bitrix24 authorisation is missing. Please open the app from your portal.",
                 ),
@@ -86,7 +87,7 @@ pub async fn show_app(
                 error_html(
                     StatusCode::UNAUTHORIZED,
                     lang,
-                    lang.pick(
+                    lang.t(
                         "Битрикс24 не подтвердил авторизацию. Откройте приложение из портала заново.",
                         "Bitrix24 did not confirm the authorisation. Please reopen the app from your portal.",
                     ),
@@ -121,9 +122,7 @@ pub async fn show_app(
             ctx.shared
                 .db
                 .run(move |c| {
-                    Ok(store::store_tokens(
-                        c, &cipher, &mid, &access, &refresh, expires, now,
-                    )?)
+                    store::store_tokens(c, &cipher, &mid, &access, &refresh, expires, now)
                 })
                 .await?;
             tracing::info!("portal re-authorised by an administrator opening the app");
@@ -147,7 +146,7 @@ fn not_installed(lang: Lang) -> HttpResponse {
     error_html(
         StatusCode::NOT_FOUND,
         lang,
-        lang.pick(
+        lang.t(
             "Приложение не установлено на этом портале",
             "The app is not installed on this portal",
         ),
@@ -163,7 +162,7 @@ async fn load_view(
     let (portal, settings, log) = ctx
         .shared
         .db
-        .run(move |c| {
+        .run(move |c| -> QueryResult<_> {
             Ok((
                 store::find(c, &mid)?,
                 store::settings_or_default(c, &mid, now)?,
@@ -220,7 +219,7 @@ pub async fn save_settings(
             page.form = input;
             page.errors = *errors;
             page.alert = Some(
-                lang.pick(
+                lang.t(
                     "Настройки не сохранены: исправьте отмеченные поля.",
                     "Settings were not saved: please correct the marked fields.",
                 )
@@ -233,12 +232,12 @@ pub async fn save_settings(
             let to_save = row.clone();
             ctx.shared
                 .db
-                .run(move |c| Ok(store::save_settings(c, &to_save)?))
+                .run(move |c| store::save_settings(c, &to_save))
                 .await?;
             tracing::info!(user = auth.token.user_id, "settings saved");
             let mut page = build_page(&ctx, lang, &auth.token, &portal, &row, log);
             page.notice = Some(
-                lang.pick(
+                lang.t(
                     "Настройки сохранены. Они действуют со следующего запуска робота.",
                     "Settings saved. They apply from the robot's next run.",
                 )

@@ -37,11 +37,11 @@ impl PageTokenError {
     /// The user-facing text: the only remedy is reopening the app from the portal.
     pub fn message(self, lang: Lang) -> &'static str {
         match self {
-            PageTokenError::Expired => lang.pick(
+            PageTokenError::Expired => lang.t(
                 "Страница открыта слишком давно. Откройте приложение в Битрикс24 заново.",
                 "This page has been open too long. Please reopen the app in Bitrix24.",
             ),
-            PageTokenError::Invalid => lang.pick(
+            PageTokenError::Invalid => lang.t(
                 "Не удалось подтвердить, что запрос пришёл со страницы приложения. Откройте приложение в Битрикс24 заново.",
                 "Could not confirm that this request came from the app page. Please reopen the app in Bitrix24.",
             ),

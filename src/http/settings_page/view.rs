@@ -42,9 +42,9 @@ pub struct CheckView {
 #[derive(Template)]
 #[template(path = "app.html")]
 pub struct AppPage {
-    pub ru: bool,
-    /// `ru` or `en`: carried in the URLs of later requests so they answer in the same language.
-    pub lang: &'static str,
+    /// Prints as `ru` or `en`, carried in the URLs of later requests so they answer in the
+    /// same language; `lang.t(ru, en)` picks every text of the template.
+    pub lang: Lang,
     pub domain: String,
     pub admin: bool,
     pub page_token: String,
@@ -71,17 +71,6 @@ pub struct AppPage {
     pub rows: Vec<LogRow>,
 }
 
-impl AppPage {
-    /// Picks the string in the page's language (used by the template for every text).
-    pub fn tr<'a>(&self, ru: &'a str, en: &'a str) -> &'a str {
-        if self.ru {
-            ru
-        } else {
-            en
-        }
-    }
-}
-
 /// What a refused later request looks like: an HTML page for the form, JSON for the scripts.
 #[derive(Clone, Copy)]
 pub(super) enum Reply {
@@ -106,10 +95,8 @@ pub(super) fn build_page(
     settings: &PortalSettings,
     log: Vec<Callback>,
 ) -> AppPage {
-    let ru = lang == Lang::Ru;
     AppPage {
-        ru,
-        lang: lang.code(),
+        lang,
         domain: portal.domain.clone(),
         admin: token.admin,
         page_token: token.encode(&ctx.shared.cipher),
@@ -153,18 +140,18 @@ pub(super) fn build_page(
 pub(super) fn reach_text(portal: &Portal, lang: Lang, now: chrono::NaiveDateTime) -> String {
     let t = |at: chrono::NaiveDateTime| at.format("%Y-%m-%d %H:%M UTC").to_string();
     match portal.reach(now, SELF_CHECK_ANSWER_WITHIN) {
-        Reach::NotChecked => lang.pick("ещё не проверялось", "not checked yet").to_owned(),
+        Reach::NotChecked => lang.t("ещё не проверялось", "not checked yet").to_owned(),
         Reach::Waiting(sent) => format!(
             "{} {})",
-            lang.pick("проверяется (запрос отправлен", "checking (test sent at"),
+            lang.t("проверяется (запрос отправлен", "checking (test sent at"),
             t(sent)
         ),
-        Reach::Yes(at) => format!("{} {})", lang.pick("да (проверено", "yes (checked at"), t(at)),
+        Reach::Yes(at) => format!("{} {})", lang.t("да (проверено", "yes (checked at"), t(at)),
         Reach::No(sent) => format!(
             "{} {}; {})",
-            lang.pick("нет (проверено", "no (checked at"),
+            lang.t("нет (проверено", "no (checked at"),
             t(sent),
-            lang.pick(
+            lang.t(
                 "тестовое событие не пришло: проверьте, что APP_PUBLIC_URL доступен из интернета",
                 "the test event did not arrive: check that APP_PUBLIC_URL is reachable from the internet"
             )
@@ -174,19 +161,19 @@ pub(super) fn reach_text(portal: &Portal, lang: Lang, now: chrono::NaiveDateTime
 
 pub(super) fn log_row(cb: Callback, domain: &str, lang: Lang) -> LogRow {
     let (label, class) = match cb.status {
-        Status::Queued => (lang.pick("в очереди", "queued"), "wait"),
-        Status::Calling => (lang.pick("звоним", "calling"), "wait"),
-        Status::Started => (lang.pick("звонок начат", "call started"), "good"),
-        Status::Duplicate => (lang.pick("повтор, пропущен", "duplicate, skipped"), "muted"),
-        Status::NoPhone => (lang.pick("нет телефона", "no phone"), "bad"),
-        Status::Failed => (lang.pick("ошибка", "failed"), "bad"),
+        Status::Queued => (lang.t("в очереди", "queued"), "wait"),
+        Status::Calling => (lang.t("звоним", "calling"), "wait"),
+        Status::Started => (lang.t("звонок начат", "call started"), "good"),
+        Status::Duplicate => (lang.t("повтор, пропущен", "duplicate, skipped"), "muted"),
+        Status::NoPhone => (lang.t("нет телефона", "no phone"), "bad"),
+        Status::Failed => (lang.t("ошибка", "failed"), "bad"),
     };
     let code = cb
         .mango_code
         .and_then(|c| u32::try_from(c).ok())
         .map(|c| {
             let (ru, en) = describe_code(c);
-            format!("{c} — {}", lang.pick(ru, en))
+            format!("{c} — {}", lang.t(ru, en))
         })
         .unwrap_or_default();
     LogRow {
