@@ -1,0 +1,477 @@
+//! The chaos world: simulators in this process, the real app binary as child processes on a
+//! fresh database, portals installed over HTTP, a burst of robot calls, and the exactly-once
+//! verdict over what the simulators received.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use mango_callback::config::{Settings, LOCAL_SECRET_KEY};
+use mango_callback::db::Backend;
+use mango_callback::sandbox::bitrix::{
+    BitrixSim, BitrixSimOptions, RobotCallStyle, SimPortal, SANDBOX_CLIENT_ID,
+    SANDBOX_CLIENT_SECRET,
+};
+use mango_callback::sandbox::mango::{MangoSim, MangoSimOptions};
+use mango_callback::sandbox::seed::{seed_mango, MangoAccount};
+use mango_callback::sandbox::LocalSettings;
+use mango_callback::startup::{Application, RunOptions};
+
+/// A whole number from the environment, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// `CHAOS_FULL=1`: the sizes instead of the CI ones.
+pub fn full() -> bool {
+    std::env::var("CHAOS_FULL").is_ok_and(|v| v.trim() == "1")
+}
+
+/// A fresh database: a temp SQLite file or a throwaway PostgreSQL database, dropped at the end.
+pub struct Database {
+    pub url: String,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl Database {
+    pub fn fresh(backend: Backend) -> Database {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => Database {
+                url: format!("sqlite://{}", dir.path().join("chaos.db").display()),
+                _dir: dir,
+                pg: None,
+            },
+            Backend::Postgres => {
+                let admin = std::env::var("TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                let mut conn = PgConnection::establish(&admin)
+                    .unwrap_or_else(|e| panic!("PostgreSQL is required ({admin}): {e}"));
+                let name = format!("mango_chaos_{}", uuid::Uuid::new_v4().simple());
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .expect("create database");
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.clone(), |(b, _)| b.into());
+                Database {
+                    url: format!("{base}/{name}"),
+                    _dir: dir,
+                    pg: Some((admin, name)),
+                }
+            }
+        }
+    }
+
+    pub fn log_path(&self, instance: usize) -> std::path::PathBuf {
+        self._dir.path().join(format!("app-{instance}.log"))
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.pg {
+            if let Ok(mut conn) = PgConnection::establish(admin) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn);
+            }
+        }
+    }
+}
+
+/// One app instance: the real binary, restarted on the same port after a kill.
+pub struct AppProcess {
+    pub port: u16,
+    env: Vec<(String, String)>,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+    pub starts: usize,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl AppProcess {
+    pub fn new(db: &Database, b24: &BitrixSim, mango: &MangoSim, instance: usize) -> AppProcess {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let env = [
+            ("APP_BIND", format!("127.0.0.1:{port}")),
+            ("APP_PUBLIC_URL", base),
+            ("DATABASE_URL", db.url.clone()),
+            ("B24_CLIENT_ID", SANDBOX_CLIENT_ID.into()),
+            ("B24_CLIENT_SECRET", SANDBOX_CLIENT_SECRET.into()),
+            ("B24_OAUTH_URL", b24.url()),
+            ("MANGO_API_URL", mango.api_url()),
+            ("APP_SECRET_KEY", LOCAL_SECRET_KEY.into()),
+            ("APP_SANDBOX_PRIVATE_PEERS", "true".into()),
+            ("RUST_LOG", "warn".into()),
+        ];
+        AppProcess {
+            port,
+            env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            log: db.log_path(instance),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the binary and waits until `/health` answers.
+    pub async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = log.try_clone().expect("log file");
+        let dir = self.log.parent().expect("log dir").to_owned();
+        let child = Command::new(env!("CARGO_BIN_EXE_mango-callback"))
+            .current_dir(dir) // no stray .env
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("the app binary starts");
+        self.child = Some(child);
+        self.starts += 1;
+        let http = awc::Client::default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", self.base())).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the app did not come up: {}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit (at most `bound`); kills it after that.
+    pub async fn terminate(&mut self, bound: Duration) -> Duration {
+        let started = Instant::now();
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            while started.elapsed() < bound {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        started.elapsed()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One robot call the load fired.
+#[derive(Clone, Debug)]
+pub struct Fired {
+    pub event_token: String,
+    /// The app answered 200: Bitrix24 now waits for exactly one `bizproc.event.send`.
+    pub acknowledged: bool,
+    /// The client's number, digits only, when the deal has one (it should ring once).
+    pub phone: Option<String>,
+}
+
+/// Simulators, portals and the database of one scenario.
+pub struct World {
+    pub b24: BitrixSim,
+    pub mango: MangoSim,
+    pub db: Database,
+    pub portals: Vec<SimPortal>,
+    keys: Vec<String>,
+}
+
+impl World {
+    pub async fn new(backend: Backend) -> World {
+        let b24 = BitrixSim::start(BitrixSimOptions::default())
+            .await
+            .expect("Bitrix24 simulator");
+        let mango = MangoSim::start(MangoSimOptions::default())
+            .await
+            .expect("Mango simulator");
+        World {
+            b24,
+            mango,
+            db: Database::fresh(backend),
+            portals: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Installs `n` portals through `app` (each with its own Mango account), then saves their
+    /// Mango settings through an in-process app on the same database (no worker, not serving).
+    pub async fn install_portals(&mut self, app: &AppProcess, n: usize) {
+        let http = awc::Client::default();
+        for i in 0..n {
+            let portal = self.b24.create_portal(&format!("chaos{i}"));
+            let req =
+                self.b24
+                    .iframe_request(&portal.member_id, portal.admin_user_id, "DEFAULT", "ru");
+            let resp = http
+                .post(format!("{}/b24/install?{}", app.base(), req.query_string()))
+                .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                .send_body(req.to_form_body())
+                .await
+                .expect("installer answers");
+            assert_eq!(resp.status().as_u16(), 200, "install of portal {i}");
+            self.portals.push(portal);
+            self.keys.push(format!("chaos-key-{i}"));
+        }
+        let settings = Settings::for_local(&self.db.url, &self.b24.url(), &self.mango.api_url());
+        let seeder = Application::build(
+            settings,
+            RunOptions {
+                background_worker: false,
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .expect("seeding app");
+        for (portal, key) in self.portals.iter().zip(&self.keys) {
+            let account = MangoAccount {
+                key,
+                salt: "chaos-salt",
+                line: "74951234567",
+                trainees: "002",
+                experienced: "001",
+            };
+            // A deal without a phone gives up after 5 s instead of a minute.
+            seed_mango(
+                seeder.shared(),
+                &self.mango,
+                account,
+                &portal.member_id,
+                |s| {
+                    s.contact_wait_seconds = 5;
+                },
+            )
+            .await
+            .expect("settings saved");
+        }
+    }
+
+    /// Fires `calls` robot calls spread over the portals, `parallel` at a time, at the instances'
+    /// `bases` in turn: every 10th deal has no phone, every 7th is called twice at once.
+    pub async fn burst(&self, bases: &[String], calls: usize, parallel: usize) -> Vec<Fired> {
+        let mut plan = Vec::new();
+        let mut i = 0;
+        while plan.len() < calls {
+            let p = i % self.portals.len();
+            let member = self.portals[p].member_id.clone();
+            let phone = (i % 10 != 9).then(|| format!("79{p:02}{i:07}"));
+            let deal = self.b24.add_deal(&member, None);
+            let times = if i % 7 == 3 { 2 } else { 1 };
+            for _ in 0..times {
+                plan.push((
+                    member.clone(),
+                    deal,
+                    phone.clone(),
+                    bases[plan.len() % bases.len()].clone(),
+                ));
+            }
+            i += 1;
+        }
+        plan.truncate(calls);
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let mut tasks = Vec::new();
+        for (member, deal, phone, base) in plan {
+            let b24 = self.b24.clone();
+            let sem = sem.clone();
+            tasks.push(actix_web::rt::spawn(async move {
+                let _slot = sem.acquire().await;
+                let props: Vec<(&str, &str)> = phone
+                    .as_deref()
+                    .map(|ph| vec![("phone", ph)])
+                    .unwrap_or_default();
+                let (url, body, event_token) = b24
+                    .robot_call_body(
+                        &member,
+                        "mango_callback",
+                        deal,
+                        &props,
+                        RobotCallStyle::default(),
+                    )
+                    .expect("robot registered");
+                // Aimed at this instance: same path, its port.
+                let path = url
+                    .split_once("//")
+                    .and_then(|(_, r)| r.split_once('/'))
+                    .map_or("", |(_, p)| p);
+                let acknowledged = awc::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .finish()
+                    .post(format!("{base}/{path}"))
+                    .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                    .send_body(body)
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200);
+                Fired {
+                    event_token,
+                    acknowledged,
+                    phone,
+                }
+            }));
+        }
+        let mut fired = Vec::new();
+        for t in tasks {
+            fired.push(t.await.expect("firing task"));
+        }
+        fired
+    }
+
+    fn sends_by_token(&self) -> HashMap<String, usize> {
+        let mut by = HashMap::new();
+        for p in &self.portals {
+            for s in self.b24.event_sends(&p.member_id) {
+                let token = s
+                    .as_object()
+                    .and_then(|o| {
+                        o.iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case("event_token"))
+                    })
+                    .and_then(|(_, v)| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                *by.entry(token).or_default() += 1;
+            }
+        }
+        by
+    }
+
+    fn rings_by_phone(&self) -> HashMap<String, usize> {
+        let mut by = HashMap::new();
+        for c in self.mango.callbacks() {
+            let to: String = c["to"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            *by.entry(to).or_default() += 1;
+        }
+        by
+    }
+
+    /// Waits until every acknowledged call got its `bizproc.event.send`, at most `bound`.
+    pub async fn wait_for_finals(&self, fired: &[Fired], bound: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            let sends = self.sends_by_token();
+            if fired
+                .iter()
+                .filter(|f| f.acknowledged)
+                .all(|f| sends.contains_key(&f.event_token))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        started.elapsed()
+    }
+
+    /// The exactly-once verdict over what the simulators received.
+    pub fn verdict(&self, fired: &[Fired]) -> Verdict {
+        let sends = self.sends_by_token();
+        let rings = self.rings_by_phone();
+        let acked: Vec<&Fired> = fired.iter().filter(|f| f.acknowledged).collect();
+        let mut deals_to_ring: HashMap<String, bool> = HashMap::new();
+        for f in fired {
+            if let Some(phone) = &f.phone {
+                *deals_to_ring.entry(phone.clone()).or_default() |= f.acknowledged;
+            }
+        }
+        Verdict {
+            fired: fired.len(),
+            acknowledged: acked.len(),
+            finals_missing: acked
+                .iter()
+                .filter(|f| !sends.contains_key(&f.event_token))
+                .count(),
+            finals_doubled: sends.values().filter(|c| **c > 1).count(),
+            rings_missing: deals_to_ring
+                .iter()
+                .filter(|(phone, acked)| **acked && !rings.contains_key(*phone))
+                .count(),
+            rings_doubled: rings.values().filter(|c| **c > 1).count(),
+            mango_commands: self.mango.callbacks().len(),
+            mango_429: self
+                .mango
+                .requests()
+                .iter()
+                .filter(|r| r.status == 429)
+                .count(),
+            query_limit_exceeded: self.b24.rejections("QUERY_LIMIT_EXCEEDED"),
+        }
+    }
+}
+
+/// Counts of one run; the scenario prints them and asserts the exactly-once ones are zero.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub fired: usize,
+    pub acknowledged: usize,
+    /// Acknowledged calls without a `bizproc.event.send`.
+    pub finals_missing: usize,
+    /// Event tokens with two or more sends.
+    pub finals_doubled: usize,
+    /// Deals with an acknowledged call and a phone that Mango never got a command for.
+    pub rings_missing: usize,
+    /// Numbers Mango got two or more accepted commands for.
+    pub rings_doubled: usize,
+    pub mango_commands: usize,
+    /// Mango answers "rate limit exceeded" (its 4 callbacks/s per account not held).
+    pub mango_429: usize,
+    pub query_limit_exceeded: usize,
+}
+
+impl Verdict {
+    pub fn exactly_once(&self) -> bool {
+        self.finals_missing == 0
+            && self.finals_doubled == 0
+            && self.rings_missing == 0
+            && self.rings_doubled == 0
+    }
+}
