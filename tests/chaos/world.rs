@@ -68,6 +68,24 @@ impl Database {
         }
     }
 
+    /// Jobs some worker holds a lease on now (status `running`).
+    pub fn running_jobs(&self) -> i64 {
+        use diesel::sql_types::BigInt;
+        let query =
+            diesel::dsl::sql::<BigInt>("(SELECT count(*) FROM jobs WHERE status = 'running')");
+        let count = match &self.pg {
+            Some(_) => PgConnection::establish(&self.url)
+                .ok()
+                .and_then(|mut c| diesel::select(query).get_result(&mut c).ok()),
+            None => diesel::SqliteConnection::establish(
+                self.url.strip_prefix("sqlite://").unwrap_or(&self.url),
+            )
+            .ok()
+            .and_then(|mut c| diesel::select(query).get_result(&mut c).ok()),
+        };
+        count.unwrap_or(0)
+    }
+
     pub fn log_path(&self, instance: usize) -> std::path::PathBuf {
         self._dir.path().join(format!("app-{instance}.log"))
     }
@@ -232,6 +250,11 @@ impl World {
         let mango = MangoSim::start(MangoSimOptions::default())
             .await
             .expect("Mango simulator");
+        // Real peers take time to answer; without it every job is over in milliseconds and a
+        // kill never finds one running.
+        let latency = Duration::from_millis(env_usize("CHAOS_LATENCY_MS", 200) as u64);
+        b24.set_latency(latency);
+        mango.set_latency(latency / 2);
         World {
             b24,
             mango,
@@ -293,8 +316,8 @@ impl World {
         }
     }
 
-    /// Fires `calls` robot calls spread over the portals, `parallel` at a time, at the instances'
-    /// `bases` in turn: every 10th deal has no phone, every 7th is called twice at once.
+    /// Fires `calls` robot calls spread over the portals, `CHAOS_RATE` a second (10), at most
+    /// `parallel` at a time, at the instances' `bases` in turn: every 10th deal has no phone, every 7th is called twice at once.
     pub async fn burst(&self, bases: &[String], calls: usize, parallel: usize) -> Vec<Fired> {
         let mut plan = Vec::new();
         let mut i = 0;
@@ -317,7 +340,10 @@ impl World {
         plan.truncate(calls);
         let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
         let mut tasks = Vec::new();
+        // Paced like a busy portal, not all at one instant, so the kills land among the calls.
+        let gap = Duration::from_secs(1).div_f64(env_usize("CHAOS_RATE", 10).max(1) as f64);
         for (member, deal, phone, base) in plan {
+            tokio::time::sleep(gap).await;
             let b24 = self.b24.clone();
             let sem = sem.clone();
             tasks.push(actix_web::rt::spawn(async move {
