@@ -388,6 +388,45 @@ impl World {
         fired
     }
 
+    /// Mango's side of an accepted command: `result/callback_group` with 1000 posted to the app
+    /// at `base` (its `/mango` notification URL), retried each tick until the app answers 200.
+    /// Stops when the returned guard drops.
+    pub fn post_mango_results(&self, base: String) -> ResultsGuard {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let mango = self.mango.clone();
+        let keys: HashMap<String, String> = self
+            .portals
+            .iter()
+            .zip(&self.keys)
+            .map(|(p, k)| (p.member_id.clone(), k.clone()))
+            .collect();
+        actix_web::rt::spawn(async move {
+            let mut posted = std::collections::HashSet::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in mango.callbacks() {
+                    let Some(id) = c["command_id"].as_str() else {
+                        continue;
+                    };
+                    // b24:{member_id}:{deal}:{callback id}
+                    let member = id.split(':').nth(1).unwrap_or_default();
+                    let Some(key) = keys.get(member) else {
+                        continue;
+                    };
+                    if posted.contains(id) {
+                        continue;
+                    }
+                    let url = format!("{base}/mango");
+                    if mango.post_result(&url, key, id, 1000).await == Ok(200) {
+                        posted.insert(id.to_owned());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        ResultsGuard(stop)
+    }
+
     fn sends_by_token(&self) -> HashMap<String, usize> {
         let mut by = HashMap::new();
         for p in &self.portals {
@@ -499,5 +538,14 @@ impl Verdict {
             && self.finals_doubled == 0
             && self.rings_missing == 0
             && self.rings_doubled == 0
+    }
+}
+
+/// Stops [`World::post_mango_results`] when dropped.
+pub struct ResultsGuard(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ResultsGuard {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
