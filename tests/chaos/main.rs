@@ -7,14 +7,16 @@
 //! `CHAOS_SEED`, `CHAOS_RATE` (calls/s), `CHAOS_LATENCY_MS`, `CHAOS_FAULT_RATE` (percent), `CHAOS_HANG_SECS`, `CHAOS_BOUND_SECS`;
 //! `CHAOS_FULL=1` uses the sizes (1,000 and 2,000 calls).
 
+mod process;
 mod world;
 
 use std::time::{Duration, Instant};
 
 use mango_callback::db::Backend;
 use mango_callback::sandbox::faults::FaultPlan;
+use process::AppProcess;
 use rand::{Rng, SeedableRng};
-use world::{env_usize, full, AppProcess, Verdict, World};
+use world::{env_usize, full, Verdict, World};
 
 const PORTALS: usize = 4;
 const PARALLEL: usize = 8;
