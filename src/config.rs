@@ -137,6 +137,11 @@ pub struct SettingsArgs {
     /// IPs and CIDRs (e.g. 127.0.0.1,10.0.0.0/8); empty trusts nobody.
     #[arg(long, env = "APP_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
+    /// Harnesses that run this binary against the simulators on http://127.0.0.1 (tests/chaos)
+    /// set it; exists only in builds with the `sandbox` feature and is hidden from `--help`.
+    #[cfg(feature = "sandbox")]
+    #[arg(long, env = "APP_SANDBOX_PRIVATE_PEERS", hide = true)]
+    pub sandbox_private_peers: bool,
 }
 
 /// The key of the sandbox's local settings (`Settings::for_local`): public, so good for tests only.
@@ -168,7 +173,8 @@ pub struct Settings {
     pub b24_burst: u32,
     /// Admits plain-http and loopback/private peers where a public https one is required (a
     /// renamed portal's new endpoint). Only tests and the sandbox, whose simulators listen on
-    /// http://127.0.0.1, turn it on; never settable from the environment.
+    /// http://127.0.0.1, turn it on; from the environment only in `sandbox` builds
+    /// (`APP_SANDBOX_PRIVATE_PEERS`, for the chaos harness that runs the real binary).
     pub allow_private_peers: bool,
     /// Peers whose forwarding headers are believed for the client address; empty = none.
     pub trusted_proxies: TrustedProxies,
@@ -326,6 +332,9 @@ impl Settings {
             db_pool_size: a.db_pool_size.max(2),
             b24_requests_per_second: a.b24_requests_per_second,
             b24_burst: a.b24_burst,
+            #[cfg(feature = "sandbox")]
+            allow_private_peers: a.sandbox_private_peers,
+            #[cfg(not(feature = "sandbox"))]
             allow_private_peers: false,
             trusted_proxies,
             address_burst: crate::net::address_limit::BURST,

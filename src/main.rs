@@ -57,6 +57,9 @@ async fn serve(args: mango_callback::config::SettingsArgs) -> anyhow::Result<()>
     if settings.b24_client_id.is_none() || settings.b24_client_secret.is_none() {
         tracing::warn!("B24_CLIENT_ID / B24_CLIENT_SECRET are not set: installs and token refreshes will be refused until they are");
     }
+    if settings.allow_private_peers {
+        tracing::warn!("APP_SANDBOX_PRIVATE_PEERS is set: plain-http and loopback portals are admitted; for test harnesses only");
+    }
     tracing::info!(settings = ?settings, "starting");
     let app = Application::build(settings, RunOptions::default()).await?;
     tracing::info!(port = app.port(), "listening");

@@ -40,6 +40,10 @@ pub async fn run(
     })
     .await
     .context("cannot start the simulated Mango")?;
+    // SANDBOX_FAULT_RATE / _SEED / _KINDS / _HANG_SECS: peer faults for both simulators.
+    let faults = super::faults::FaultPlan::from_env("SANDBOX_FAULT").map_err(anyhow::Error::msg)?;
+    b24.set_faults(faults.clone());
+    mango.set_faults(faults);
 
     // A database of its own, fresh each run, so the demo never touches the real one.
     let db_path = std::path::Path::new("data/sandbox.db");
@@ -170,6 +174,11 @@ pub async fn run(
         print_trace(cb, reason, &b24, &mango);
     }
     println!("\n   Mango received {} callback_group command(s); Bitrix24 got {} bizproc.event.send call(s).", mango.callbacks().len(), b24.calls_to("bizproc.event.send").len());
+    println!(
+        "   Injected faults: Bitrix24 {}; Mango {}.",
+        b24.fault_counts(),
+        mango.fault_counts()
+    );
     if exit {
         handle.stop().await;
         return Ok(());

@@ -4,6 +4,7 @@
 
 pub mod bitrix;
 pub mod demo;
+pub mod faults;
 pub mod mango;
 pub mod seed;
 

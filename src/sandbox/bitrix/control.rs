@@ -42,6 +42,7 @@ impl BitrixSim {
             oauth_unavailable: false,
             refresh_answer_delay: Duration::ZERO,
             app_unreachable: false,
+            injector: Default::default(),
         }));
         let data = web::Data::from(state.clone());
         let server = crate::sandbox::serve(listener, move |cfg| {
@@ -344,6 +345,17 @@ impl BitrixSim {
     /// Delay before every answer.
     pub fn set_latency(&self, d: Duration) {
         self.st().latency = d;
+    }
+
+    /// From now on a seeded fraction of REST calls to any portal get a peer fault (503, 500, no
+    /// answer, dropped connection, a late answer); the counts so far stay.
+    pub fn set_faults(&self, plan: crate::sandbox::faults::FaultPlan) {
+        self.st().injector.set_plan(plan);
+    }
+
+    /// The peer faults injected so far, and how many REST calls were drawn for.
+    pub fn fault_counts(&self) -> crate::sandbox::faults::FaultCounts {
+        self.st().injector.counts()
     }
 
     /// The next `n` REST calls to the portal fail with `fault`.

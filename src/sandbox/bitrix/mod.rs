@@ -330,6 +330,8 @@ struct State {
     refresh_answer_delay: Duration,
     /// Event deliveries fail as if the app's public URL could not be reached while set.
     app_unreachable: bool,
+    /// Random peer faults on the portals' REST API ([`BitrixSim::set_faults`]).
+    injector: crate::sandbox::faults::FaultInjector,
 }
 
 /// An error answer: HTTP status, `error`, `error_description`.

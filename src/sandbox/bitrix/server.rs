@@ -133,9 +133,24 @@ pub(super) async fn handle(
     body: web::Bytes,
     state: web::Data<Mutex<State>>,
 ) -> HttpResponse {
-    let latency = lock(&state).latency;
+    // Injected faults hit the portals' REST API only: the OAuth server's refresh is item 2's
+    // own tests (a lost refresh answer loses the portal by design of Bitrix24).
+    let (latency, fault, hang) = {
+        let mut st = lock(&state);
+        let fault = if req.path().starts_with("/p/") {
+            st.injector.draw()
+        } else {
+            None
+        };
+        (st.latency, fault, st.injector.hang())
+    };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if let Some(fault) = fault {
+        if let Some(answer) = crate::sandbox::faults::unprocessed_answer(fault, hang).await {
+            return answer;
+        }
     }
     let ctype = req
         .headers()
@@ -158,6 +173,9 @@ pub(super) async fn handle(
         tokio::time::sleep(hold_back).await;
     }
     deliver_later(state.into_inner(), outbox);
+    if fault.is_some_and(|f| f.processed()) {
+        tokio::time::sleep(hang).await;
+    }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
     if let Some(loc) = reply.location {

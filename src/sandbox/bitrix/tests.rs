@@ -904,3 +904,45 @@ async fn an_unavailable_oauth_server_answers_503_until_it_is_back() {
         "the refresh token was not used up"
     );
 }
+
+#[actix_web::test]
+async fn random_peer_faults_hit_the_configured_share_of_rest_calls_and_never_look_like_the_rate_limit(
+) {
+    use crate::sandbox::faults::{FaultPlan, PeerFault};
+    let sim = sim().await;
+    let p = sim.create_portal("acme");
+    let auth = sim.login(&p.member_id, 1);
+    sim.set_faults(FaultPlan {
+        kinds: vec![PeerFault::Unavailable, PeerFault::Internal],
+        ..FaultPlan::new(0.5, 11)
+    });
+    let mut failed = 0;
+    for _ in 0..40 {
+        let resp = client()
+            .post(format!("{}user.admin", p.client_endpoint))
+            .send_json(&json!({"auth": auth.access_token}))
+            .await
+            .expect("send");
+        if !resp.status().is_success() {
+            assert!([500, 503].contains(&resp.status().as_u16()));
+            failed += 1;
+        }
+    }
+    let (status, _) = get(&format!(
+        "{}/rest/app.info?auth={}",
+        sim.url(),
+        auth.access_token
+    ))
+    .await;
+    assert_eq!(status, 200, "the OAuth server is never faulted");
+    let counts = sim.fault_counts();
+    assert_eq!(counts.requests, 40, "only portal REST calls are drawn for");
+    assert_eq!(counts.total(), failed);
+    assert!((10..=30).contains(&failed), "{counts}");
+    assert_eq!(sim.rejections("QUERY_LIMIT_EXCEEDED"), 0);
+    assert_eq!(
+        sim.calls_to("user.admin").len(),
+        40 - failed,
+        "faulted calls never reached the portal"
+    );
+}

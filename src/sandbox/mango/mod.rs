@@ -224,6 +224,17 @@ impl MangoSim {
         self.lock().latency = d;
     }
 
+    /// From now on a seeded fraction of requests get a peer fault (503, 500, no answer, dropped
+    /// connection, a late answer after the command was accepted); the counts so far stay.
+    pub fn set_faults(&self, plan: super::faults::FaultPlan) {
+        self.lock().injector.set_plan(plan);
+    }
+
+    /// The peer faults injected so far, and how many requests were drawn for.
+    pub fn fault_counts(&self) -> super::faults::FaultCounts {
+        self.lock().injector.counts()
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<MangoRequest> {
         self.lock().requests.clone()
@@ -324,6 +335,8 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 struct State {
     options: MangoSimOptions,
     latency: Duration,
+    /// Random peer faults on every request ([`MangoSim::set_faults`]).
+    injector: super::faults::FaultInjector,
     accounts: HashMap<String, Account>,
     requests: Vec<MangoRequest>,
     callbacks: Vec<Value>,

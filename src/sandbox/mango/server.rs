@@ -86,6 +86,7 @@ impl State {
     pub(super) fn new(options: MangoSimOptions) -> Self {
         Self {
             latency: options.latency,
+            injector: Default::default(),
             options,
             accounts: HashMap::new(),
             requests: Vec::new(),
@@ -410,13 +411,26 @@ pub(super) async fn handle_request(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let latency = lock(&state).latency;
+    let (latency, fault, hang) = {
+        let mut st = lock(&state);
+        let fault = st.injector.draw();
+        (st.latency, fault, st.injector.hang())
+    };
     if !latency.is_zero() {
         actix_web::rt::time::sleep(latency).await;
+    }
+    if let Some(fault) = fault {
+        if let Some(answer) = crate::sandbox::faults::unprocessed_answer(fault, hang).await {
+            return answer;
+        }
     }
     let answer = lock(&state).serve(req.method(), req.path(), &body, Instant::now());
     if let Some(delay) = answer.delay {
         actix_web::rt::time::sleep(delay).await;
+    }
+    if fault.is_some_and(|f| f.processed()) {
+        // Done (a callback command is accepted and recorded) but answered too late.
+        actix_web::rt::time::sleep(hang).await;
     }
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = if serde_json::from_str::<Value>(&answer.body).is_ok() {

@@ -415,3 +415,60 @@ fn the_lockout_lasts_two_minutes_and_a_lone_invalid_request_is_forgiven_after_tw
         "a fresh start"
     );
 }
+
+/// Sends one valid callback command with a 1 s client timeout; the status, or the client error.
+async fn send_command_giving_up_after_1s(sim: &MangoSim, command_id: &str) -> Result<u16, String> {
+    let json = GROUP_FIRST.replace("cbk1", command_id);
+    let sign = sign(KEY, &json, SALT);
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .finish();
+    let mut response = client
+        .post(format!("{}commands/callback_group", sim.api_url()))
+        .send_form(&[
+            ("vpbx_api_key", KEY),
+            ("sign", sign.as_str()),
+            ("json", &json),
+        ])
+        .await
+        .map_err(|e| e.to_string())?;
+    response.body().await.map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
+}
+
+#[actix_web::test]
+async fn injected_faults_answer_as_their_kind_and_are_counted() {
+    use crate::sandbox::faults::{FaultPlan, PeerFault};
+    let sim = spawn_roomy_sim().await;
+    let only = |kind| FaultPlan {
+        kinds: vec![kind],
+        hang: Duration::from_secs(3),
+        ..FaultPlan::new(1.0, 9)
+    };
+    sim.set_faults(only(PeerFault::Unavailable));
+    assert_eq!(send_command_giving_up_after_1s(&sim, "f1").await, Ok(503));
+    sim.set_faults(only(PeerFault::Internal));
+    assert_eq!(send_command_giving_up_after_1s(&sim, "f2").await, Ok(500));
+    sim.set_faults(only(PeerFault::Dropped));
+    assert!(send_command_giving_up_after_1s(&sim, "f3").await.is_err());
+    sim.set_faults(only(PeerFault::Timeout));
+    assert!(send_command_giving_up_after_1s(&sim, "f4").await.is_err());
+    assert!(sim.callbacks().is_empty(), "none of those was processed");
+
+    sim.set_faults(only(PeerFault::Slow));
+    assert!(send_command_giving_up_after_1s(&sim, "f5").await.is_err());
+    assert_eq!(
+        sim.callbacks().len(),
+        1,
+        "a slow answer comes after the command was accepted"
+    );
+
+    sim.set_faults(FaultPlan::default());
+    assert_eq!(send_command_giving_up_after_1s(&sim, "f6").await, Ok(200));
+    let counts = sim.fault_counts();
+    assert_eq!(counts.requests, 6);
+    assert_eq!(counts.total(), 5);
+    for kind in PeerFault::ALL {
+        assert_eq!(counts.of(kind), 1, "{counts}");
+    }
+}
