@@ -231,20 +231,23 @@ impl World {
         ResultsGuard(stop)
     }
 
-    fn sends_by_token(&self) -> HashMap<String, usize> {
-        let mut by = HashMap::new();
+    /// Each event token's sends, as the `result` return value of each, in arrival order.
+    fn sends_by_token(&self) -> HashMap<String, Vec<String>> {
+        let mut by: HashMap<String, Vec<String>> = HashMap::new();
         for p in &self.portals {
             for s in self.b24.event_sends(&p.member_id) {
-                let token = s
-                    .as_object()
-                    .and_then(|o| {
-                        o.iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case("event_token"))
-                    })
-                    .and_then(|(_, v)| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                *by.entry(token).or_default() += 1;
+                let field = |name: &str| {
+                    s.as_object()
+                        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+                        .map(|(_, v)| v.clone())
+                };
+                let token = field("event_token")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let result = field("return_values")
+                    .and_then(|v| v.get("result").and_then(|r| r.as_str().map(str::to_owned)))
+                    .unwrap_or_default();
+                by.entry(token).or_default().push(result);
             }
         }
         by
@@ -299,7 +302,11 @@ impl World {
                 .iter()
                 .filter(|f| !sends.contains_key(&f.event_token))
                 .count(),
-            finals_doubled: sends.values().filter(|c| **c > 1).count(),
+            finals_repeated: sends.values().filter(|r| r.len() > 1).count(),
+            finals_conflicting: sends
+                .values()
+                .filter(|r| r.iter().any(|x| *x != r[0]))
+                .count(),
             rings_missing: deals_to_ring
                 .iter()
                 .filter(|(phone, acked)| **acked && !rings.contains_key(*phone))
@@ -324,8 +331,14 @@ pub struct Verdict {
     pub acknowledged: usize,
     /// Acknowledged calls without a `bizproc.event.send`.
     pub finals_missing: usize,
-    /// Event tokens with two or more sends.
-    pub finals_doubled: usize,
+    /// Event tokens sent more than once: a crash or a lost answer between Bitrix24 taking the
+    /// send and the app recording it makes the app send again. Bitrix24 closes the robot on the
+    /// first event and drops later ones silently (the platform reference, "Robot callbacks"), so
+    /// the workflow still gets exactly one; counted and printed, not a failure.
+    pub finals_repeated: usize,
+    /// Event tokens whose sends disagree on the outcome: the workflow could have been told the
+    /// wrong one. Must be zero.
+    pub finals_conflicting: usize,
     /// Deals with an acknowledged call and a phone that Mango never got a command for.
     pub rings_missing: usize,
     /// Numbers Mango got two or more accepted commands for.
@@ -339,7 +352,7 @@ pub struct Verdict {
 impl Verdict {
     pub fn exactly_once(&self) -> bool {
         self.finals_missing == 0
-            && self.finals_doubled == 0
+            && self.finals_conflicting == 0
             && self.rings_missing == 0
             && self.rings_doubled == 0
     }
