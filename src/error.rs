@@ -31,6 +31,12 @@ pub enum AppError {
 
 impl From<crate::db::DbError> for AppError {
     fn from(e: crate::db::DbError) -> Self {
+        if e.is_unavailable() {
+            // Nothing was stored: the caller (Bitrix24, a browser) gets 503 and may repeat. Error
+            // level, because every request fails until the database is back.
+            tracing::error!(error = %e, "the database is unavailable; the request is refused with 503");
+            return AppError::Unavailable("the database is unavailable".into());
+        }
         AppError::Internal(anyhow::Error::new(e))
     }
 }

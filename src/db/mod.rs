@@ -125,6 +125,21 @@ pub enum DbError {
     Panicked(String),
 }
 
+impl DbError {
+    /// The database cannot be reached (down, restarting, refusing connections), as opposed to a
+    /// query that failed: the request may be repeated once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Pool(_) => true,
+            DbError::Query(DieselError::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub fn is_unique_violation(e: &DieselError) -> bool {
     matches!(
         e,

@@ -48,3 +48,73 @@ async fn a_failing_portal_is_a_503_that_quotes_nothing_of_its_error(backend: Bac
     );
 }
 on_both_backends!(a_failing_portal_is_a_503_that_quotes_nothing_of_its_error);
+
+/// Takes the app's PostgreSQL database away as a restart does (every session ended, new ones
+/// refused), or gives it back.
+fn set_database_down(app: &TestApp, down: bool) {
+    use diesel::{Connection, RunQueryDsl};
+    let name = app
+        .db_url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    let mut admin = diesel::PgConnection::establish(&crate::helpers::postgres_admin_url())
+        .expect("PostgreSQL admin connection");
+    let allow = if down { "false" } else { "true" };
+    diesel::sql_query(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}"))
+        .execute(&mut admin)
+        .expect("alter database");
+    if down {
+        diesel::sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .execute(&mut admin)
+        .expect("end the app's sessions");
+    }
+}
+
+/// PostgreSQL only: SQLite is a file inside the app's own process and cannot go away like this.
+#[actix_web::test]
+async fn a_robot_call_while_the_database_is_down_gets_503_and_the_app_recovers_by_itself() {
+    let test = "peer_failures::a_robot_call_while_the_database_is_down_gets_503_and_the_app_recovers_by_itself";
+    if !crate::helpers::can_run_on(Backend::Postgres, test) {
+        return;
+    }
+    let app = spawn_app(Backend::Postgres).await;
+    let portal = app.installed_portal("db-down").await;
+    app.configure_mango(&portal.member_id).await;
+
+    set_database_down(&app, true);
+    let deal = app.b24.add_deal(&portal.member_id, None);
+    let fired = app
+        .b24
+        .fire_robot(
+            &portal.member_id,
+            "mango_callback",
+            deal,
+            &[("phone", "+7 900 123-45-67")],
+        )
+        .await
+        .expect("the robot is registered");
+    assert_eq!(
+        fired.status, 503,
+        "a robot call the app cannot store is refused so Bitrix24 may repeat it: {}",
+        fired.body
+    );
+    assert!(
+        !fired.body.contains("postgres") && !fired.body.contains(&app.db_url),
+        "the body names no database internals: {}",
+        fired.body
+    );
+
+    set_database_down(&app, false);
+    app.robot_call_completes(&portal, "+7 900 765-43-21").await;
+    assert!(
+        app.mango
+            .callbacks()
+            .iter()
+            .all(|c| c["to"].as_str() != Some("79001234567")),
+        "the refused call left nothing behind that rings later"
+    );
+}

@@ -173,6 +173,54 @@ async fn shutdown(backend: Backend) {
     assert!(v.exactly_once(), "SIGTERM lost or doubled work: {v:?}");
 }
 
+/// Error-level lines in an app instance's log: proof the outage was felt.
+fn error_lines(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .count()
+}
+
+/// PostgreSQL goes away for a few seconds in the middle of a burst, as in a server restart:
+/// whatever the app acknowledged still ends exactly once, and it recovers without a restart.
+async fn database_restart() {
+    let backend = Backend::Postgres;
+    let n = calls();
+    let (world, app) = world_with_app(backend).await;
+    let _results = world.post_mango_results(app.base());
+    let started = Instant::now();
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        world.db.set_down(true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        world.db.set_down(false);
+    };
+    let bases = [app.base()];
+    let (fired, ()) = tokio::join!(world.burst(&bases, n, PARALLEL), outage);
+    world.wait_for_finals(&fired, bound()).await;
+    let took = started.elapsed();
+    let v = world.verdict(&fired);
+    report(
+        "database-restart",
+        backend,
+        &v,
+        &format!(
+            ", 3 s without the database from 1.5 s, took {took:?}; the app logged {} errors",
+            error_lines(&world.db.log_path(0))
+        ),
+    );
+    assert!(
+        v.exactly_once(),
+        "a database outage lost or doubled work: {v:?}"
+    );
+    let tail = &fired[fired.len().saturating_sub(5)..];
+    assert!(
+        tail.iter().all(|f| f.acknowledged),
+        "the app did not recover by itself: the last calls after the outage were refused"
+    );
+}
+
 /// Two instances on one PostgreSQL database share a burst, with a forced token expiry.
 async fn two_instances() {
     let backend = Backend::Postgres;
@@ -225,6 +273,11 @@ async fn sigkilled_three_times_every_acknowledged_call_ends_once_within_a_minute
 async fn sigkilled_three_times_every_acknowledged_call_ends_once_within_a_minute_of_an_undisturbed_run_on_postgres(
 ) {
     crash(Backend::Postgres).await
+}
+
+#[actix_web::test]
+async fn postgres_gone_for_three_seconds_mid_burst_loses_nothing_and_the_app_recovers_by_itself() {
+    database_restart().await
 }
 
 #[actix_web::test]

@@ -65,6 +65,25 @@ impl Database {
         count.unwrap_or(0)
     }
 
+    /// PostgreSQL only: takes the database away as a server restart does (every session ended,
+    /// new ones refused), or gives it back.
+    pub fn set_down(&self, down: bool) {
+        let Some((admin, name)) = &self.pg else {
+            panic!("only a PostgreSQL database can be taken down");
+        };
+        let mut conn = PgConnection::establish(admin).expect("PostgreSQL admin connection");
+        diesel::sql_query(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {}", !down))
+            .execute(&mut conn)
+            .expect("alter database");
+        if down {
+            diesel::sql_query(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .execute(&mut conn)
+            .expect("end the app's sessions");
+        }
+    }
+
     pub fn log_path(&self, instance: usize) -> std::path::PathBuf {
         self._dir.path().join(format!("app-{instance}.log"))
     }
