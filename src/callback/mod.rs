@@ -212,8 +212,9 @@ pub struct Callback {
     /// Where the run is ([`Status`]): `queued` → `calling` → one of the terminal `started`,
     /// `duplicate`, `no_phone`, `failed`; the terminal ones are what Bitrix24 receives.
     pub status: Status,
-    /// Our Mango `command_id` (`b24:{member_id}:{deal_id}:{id}`), set before the command is
-    /// sent; unique, and Mango's notifications find the run by it.
+    /// Our Mango `command_id` of the last send (`b24:{member_id}:{deal_id}:{id}`, a resend with
+    /// `:n` appended), set before the command is sent; Mango's notifications for any send find
+    /// the run by it.
     pub command_id: Option<String>,
     /// Mango's result code: from the synchronous answer, then from the asynchronous result.
     pub mango_code: Option<i32>,

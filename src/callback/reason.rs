@@ -18,8 +18,8 @@ pub enum Reason {
     Duplicate,
     /// A verified robot call that cannot be acted on.
     Unusable { why: Unusable },
-    /// A previous run stopped while sending the command; Mango does not deduplicate, so it is
-    /// not sent again.
+    /// A previous run stopped while sending the command, and neither it nor its resends got a
+    /// result from Mango.
     Interrupted,
     /// The Mango key or salt is not set (or the salt does not open).
     MangoKeysMissing,
@@ -35,7 +35,7 @@ pub enum Reason {
     Bitrix24ReadFailed { method: String, description: String },
     /// Mango answered the command with a result code other than 1000.
     MangoRefused { code: u32 },
-    /// Mango did not answer after the command was sent: it may have been placed, so no retry.
+    /// Mango did not answer the command nor its resends, and posted no result for any of them.
     MangoNoAnswer { detail: String },
     /// Any other Mango failure (access refused, unreadable answer, retries used up).
     MangoFailed { detail: String },
