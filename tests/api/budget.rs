@@ -60,7 +60,7 @@ async fn run_all(apps: &[&TestApp]) {
         let db = apps[0].shared.db.clone();
         let now = apps[0].clock.now() + chrono::Duration::seconds(5);
         let pending = db
-            .run(|c| queue::all(c))
+            .run(queue::all)
             .await
             .expect("jobs")
             .into_iter()
@@ -150,7 +150,7 @@ async fn a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_att
     }
     app.drain().await;
     let now = app.clock.now();
-    let jobs = app.shared.db.run(|c| queue::all(c)).await.expect("jobs");
+    let jobs = app.shared.db.run(queue::all).await.expect("jobs");
     let snoozed: Vec<_> = jobs
         .iter()
         .filter(|j| j.status == queue::QUEUED && snoozed(j))
@@ -174,7 +174,7 @@ async fn a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_att
     }
     assert_eq!(app.mango.callbacks().len(), CALLS);
     assert_eq!(app.b24.event_sends(&p.member_id).len(), CALLS);
-    let jobs = app.shared.db.run(|c| queue::all(c)).await.expect("jobs");
+    let jobs = app.shared.db.run(queue::all).await.expect("jobs");
     for j in jobs.iter().filter(|j| j.status != queue::QUEUED) {
         assert_eq!(j.status, queue::DONE, "{j:#?}");
         assert!(
