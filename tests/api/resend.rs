@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use mango_callback::callback::{self, resend::RESULT_WAIT, Status};
 use mango_callback::db::Backend;
+use mango_callback::jobs::queue::JobRow;
+use mango_callback::jobs::worker;
 use mango_callback::sandbox::mango::Reply;
+use mango_callback::startup::job_registry;
 
-use crate::helpers::{spawn_app, TestApp, MANGO_KEY};
+use crate::helpers::{spawn_app, spawn_instance, TestApp, MANGO_KEY};
 use crate::on_both_backends;
 
 const PHONE: &str = "89001234567";
@@ -181,3 +184,38 @@ async fn a_command_never_confirmed_is_sent_at_most_twice_more_then_fails(backend
     assert_eq!(sends[0]["RETURN_VALUES"]["result"], "failed");
 }
 on_both_backends!(a_command_never_confirmed_is_sent_at_most_twice_more_then_fails);
+
+async fn claimed_by(app: &TestApp, who: &str) -> JobRow {
+    worker::claim_due(&app.ctx, who, 8)
+        .await
+        .into_iter()
+        .find(|j| j.kind == "place_call")
+        .expect("the place_call job is claimed")
+}
+
+async fn a_worker_whose_lease_was_taken_over_cannot_send_the_command_again(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("fenced").await;
+    app.mango.push_reply(MANGO_KEY, server_error());
+    app.robot_call_with_phone(&p.member_id, PHONE).await;
+    let wait = RESULT_WAIT + Duration::from_secs(1);
+    app.advance(wait);
+    let stale = claimed_by(&app, "stalled-worker").await;
+    let other = spawn_instance(&app.db_url, &app.b24, &app.mango, 20.0, None).await;
+    other.advance(wait + worker::DEFAULT_LEASE + Duration::from_secs(1));
+    let fresh = claimed_by(&other, "new-worker").await;
+
+    // The stalled worker wakes up and carries on with the job it no longer owns.
+    worker::run_one(&app.ctx, &job_registry(), "stalled-worker", stale).await;
+    assert_eq!(commands_sent(&app), 1, "no resend without the lease");
+
+    worker::run_one(&other.ctx, &job_registry(), "new-worker", fresh).await;
+    other.drain().await;
+    assert_eq!(commands_sent(&app), 2, "the owner resends, once");
+    assert_eq!(app.mango.callbacks().len(), 1);
+    assert_eq!(
+        the_callback(&app, &p.member_id).await.status,
+        Status::Started
+    );
+}
+on_both_backends!(a_worker_whose_lease_was_taken_over_cannot_send_the_command_again);
