@@ -188,3 +188,22 @@ pub fn start_calling(
         Ok(true)
     })
 }
+
+/// `calling → calling` with the next `command_id`, the fenced step before a resend: as
+/// [`start_calling`], only while this worker holds the job's lease, and only if the callback is
+/// still on `previous` with no result recorded. The deal's duplicate window is left as the first
+/// send opened it. `false`: no send.
+pub fn resend_calling(
+    conn: &mut DbConnection,
+    cb: &Callback,
+    at: &SendAt<'_>,
+    (previous, command_id): (&str, &str),
+) -> Result<bool, DbError> {
+    write_tx(conn, |c| {
+        let now = at.clock.shift(crate::db::database_now(c)?);
+        if !queue::holds_lease(c, at.job_id, at.worker, now)? {
+            return Ok(false);
+        }
+        Ok(store::mark_resent(c, &cb.id, previous, command_id, now)?)
+    })
+}

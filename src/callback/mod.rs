@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod place_call;
 pub mod reason;
 pub mod report;
+pub mod resend;
 pub mod store;
 
 use chrono::NaiveDateTime;
@@ -211,8 +212,9 @@ pub struct Callback {
     /// Where the run is ([`Status`]): `queued` → `calling` → one of the terminal `started`,
     /// `duplicate`, `no_phone`, `failed`; the terminal ones are what Bitrix24 receives.
     pub status: Status,
-    /// Our Mango `command_id` (`b24:{member_id}:{deal_id}:{id}`), set before the command is
-    /// sent; unique, and Mango's notifications find the run by it.
+    /// Our Mango `command_id` of the last send (`b24:{member_id}:{deal_id}:{id}`, a resend with
+    /// `:n` appended), set before the command is sent; Mango's notifications for any send find
+    /// the run by it.
     pub command_id: Option<String>,
     /// Mango's result code: from the synchronous answer, then from the asynchronous result.
     pub mango_code: Option<i32>,
@@ -439,6 +441,45 @@ pub fn command_id(member_id: &str, deal_id: &str, callback_id: &str) -> String {
     format!("b24:{member_id}:{deal_id}:{callback_id}")
 }
 
+/// How many times a command whose outcome stayed unknown is sent again, each with a new id.
+pub const MAX_RESENDS: u32 = 2;
+
+/// The `command_id` of resend `n` of a callback whose first command is `base`: `base` itself for
+/// the first send, `base:n` after. Mango does not deduplicate `command_id`, and a resend must not
+/// be taken for the first command when results come in, so each send has its own id; the suffix
+/// keeps every id of one callback derivable from any of them (see [`command_ids_of`]). The
+/// longest `base` is 126 bytes, so `base:2` still fits [`MAX_COMMAND_ID_BYTES`].
+pub fn command_id_of_send(base: &str, n: u32) -> String {
+    if n == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}:{n}")
+    }
+}
+
+/// `(base, n)` of a `command_id` made by [`command_id_of_send`]. A base ends in the callback's
+/// UUID, which always has a `-`, so a digits-only last segment can only be a resend number.
+pub fn resend_of(command_id: &str) -> (&str, u32) {
+    match command_id.rsplit_once(':') {
+        Some((base, n)) if (1..=2).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()) => {
+            match n.parse::<u32>() {
+                Ok(n) if (1..=MAX_RESENDS).contains(&n) => (base, n),
+                _ => (command_id, 0),
+            }
+        }
+        _ => (command_id, 0),
+    }
+}
+
+/// Every `command_id` a callback may have had, given any one of them: a result Mango posts for
+/// an earlier send of the callback still belongs to it.
+pub fn command_ids_of(command_id: &str) -> Vec<String> {
+    let (base, _) = resend_of(command_id);
+    (0..=MAX_RESENDS)
+        .map(|n| command_id_of_send(base, n))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +513,26 @@ mod tests {
         let cmd = command_id(&member, &deal, &id);
         assert!(cmd.len() <= MAX_COMMAND_ID_BYTES, "{} bytes", cmd.len());
         assert!(cmd.ends_with(&id), "the callback id survives whole");
+        let last = command_id_of_send(&cmd, MAX_RESENDS);
+        assert!(last.len() <= MAX_COMMAND_ID_BYTES, "{} bytes", last.len());
+    }
+
+    #[test]
+    fn every_send_of_a_callback_has_its_own_id_and_each_leads_back_to_all_of_them() {
+        let base = command_id("m1", "42", &uuid::Uuid::now_v7().to_string());
+        let ids: Vec<String> = (0..=MAX_RESENDS)
+            .map(|n| command_id_of_send(&base, n))
+            .collect();
+        assert_eq!(ids[0], base);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(resend_of(id), (base.as_str(), n as u32));
+            assert_eq!(command_ids_of(id), ids);
+        }
+        assert_eq!(
+            resend_of("cmd-c4"),
+            ("cmd-c4", 0),
+            "a foreign id is its own base"
+        );
     }
 
     #[test]

@@ -58,13 +58,17 @@ impl PlaceCall {
 }
 
 /// Ends a callback that never reached Mango (no phone, not configured, given up) with its reason.
-async fn end_without_call(ctx: &Context, cb: &Callback, reason: Reason) -> Result<(), JobError> {
+pub(super) async fn end_without_call(
+    ctx: &Context,
+    cb: &Callback,
+    reason: Reason,
+) -> Result<(), JobError> {
     finish(ctx, cb, None, None, None, Some(reason)).await
 }
 
 /// Ends the callback with its report queued: `started` without a reason, else the reason's
 /// status.
-async fn finish(
+pub(super) async fn finish(
     ctx: &Context,
     cb: &Callback,
     ext: Option<String>,
@@ -87,47 +91,6 @@ async fn finish(
         ctx.shared.notify.notify_one();
     }
     Ok(())
-}
-
-/// How long a callback found in `calling` waits for Mango's `result/callback_group` before it
-/// is decided without it.
-pub const RESULT_WAIT: Duration = Duration::from_secs(120);
-/// How often it looks for that result meanwhile (a job retry, not a sleep in a worker slot).
-const RESULT_RECHECK: Duration = Duration::from_secs(20);
-
-/// A previous run moved the callback to `calling` (so the command may have gone out) and stopped
-/// before recording Mango's answer (killed, lease lost). The rule, at most one command per run:
-///
-/// - Mango's asynchronous `result/callback_group` for the command was recorded: Mango received
-///   it. Code 1000 ends the callback `started`; another code ends it as that refusal. Nothing is
-///   sent again.
-/// - No result yet: wait for it, [`RESULT_WAIT`] after the callback entered `calling`, looking
-///   again every [`RESULT_RECHECK`].
-/// - Still none after that: the command is taken as lost and the callback ends `failed`
-///   ("interrupted"), the business process told so. It is never re-sent: Mango does not
-///   deduplicate `command_id`, so a resend after an unknown outcome could ring the client twice;
-///   a missed callback is visible to the manager, a doubled one is not undone.
-async fn after_interrupted_send(ctx: &Context, cb: &Callback) -> Result<(), JobError> {
-    if cb.outcome.is_some() {
-        let (ext, ph, code) = (cb.group_extension.clone(), cb.phone.clone(), cb.mango_code);
-        let reason = match code {
-            Some(1000) | None => None,
-            Some(c) => Some(Reason::MangoRefused {
-                code: u32::try_from(c).unwrap_or(0),
-            }),
-        };
-        return finish(ctx, cb, ext, ph, code, reason).await;
-    }
-    let now = ctx.shared.clock.now();
-    let deadline = cb.updated_at + chrono::Duration::from_std(RESULT_WAIT).unwrap_or_default();
-    if now < deadline {
-        let next = now + chrono::Duration::from_std(RESULT_RECHECK).unwrap_or_default();
-        return Err(JobError::RetryAt(
-            next.min(deadline),
-            "interrupted while calling: waiting for Mango's result".into(),
-        ));
-    }
-    end_without_call(ctx, cb, Reason::Interrupted).await
 }
 
 impl Job for PlaceCall {
@@ -161,8 +124,10 @@ impl PlaceCall {
         let Some(cb) = db.run(move |c| store::find(c, &id)).await? else {
             return Ok(());
         };
-        if cb.status == Status::Calling {
-            return after_interrupted_send(ctx, &cb).await;
+        // In `calling` the last command's outcome is unknown (this run's predecessor died, or
+        // Mango's answer was lost); back in `queued` a late result may still have arrived.
+        if cb.status == Status::Calling || (cb.status == Status::Queued && cb.outcome.is_some()) {
+            return super::resend::after_unknown_send(ctx, job, &cb).await;
         }
         if cb.status != Status::Queued {
             return Ok(());
@@ -178,17 +143,8 @@ impl PlaceCall {
         } else {
             &settings.trainee_extension
         };
-        let creds = match (
-            &settings.mango_api_key,
-            settings.mango_api_salt.as_deref().map(|s| {
-                let slot = crate::crypto::Slot::mango_api_salt(&settings.member_id);
-                ctx.shared.cipher.open(slot, s)
-            }),
-        ) {
-            (Some(key), Some(Ok(salt))) if !key.is_empty() && !salt.is_empty() => {
-                Credentials::new(key.clone(), salt)
-            }
-            _ => return end_without_call(ctx, &cb, Reason::MangoKeysMissing).await,
+        let Some(creds) = credentials(ctx, &settings) else {
+            return end_without_call(ctx, &cb, Reason::MangoKeysMissing).await;
         };
         if extension.is_empty() || settings.line_number.is_empty() {
             let reason = Reason::GroupNotSet { group: group_kind };
@@ -260,7 +216,12 @@ impl PlaceCall {
         )
         .await?;
 
-        let command_id = super::command_id(&cb.member_id, &cb.deal_id, &cb.id);
+        // A command refused for sure (429) is sent again under the same id; see `resend` for
+        // the new id of a resend after an unknown outcome.
+        let command_id = cb
+            .command_id
+            .clone()
+            .unwrap_or_else(|| super::command_id(&cb.member_id, &cb.deal_id, &cb.id));
         let (ext, ph, cmd_id) = (
             extension.clone(),
             phone.as_str().to_owned(),
@@ -287,44 +248,73 @@ impl PlaceCall {
             to: phone.as_str().to_owned(),
             line_number: settings.line_number.clone(),
         };
-        let answer = ctx.mango.callback_group(&creds, &cmd).await;
-        let (ext, ph) = (Some(extension.clone()), Some(phone.as_str().to_owned()));
-        let mid = cb.member_id.clone();
-        match answer {
-            Ok(_) => {
-                let now = ctx.shared.clock.now();
-                db.run(move |c| portal_store::record_mango_status(c, &mid, None, now))
-                    .await?;
-                finish(ctx, &cb, ext, ph, Some(1000), None).await
-            }
-            Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
-                let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
-                db.run(move |c| store::back_to_queued(c, &cid, &msg, now))
-                    .await?;
-                Err(JobError::Transient(anyhow::anyhow!(
-                    "Mango did not accept the command, will retry: {e}"
-                )))
-            }
-            Err(e) => {
-                let code = e.code().and_then(|c| i32::try_from(c).ok());
-                let reason = match e {
-                    MangoError::Rejected { code, .. } => Reason::MangoRefused { code },
-                    // 429 on every attempt: Mango's code for it says what happened.
-                    MangoError::RateLimited => Reason::MangoRefused { code: 4290 },
-                    MangoError::Unavailable {
-                        maybe_accepted: true,
-                        detail,
-                    } => Reason::MangoNoAnswer { detail },
-                    other => Reason::MangoFailed {
-                        detail: other.to_string(),
-                    },
-                };
-                let msg = reason.stored_error(crate::portal::Lang::En);
-                let (m, now, stored) = (mid.clone(), ctx.shared.clock.now(), msg.clone());
-                db.run(move |c| portal_store::record_mango_status(c, &m, Some(&stored), now))
-                    .await?;
-                finish(ctx, &cb, ext, ph, code, Some(reason)).await
-            }
+        send_command(ctx, &cb, &creds, cmd).await
+    }
+}
+
+/// The portal's Mango credentials, `None` when not set (or the salt cannot be opened).
+pub(super) fn credentials(ctx: &Context, settings: &PortalSettings) -> Option<Credentials> {
+    let key = settings.mango_api_key.as_ref().filter(|k| !k.is_empty())?;
+    let sealed = settings.mango_api_salt.as_deref()?;
+    let slot = crate::crypto::Slot::mango_api_salt(&settings.member_id);
+    let salt = ctx.shared.cipher.open(slot, sealed).ok()?;
+    (!salt.is_empty()).then(|| Credentials::new(key.clone(), salt))
+}
+
+/// Sends `cmd` for `cb` (already moved to `calling` by this run) and acts on Mango's answer:
+/// accepted → `started`; refused for sure → `queued` again, retried; refused → its reason; an
+/// unknown outcome → stays `calling` and waits for Mango's result (see `resend`).
+pub(super) async fn send_command(
+    ctx: &Context,
+    cb: &Callback,
+    creds: &Credentials,
+    cmd: CallbackGroup,
+) -> Result<(), JobError> {
+    let db = &ctx.shared.db;
+    let (ext, ph) = (Some(cmd.from.clone()), Some(cmd.to.clone()));
+    let answer = ctx.mango.callback_group(creds, &cmd).await;
+    let mid = cb.member_id.clone();
+    match answer {
+        Ok(_) => {
+            let now = ctx.shared.clock.now();
+            db.run(move |c| portal_store::record_mango_status(c, &mid, None, now))
+                .await?;
+            finish(ctx, cb, ext, ph, Some(1000), None).await
+        }
+        Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
+            let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
+            db.run(move |c| store::back_to_queued(c, &cid, &msg, now))
+                .await?;
+            Err(JobError::Transient(anyhow::anyhow!(
+                "Mango did not accept the command, will retry: {e}"
+            )))
+        }
+        Err(MangoError::Unavailable {
+            maybe_accepted: true,
+            detail,
+        }) => {
+            tracing::warn!(callback.id = %cb.id, %detail, "Mango's answer is unknown: waiting for its result");
+            let (cid, d) = (cb.id.clone(), detail.clone());
+            db.run(move |c| store::note_unknown_answer(c, &cid, &d))
+                .await?;
+            // The next run of this job applies the rule (`resend::next_step`), after the wait.
+            Err(super::resend::wait_for_result(ctx.shared.clock.now()))
+        }
+        Err(e) => {
+            let code = e.code().and_then(|c| i32::try_from(c).ok());
+            let reason = match e {
+                MangoError::Rejected { code, .. } => Reason::MangoRefused { code },
+                // 429 on every attempt: Mango's code for it says what happened.
+                MangoError::RateLimited => Reason::MangoRefused { code: 4290 },
+                other => Reason::MangoFailed {
+                    detail: other.to_string(),
+                },
+            };
+            let msg = reason.stored_error(crate::portal::Lang::En);
+            let (m, now, stored) = (mid.clone(), ctx.shared.clock.now(), msg.clone());
+            db.run(move |c| portal_store::record_mango_status(c, &m, Some(&stored), now))
+                .await?;
+            finish(ctx, cb, ext, ph, code, Some(reason)).await
         }
     }
 }

@@ -18,8 +18,8 @@ pub enum Reason {
     Duplicate,
     /// A verified robot call that cannot be acted on.
     Unusable { why: Unusable },
-    /// A previous run stopped while sending the command; Mango does not deduplicate, so it is
-    /// not sent again.
+    /// A previous run stopped while sending the command, and neither it nor its resends got a
+    /// result from Mango.
     Interrupted,
     /// The Mango key or salt is not set (or the salt does not open).
     MangoKeysMissing,
@@ -35,7 +35,7 @@ pub enum Reason {
     Bitrix24ReadFailed { method: String, description: String },
     /// Mango answered the command with a result code other than 1000.
     MangoRefused { code: u32 },
-    /// Mango did not answer after the command was sent: it may have been placed, so no retry.
+    /// Mango did not answer the command nor its resends, and posted no result for any of them.
     MangoNoAnswer { detail: String },
     /// Any other Mango failure (access refused, unreadable answer, retries used up).
     MangoFailed { detail: String },
@@ -80,7 +80,7 @@ impl Reason {
             }
             Reason::Unusable { why } => why.message(Lang::En),
             Reason::Interrupted => {
-                "interrupted while ordering the call; not repeated so nobody is rung twice".into()
+                "the call was ordered again without a new answer, and Mango confirmed no order".into()
             }
             Reason::MangoKeysMissing => "Mango keys are not set in the app's settings".into(),
             Reason::GroupNotSet { group } => format!(
@@ -99,7 +99,7 @@ impl Reason {
                 format!("Mango {code}: {}", crate::mango::describe_code(*code).1)
             }
             Reason::MangoNoAnswer { detail } => format!(
-                "Mango did not answer; the call may have been placed, so it is not repeated (Mango unavailable: {detail})"
+                "Mango did not answer and confirmed no order, also when ordered again (Mango unavailable: {detail})"
             ),
             Reason::MangoFailed { detail } | Reason::GaveUp { detail } => detail.clone(),
         }
@@ -112,7 +112,7 @@ impl Reason {
             }
             Reason::Unusable { why } => why.message(Lang::Ru),
             Reason::Interrupted => {
-                "заказ звонка прервался; повторно не заказываем, чтобы не позвонить дважды".into()
+                "звонок заказан повторно, но Mango не подтвердил ни один заказ".into()
             }
             Reason::MangoKeysMissing => "в настройках приложения не заданы ключи Mango".into(),
             Reason::GroupNotSet { group } => {
@@ -139,7 +139,7 @@ impl Reason {
                 format!("Mango {code}: {}", crate::mango::describe_code(*code).0)
             }
             Reason::MangoNoAnswer { detail } => format!(
-                "Mango не ответил; звонок мог состояться, поэтому не повторяем ({detail})"
+                "Mango не ответил и не подтвердил ни один заказ, в том числе повторный ({detail})"
             ),
             Reason::MangoFailed { detail } => format!("сбой Mango ({detail})"),
             Reason::GaveUp { detail } => format!("сбой при заказе звонка ({detail})"),
@@ -220,7 +220,7 @@ mod tests {
         let expected = [
             "по этой сделке звонок уже заказан или недавно состоялся",
             "робот работает только в сделках, а запущен для \"LEAD_5\"",
-            "заказ звонка прервался; повторно не заказываем, чтобы не позвонить дважды",
+            "звонок заказан повторно, но Mango не подтвердил ни один заказ",
             "в настройках приложения не заданы ключи Mango",
             "в настройках приложения не задан номер группы опытных менеджеров или линия",
             "за 60 с к сделке не привязан контакт",
@@ -228,7 +228,7 @@ mod tests {
             "номер телефона клиента некорректен: Номер телефона слишком короткий (нужен полный номер с кодом)",
             "Битрикс24 не дал прочитать сделку (удалена или нет доступа): crm.deal.get: Not found",
             &format!("Mango 3102: {}", crate::mango::describe_code(3102).0),
-            "Mango не ответил; звонок мог состояться, поэтому не повторяем (HTTP 502)",
+            "Mango не ответил и не подтвердил ни один заказ, в том числе повторный (HTTP 502)",
             "сбой Mango (unexpected answer from Mango: redirect)",
             "сбой при заказе звонка (Bitrix24 API error 401)",
         ];

@@ -246,6 +246,44 @@ pub fn mark_calling(
     Ok(n == 1)
 }
 
+/// A resend of a callback still `calling` whose command `previous` got no known answer and no
+/// result: the new `command_id`, one more attempt, `updated_at` as the send's time. `false`
+/// when a result came in meanwhile or another run already resent it.
+pub fn mark_resent(
+    conn: &mut DbConnection,
+    id: &str,
+    previous: &str,
+    command_id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        callbacks::table
+            .find(id)
+            .filter(callbacks::status.eq(Status::Calling))
+            .filter(callbacks::command_id.eq(previous))
+            .filter(callbacks::outcome.is_null()),
+    )
+    .set((
+        callbacks::command_id.eq(command_id),
+        callbacks::attempts.eq(callbacks::attempts + 1),
+        callbacks::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Keeps why the answer to a command of a `calling` callback is unknown, without touching
+/// `updated_at`: that stays the send's time, from which the wait for Mango's result counts.
+pub fn note_unknown_answer(conn: &mut DbConnection, id: &str, error: &str) -> QueryResult<usize> {
+    diesel::update(
+        callbacks::table
+            .find(id)
+            .filter(callbacks::status.eq(Status::Calling)),
+    )
+    .set(callbacks::error.eq(error))
+    .execute(conn)
+}
+
 /// Back from `calling` to `queued`: Mango surely did not accept the command (429, refused connection).
 pub fn back_to_queued(
     conn: &mut DbConnection,
@@ -362,18 +400,19 @@ pub fn release_deal(
 /// Recorded once: Mango sends one result per command, so a second notification for the same
 /// `command_id` is a replay (a captured, validly signed body sent again) and changes nothing.
 /// `outcome` is the marker, as only this function writes it; `mango_code` is already set by the
-/// synchronous answer.
+/// synchronous answer. `command_ids` are every id the callback may have sent (the first command
+/// and its resends): the result of any of them is the callback's one result.
 pub fn record_mango_result(
     conn: &mut DbConnection,
     member_ids: &[String],
-    command_id: &str,
+    command_ids: &[String],
     code: i32,
     outcome: &str,
     now: NaiveDateTime,
 ) -> QueryResult<usize> {
     diesel::update(
         callbacks::table
-            .filter(callbacks::command_id.eq(command_id))
+            .filter(callbacks::command_id.eq_any(command_ids))
             .filter(callbacks::member_id.eq_any(member_ids))
             .filter(callbacks::outcome.is_null()),
     )

@@ -99,7 +99,8 @@ pub async fn receive(
                 callback_store::record_mango_result(
                     c,
                     &verified,
-                    &command_id,
+                    // Any send of the callback: a late result for an earlier command counts.
+                    &crate::callback::command_ids_of(&command_id),
                     code,
                     &crate::callback::mango_outcome(code),
                     now,

@@ -781,12 +781,18 @@ on_both_backends!(
 async fn a_mango_that_does_not_answer_is_reported_in_russian_on_a_russian_portal(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("silent").await;
-    // A 5xx after the command was sent: Mango may have acted on it, so it is not repeated.
-    app.mango.push_reply(
-        MANGO_KEY,
-        Reply::Http(502, "<html>Bad Gateway</html>".into()),
-    );
+    // A 5xx on the command and on both resends, and no result from Mango for any of them.
+    for _ in 0..3 {
+        app.mango.push_reply(
+            MANGO_KEY,
+            Reply::Http(502, "<html>Bad Gateway</html>".into()),
+        );
+    }
     let deal = app.robot_call_with_phone(&p.member_id, "89001234567").await;
+    for _ in 0..3 {
+        app.advance(mango_callback::callback::resend::RESULT_WAIT + Duration::from_secs(1));
+        app.drain().await;
+    }
     let sends = app.b24.event_sends(&p.member_id);
     assert_eq!(sends.len(), 1, "{sends:?}");
     assert_eq!(sends[0]["RETURN_VALUES"]["result"], "failed", "{sends:?}");

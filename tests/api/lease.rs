@@ -214,9 +214,11 @@ on_both_backends!(
     a_call_interrupted_after_mango_reported_its_result_ends_started_without_a_second_command
 );
 
-async fn a_call_interrupted_without_a_result_waits_two_minutes_then_fails_unsent(backend: Backend) {
+async fn a_call_interrupted_without_a_result_waits_for_it_then_sends_again_under_a_new_id(
+    backend: Backend,
+) {
     let app = spawn_app(backend).await;
-    let (p, _) = interrupted_while_calling(&app).await;
+    let (p, command_id) = interrupted_while_calling(&app).await;
     app.drain().await;
     assert_eq!(
         statuses(&app, &p.member_id).await,
@@ -225,18 +227,20 @@ async fn a_call_interrupted_without_a_result_waits_two_minutes_then_fails_unsent
     );
     assert!(app.b24.event_sends(&p.member_id).is_empty());
 
-    app.advance(Duration::from_secs(121));
+    app.advance(callback::resend::RESULT_WAIT);
     app.drain().await;
-    assert_eq!(statuses(&app, &p.member_id).await, [Status::Failed]);
-    assert!(
-        app.mango.callbacks().is_empty(),
-        "never re-sent: Mango does not deduplicate command_id"
+    assert_eq!(statuses(&app, &p.member_id).await, [Status::Started]);
+    assert_eq!(app.mango.callbacks().len(), 1, "sent again, once");
+    assert_eq!(
+        app.command_id(0),
+        format!("{command_id}:1"),
+        "under a new command id: Mango does not deduplicate them"
     );
     let sends = app.b24.event_sends(&p.member_id);
     assert_eq!(sends.len(), 1, "the business process is told");
-    assert_ne!(sends[0]["RETURN_VALUES"]["result"], "started");
+    assert_eq!(sends[0]["RETURN_VALUES"]["result"], "started");
 }
-on_both_backends!(a_call_interrupted_without_a_result_waits_two_minutes_then_fails_unsent);
+on_both_backends!(a_call_interrupted_without_a_result_waits_for_it_then_sends_again_under_a_new_id);
 
 async fn a_worker_renews_only_a_lease_it_still_holds(backend: Backend) {
     let (url, _dir) = crate::helpers::fresh_database(backend);
