@@ -286,13 +286,11 @@ async fn two_instances_on_one_postgres_share_a_burst_once_without_query_limit_or
 }
 
 #[actix_web::test]
-#[ignore = "waits for #10 item 1 (finals): a late Bitrix24 answer sends bizproc.event.send twice; Mango rings are exactly once (0 missing, 0 doubled at 20% faults)"]
 async fn with_a_fifth_of_peer_requests_faulted_everything_completes_exactly_once_on_sqlite() {
     faults(Backend::Sqlite).await
 }
 
 #[actix_web::test]
-#[ignore = "waits for #10 item 1 (finals): a late Bitrix24 answer sends bizproc.event.send twice; Mango rings are exactly once (0 missing, 0 doubled at 20% faults)"]
 async fn with_a_fifth_of_peer_requests_faulted_everything_completes_exactly_once_on_postgres() {
     faults(Backend::Postgres).await
 }
