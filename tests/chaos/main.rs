@@ -27,7 +27,7 @@ fn calls() -> usize {
 
 /// How long a run may take to deliver every final answer before the checks fail.
 fn bound() -> Duration {
-    Duration::from_secs(env_usize("CHAOS_BOUND_SECS", 420) as u64)
+    Duration::from_secs(env_usize("CHAOS_BOUND_SECS", 900) as u64)
 }
 
 fn report(name: &str, backend: Backend, v: &Verdict, extra: &str) {
