@@ -12,6 +12,7 @@ pub mod place_call;
 pub mod reason;
 pub mod report;
 pub mod resend;
+pub mod send;
 pub mod store;
 
 use chrono::NaiveDateTime;

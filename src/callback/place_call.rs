@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{lifecycle, store, Callback, Group, PlaceCall, Reason, Status};
+use super::send::{credentials, end_without_call, send_command};
+use super::{lifecycle, store, Group, PlaceCall, Reason, Status};
 use crate::bitrix::crm::{self, DealContact, PhoneLookup};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
 use crate::jobs::{cause_chain, Job, JobError};
-use crate::mango::{CallbackGroup, Credentials, MangoError};
+use crate::mango::CallbackGroup;
 use crate::phone;
 use crate::portal::{store as portal_store, PortalSettings};
 
-/// Mango attempts for one callback when it is surely not accepted (429, refused connection).
-const MAX_CALL_ATTEMPTS: i32 = 5;
 /// Delay between checks for a contact that a web form links a few seconds after the deal.
 pub const CONTACT_RECHECK: Duration = Duration::from_secs(5);
 
@@ -55,42 +54,6 @@ impl PlaceCall {
         };
         Ok(PhoneLookup::of_contact(&contact))
     }
-}
-
-/// Ends a callback that never reached Mango (no phone, not configured, given up) with its reason.
-pub(super) async fn end_without_call(
-    ctx: &Context,
-    cb: &Callback,
-    reason: Reason,
-) -> Result<(), JobError> {
-    finish(ctx, cb, None, None, None, Some(reason)).await
-}
-
-/// Ends the callback with its report queued: `started` without a reason, else the reason's
-/// status.
-pub(super) async fn finish(
-    ctx: &Context,
-    cb: &Callback,
-    ext: Option<String>,
-    phone: Option<String>,
-    code: Option<i32>,
-    reason: Option<Reason>,
-) -> Result<(), JobError> {
-    let st = reason.as_ref().map_or(Status::Started, Reason::status);
-    let now = ctx.shared.clock.now();
-    let cb2 = cb.clone();
-    let changed = ctx
-        .shared
-        .db
-        .run(move |c| {
-            lifecycle::finish(c, &cb2, ext.as_deref(), phone.as_deref(), code, reason, now)
-        })
-        .await?;
-    if changed {
-        tracing::info!(callback = %cb.id, deal = %cb.deal_id, status = %st, "callback finished");
-        ctx.shared.notify.notify_one();
-    }
-    Ok(())
 }
 
 impl Job for PlaceCall {
@@ -249,72 +212,5 @@ impl PlaceCall {
             line_number: settings.line_number.clone(),
         };
         send_command(ctx, &cb, &creds, cmd).await
-    }
-}
-
-/// The portal's Mango credentials, `None` when not set (or the salt cannot be opened).
-pub(super) fn credentials(ctx: &Context, settings: &PortalSettings) -> Option<Credentials> {
-    let key = settings.mango_api_key.as_ref().filter(|k| !k.is_empty())?;
-    let sealed = settings.mango_api_salt.as_deref()?;
-    let slot = crate::crypto::Slot::mango_api_salt(&settings.member_id);
-    let salt = ctx.shared.cipher.open(slot, sealed).ok()?;
-    (!salt.is_empty()).then(|| Credentials::new(key.clone(), salt))
-}
-
-/// Sends `cmd` for `cb` (already moved to `calling` by this run) and acts on Mango's answer:
-/// accepted → `started`; refused for sure → `queued` again, retried; refused → its reason; an
-/// unknown outcome → stays `calling` and waits for Mango's result (see `resend`).
-pub(super) async fn send_command(
-    ctx: &Context,
-    cb: &Callback,
-    creds: &Credentials,
-    cmd: CallbackGroup,
-) -> Result<(), JobError> {
-    let db = &ctx.shared.db;
-    let (ext, ph) = (Some(cmd.from.clone()), Some(cmd.to.clone()));
-    let answer = ctx.mango.callback_group(creds, &cmd).await;
-    let mid = cb.member_id.clone();
-    match answer {
-        Ok(_) => {
-            let now = ctx.shared.clock.now();
-            db.run(move |c| portal_store::record_mango_status(c, &mid, None, now))
-                .await?;
-            finish(ctx, cb, ext, ph, Some(1000), None).await
-        }
-        Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
-            let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
-            db.run(move |c| store::back_to_queued(c, &cid, &msg, now))
-                .await?;
-            Err(JobError::Transient(anyhow::anyhow!(
-                "Mango did not accept the command, will retry: {e}"
-            )))
-        }
-        Err(MangoError::Unavailable {
-            maybe_accepted: true,
-            detail,
-        }) => {
-            tracing::warn!(callback.id = %cb.id, %detail, "Mango's answer is unknown: waiting for its result");
-            let (cid, d) = (cb.id.clone(), detail.clone());
-            db.run(move |c| store::note_unknown_answer(c, &cid, &d))
-                .await?;
-            // The next run of this job applies the rule (`resend::next_step`), after the wait.
-            Err(super::resend::wait_for_result(ctx.shared.clock.now()))
-        }
-        Err(e) => {
-            let code = e.code().and_then(|c| i32::try_from(c).ok());
-            let reason = match e {
-                MangoError::Rejected { code, .. } => Reason::MangoRefused { code },
-                // 429 on every attempt: Mango's code for it says what happened.
-                MangoError::RateLimited => Reason::MangoRefused { code: 4290 },
-                other => Reason::MangoFailed {
-                    detail: other.to_string(),
-                },
-            };
-            let msg = reason.stored_error(crate::portal::Lang::En);
-            let (m, now, stored) = (mid.clone(), ctx.shared.clock.now(), msg.clone());
-            db.run(move |c| portal_store::record_mango_status(c, &m, Some(&stored), now))
-                .await?;
-            finish(ctx, cb, ext, ph, code, Some(reason)).await
-        }
     }
 }

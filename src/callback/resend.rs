@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 
-use super::place_call::{credentials, end_without_call, finish, send_command};
+use super::send::{credentials, end_without_call, finish, send_command, RESULT_RECHECK};
 use super::{lifecycle, Callback, Reason, MAX_RESENDS};
 use crate::context::Context;
 use crate::jobs::queue::JobRow;
@@ -18,9 +18,6 @@ use crate::portal::{store as portal_store, PortalSettings};
 /// Mango posts it for every command it accepted, within seconds; none by then means Mango did
 /// not accept the command.
 pub const RESULT_WAIT: Duration = Duration::from_secs(30);
-/// How often the result is looked for meanwhile (a job retry, not a sleep in a worker slot).
-const RESULT_RECHECK: Duration = Duration::from_secs(10);
-
 /// What to do next with a callback whose command has an unknown outcome.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -62,16 +59,6 @@ pub fn next_step(
     } else {
         Next::GiveUp
     }
-}
-
-/// The job's wait right after a send whose answer is unknown: its next run reads the callback
-/// as stored (the send's time, the command id) and applies [`next_step`].
-pub fn wait_for_result(now: NaiveDateTime) -> JobError {
-    let at = now + chrono::Duration::from_std(RESULT_RECHECK).unwrap_or_default();
-    JobError::RetryAt(
-        at,
-        "Mango's answer is unknown: waiting for its result".into(),
-    )
 }
 
 /// Applies [`next_step`] to `cb`, which is `calling` (or back in `queued` with a late result).
