@@ -155,17 +155,10 @@ pub enum Reach {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(min: i64) -> NaiveDateTime {
-        chrono::DateTime::from_timestamp(1_800_000_000 + min * 60, 0)
-            .unwrap_or_default()
-            .naive_utc()
-    }
-
-    fn reach(sent: Option<i64>, reached: Option<i64>, now: i64) -> Reach {
-        let p = Portal {
+impl Portal {
+    /// An installed portal row with nothing else set, for unit tests of the row's rules.
+    pub(crate) fn blank(at: NaiveDateTime) -> Portal {
+        Portal {
             member_id: String::new(),
             domain: String::new(),
             client_endpoint: String::new(),
@@ -184,12 +177,31 @@ mod tests {
             refresh_lock_until: None,
             refresh_lock_by: None,
             refreshed_at: None,
-            created_at: at(0),
-            updated_at: at(0),
-            app_check_sent_at: sent.map(at),
-            app_reached_at: reached.map(at),
+            created_at: at,
+            updated_at: at,
+            app_check_sent_at: None,
+            app_reached_at: None,
             app_token_received_at: None,
             refresh_problem: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(min: i64) -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(1_800_000_000 + min * 60, 0)
+            .unwrap_or_default()
+            .naive_utc()
+    }
+
+    fn reach(sent: Option<i64>, reached: Option<i64>, now: i64) -> Reach {
+        let p = Portal {
+            app_check_sent_at: sent.map(at),
+            app_reached_at: reached.map(at),
+            ..Portal::blank(at(0))
         };
         p.reach(at(now), chrono::Duration::minutes(5))
     }

@@ -254,29 +254,11 @@ mod tests {
         let at = |s: i64| chrono::DateTime::from_timestamp(s, 0).map(|t| t.naive_utc());
         Portal {
             member_id: "m".into(),
-            domain: String::new(),
-            client_endpoint: String::new(),
-            server_endpoint: String::new(),
-            access_token: None,
-            refresh_token: None,
-            application_token: None,
-            expires_at: None,
-            scope: String::new(),
-            status: String::new(),
-            lang: String::new(),
-            installed: true,
-            needs_reauth: false,
-            uninstalled_at: None,
             token_version: 1,
             refresh_lock_until: lock_until.and_then(at),
             refresh_lock_by: lock_by.map(str::to_owned),
-            refreshed_at: None,
-            created_at: at(0).unwrap_or_default(),
-            updated_at: at(0).unwrap_or_default(),
-            app_check_sent_at: None,
-            app_reached_at: None,
-            app_token_received_at: None,
             refresh_problem: problem.map(str::to_owned),
+            ..Portal::blank(at(0).unwrap_or_default())
         }
     }
 
