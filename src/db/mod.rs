@@ -302,21 +302,16 @@ impl From<DbError> for std::io::Error {
     }
 }
 
-/// The database server's current UTC time, read fresh (not the transaction's start).
+/// The database server's current UTC time, read fresh (the statement's, not the transaction's start).
 ///
 /// Leases are compared across instances, so they are measured on one clock, the database's,
 /// rather than on each host's (a host whose clock runs ahead would take live jobs over).
 pub fn database_now(conn: &mut DbConnection) -> QueryResult<chrono::NaiveDateTime> {
-    use diesel::sql_types::Timestamp;
-    match conn {
-        DbConnection::Postgres(c) => diesel::select(diesel::dsl::sql::<Timestamp>(
-            "(clock_timestamp() AT TIME ZONE 'UTC')",
-        ))
-        .get_result(c),
-        // `CURRENT_TIMESTAMP` has whole seconds only; `%f` gives milliseconds.
-        DbConnection::Sqlite(c) => diesel::select(diesel::dsl::sql::<Timestamp>(
-            "strftime('%Y-%m-%d %H:%M:%f', 'now')",
-        ))
-        .get_result(c),
-    }
+    // The same reading as the shared budgets' ([`db_now_us`]), as a timestamp.
+    let us = db_now_us(conn)?;
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.naive_utc())
+        .ok_or_else(|| {
+            DieselError::DeserializationError(format!("database time {us} µs out of range").into())
+        })
 }
