@@ -242,6 +242,21 @@ pub struct Callback {
     pub created_at: NaiveDateTime,
     /// When the run last changed.
     pub updated_at: NaiveDateTime,
+    /// How the call ended (`answered`, `manager_missed`, `client_missed`, `failed`,
+    /// `unknown`), from Mango's call events; `None` until the last attempt has ended.
+    pub call_outcome: Option<String>,
+    /// The manager (extension) who answered.
+    pub manager_extension: Option<String>,
+    /// The client's talk time.
+    pub talk_seconds: Option<i32>,
+    /// When the client was connected to a manager: speed-to-lead is this minus `created_at`.
+    pub client_connected_at: Option<NaiveDateTime>,
+    /// When the last attempt's call ended.
+    pub call_ended_at: Option<NaiveDateTime>,
+    /// When the next attempt may be placed (working hours, retry delay); `None` for at once.
+    pub scheduled_for: Option<NaiveDateTime>,
+    /// When the outcome was reported (timeline comment, and the waiting robot's event).
+    pub outcome_reported_at: Option<NaiveDateTime>,
 }
 
 /// The job that finds the client's phone and orders Mango's `callback_group` ([`place_call`]).

@@ -42,6 +42,19 @@ diesel::table! {
         mango_last_error -> Nullable<Text>,
         mango_checked_at -> Nullable<Timestamp>,
         updated_at -> Timestamp,
+        wait_for_outcome -> Bool,
+        outcome_wait_minutes -> Integer,
+        retry_no_answer_times -> Integer,
+        retry_no_answer_minutes -> Integer,
+        retry_escalate -> Bool,
+        retry_client_times -> Integer,
+        retry_client_minutes -> Integer,
+        hours_enabled -> Bool,
+        timezone -> Text,
+        work_days -> Text,
+        work_start_minute -> Integer,
+        work_end_minute -> Integer,
+        holidays -> Text,
     }
 }
 
@@ -81,6 +94,45 @@ diesel::table! {
         finished_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        call_outcome -> Nullable<Text>,
+        manager_extension -> Nullable<Text>,
+        talk_seconds -> Nullable<Integer>,
+        client_connected_at -> Nullable<Timestamp>,
+        call_ended_at -> Nullable<Timestamp>,
+        scheduled_for -> Nullable<Timestamp>,
+        outcome_reported_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    call_attempts (callback_id, n) {
+        callback_id -> Text,
+        n -> Integer,
+        member_id -> Text,
+        command_id -> Text,
+        group_kind -> Text,
+        group_extension -> Text,
+        entry_id -> Nullable<Text>,
+        placed_at -> Timestamp,
+        outcome -> Nullable<Text>,
+        manager_extension -> Nullable<Text>,
+        client_connected_at -> Nullable<Timestamp>,
+        talk_seconds -> Nullable<Integer>,
+        disconnect_reason -> Nullable<Integer>,
+        ended_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    mango_call_events (member_id, entry_id, kind, call_id, seq) {
+        member_id -> Text,
+        entry_id -> Text,
+        kind -> Text,
+        call_id -> Text,
+        seq -> BigInt,
+        command_id -> Nullable<Text>,
+        body -> Text,
+        received_at -> Timestamp,
     }
 }
 
@@ -121,3 +173,6 @@ diesel::table! {
 diesel::joinable!(portal_settings -> portals (member_id));
 diesel::joinable!(callbacks -> portals (member_id));
 diesel::joinable!(jobs -> portals (member_id));
+diesel::joinable!(call_attempts -> callbacks (callback_id));
+
+diesel::allow_tables_to_appear_in_same_query!(callbacks, call_attempts, mango_call_events, portals);

@@ -236,6 +236,30 @@ pub struct PortalSettings {
     pub mango_last_error: Option<String>,
     pub mango_checked_at: Option<NaiveDateTime>,
     pub updated_at: NaiveDateTime,
+    /// The robot answers the business process when the call has ended (with its outcome)
+    /// instead of when Mango accepts the command.
+    pub wait_for_outcome: bool,
+    /// A callback with no final event from Mango within this closes as `unknown`.
+    pub outcome_wait_minutes: i32,
+    /// Nobody in the group answered: how many more attempts, and how many minutes apart.
+    pub retry_no_answer_times: i32,
+    pub retry_no_answer_minutes: i32,
+    /// A retry after nobody answered rings the experienced group.
+    pub retry_escalate: bool,
+    /// The client did not answer: how many more attempts, and how many minutes apart.
+    pub retry_client_times: i32,
+    pub retry_client_minutes: i32,
+    /// Calls are placed only within working hours (below) when set.
+    pub hours_enabled: bool,
+    /// An IANA time zone name (`Europe/Moscow`).
+    pub timezone: String,
+    /// ISO weekdays (1 = Monday) on which calls may be placed, comma separated.
+    pub work_days: String,
+    /// Opening and closing time, in minutes after local midnight.
+    pub work_start_minute: i32,
+    pub work_end_minute: i32,
+    /// Dates (`YYYY-MM-DD`, comma separated) on which no calls are placed.
+    pub holidays: String,
 }
 
 impl std::fmt::Debug for PortalSettings {
@@ -255,6 +279,9 @@ impl std::fmt::Debug for PortalSettings {
             .field("mango_last_error", &self.mango_last_error)
             .field("mango_checked_at", &self.mango_checked_at)
             .field("updated_at", &self.updated_at)
+            .field("wait_for_outcome", &self.wait_for_outcome)
+            .field("hours_enabled", &self.hours_enabled)
+            .field("timezone", &self.timezone)
             .finish_non_exhaustive()
     }
 }
@@ -273,6 +300,19 @@ impl PortalSettings {
             mango_last_error: None,
             mango_checked_at: None,
             updated_at: now,
+            wait_for_outcome: false,
+            outcome_wait_minutes: 30,
+            retry_no_answer_times: 2,
+            retry_no_answer_minutes: 5,
+            retry_escalate: false,
+            retry_client_times: 1,
+            retry_client_minutes: 10,
+            hours_enabled: false,
+            timezone: "Europe/Moscow".to_owned(),
+            work_days: "1,2,3,4,5".to_owned(),
+            work_start_minute: 9 * 60,
+            work_end_minute: 18 * 60,
+            holidays: String::new(),
         }
     }
 }
