@@ -36,6 +36,30 @@ pub fn comment_text(cb: &Callback, reason: Option<&Reason>, lang: Lang) -> Strin
     }
 }
 
+/// Whether the deal's newest timeline comments already hold `text`. Bitrix24 has no idempotency
+/// key for `crm.timeline.comment.add`, so a retried report looks first; the text names the
+/// callback's group, number and phone, and the newest 50 comments are where a comment added
+/// moments ago is. (Filtering on `CREATED` is not honoured by Bitrix24, so none is sent.)
+pub async fn already_commented(
+    ctx: &Context,
+    cb: &Callback,
+    text: &str,
+) -> Result<bool, BitrixError> {
+    let params = json!({
+        "filter": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal" },
+        "select": ["ID", "COMMENT"],
+        "order": { "ID": "DESC" },
+    });
+    let found = ctx
+        .bitrix()
+        .call(&cb.member_id, "crm.timeline.comment.list", params)
+        .await?;
+    Ok(found.as_array().is_some_and(|list| {
+        list.iter()
+            .any(|c| c.get("COMMENT").and_then(|v| v.as_str()) == Some(text))
+    }))
+}
+
 /// How long a report waits for a portal to be re-authorised before it is given up.
 const REPORT_WAIT_FOR_REAUTH_DAYS: i64 = 3;
 
@@ -59,7 +83,7 @@ impl Job for ReportCallback {
     /// 20 attempts ride out a Bitrix24 outage of about two and a half hours.
     const MAX_ATTEMPTS: i32 = 20;
 
-    async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+    async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
         let found = db
@@ -103,6 +127,20 @@ impl Job for ReportCallback {
         // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
         if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() {
             let text = comment_text(&cb, self.reason.as_ref(), Lang::parse(&portal.lang));
+            // An earlier run of this job may have added the comment and lost the answer (or been
+            // killed before recording it): look before adding it a second time.
+            let retried = job.attempts > 1;
+            if retried
+                && already_commented(ctx, &cb, &text)
+                    .await
+                    .map_err(|e| report_error(ctx, &cb, e))?
+            {
+                tracing::info!(callback = %cb.id, deal = %cb.deal_id, "the timeline comment was added by an earlier attempt whose answer was lost; not added again");
+                let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
+                db.run(move |c| store::mark_comment_added(c, &cid, now))
+                    .await?;
+                return Ok(());
+            }
             let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
             match ctx
                 .bitrix()

@@ -250,7 +250,7 @@ pub(crate) async fn unprocessed_answer(fault: PeerFault, hang: Duration) -> Opti
 
 /// A response whose body fails at once: actix-web then closes the connection, so the client
 /// never gets a complete answer (it may have seen the status line, never a body).
-fn dropped() -> HttpResponse {
+pub(crate) fn dropped() -> HttpResponse {
     let failing = futures_util::stream::once(async {
         Err::<actix_web::web::Bytes, _>(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,

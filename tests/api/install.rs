@@ -246,6 +246,21 @@ async fn uninstall_with_clean_removes_every_row_of_that_portal_and_no_other(back
     assert!(jobs
         .iter()
         .all(|j| j.member_id.as_deref() != Some(a.member_id.as_str())));
+    // The shared REST budget row goes too (a re-installation starts with a full bucket).
+    let budgets: Vec<String> = app
+        .shared
+        .db
+        .run(|c| {
+            use diesel::prelude::*;
+            use mango_callback::db::schema::rest_budgets;
+            rest_budgets::table
+                .select(rest_budgets::member_id)
+                .load::<String>(c)
+        })
+        .await
+        .expect("db");
+    assert!(!budgets.contains(&a.member_id), "{budgets:?}");
+    assert!(budgets.contains(&b.member_id), "{budgets:?}");
 }
 on_both_backends!(uninstall_with_clean_removes_every_row_of_that_portal_and_no_other);
 

@@ -14,6 +14,7 @@ mod limits;
 mod peer_failures;
 mod props;
 mod refresh;
+mod report_once;
 mod resend;
 mod secrets;
 mod security;

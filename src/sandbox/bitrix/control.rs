@@ -43,6 +43,7 @@ impl BitrixSim {
             refresh_answer_delay: Duration::ZERO,
             app_unreachable: false,
             injector: Default::default(),
+            lose_this_answer: false,
         }));
         let data = web::Data::from(state.clone());
         let server = crate::sandbox::serve(listener, move |cfg| {
@@ -104,6 +105,8 @@ impl BitrixSim {
                 bucket_level: 0.0,
                 bucket_at: Instant::now(),
                 faults: VecDeque::new(),
+                lost_answers: HashMap::new(),
+                method_faults: HashMap::new(),
                 refreshes: 0,
                 next_contact: 0,
                 next_deal: 0,
@@ -363,6 +366,25 @@ impl BitrixSim {
         let mut st = self.st();
         let p = st.portal_mut(member_id);
         p.faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// The next `n` calls of `method` (not inside a batch) on the portal fail with `fault`.
+    pub fn fail_method_next(&self, member_id: &str, method: &str, n: usize, fault: Fault) {
+        let mut st = self.st();
+        let p = st.portal_mut(member_id);
+        p.method_faults
+            .entry(method.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// The next `n` successful calls of `method` on the portal are carried out (a comment is
+    /// added, an event accepted) but their answers are lost: the connection is cut, as when a
+    /// proxy or the network fails after Bitrix24 did the work. The app cannot know it happened.
+    pub fn lose_answers(&self, member_id: &str, method: &str, n: usize) {
+        let mut st = self.st();
+        let p = st.portal_mut(member_id);
+        *p.lost_answers.entry(method.to_owned()).or_default() += n;
     }
 
     /// Renames the portal; its old endpoint answers 302 to the same method on the new one.

@@ -295,6 +295,11 @@ struct Portal {
     bucket_level: f64,
     bucket_at: Instant,
     faults: VecDeque<Fault>,
+    /// Methods whose next answers are lost after the call was carried out
+    /// ([`BitrixSim::lose_answers`]): method → how many more.
+    lost_answers: HashMap<String, usize>,
+    /// Methods whose next calls fail before being carried out ([`BitrixSim::fail_method_next`]).
+    method_faults: HashMap<String, VecDeque<Fault>>,
     refreshes: usize,
     next_contact: u64,
     next_deal: u64,
@@ -332,6 +337,9 @@ struct State {
     app_unreachable: bool,
     /// Random peer faults on the portals' REST API ([`BitrixSim::set_faults`]).
     injector: crate::sandbox::faults::FaultInjector,
+    /// Set by a REST call that was carried out but whose answer is to be lost: the server then
+    /// cuts the connection instead of answering.
+    lose_this_answer: bool,
 }
 
 /// An error answer: HTTP status, `error`, `error_description`.

@@ -71,7 +71,12 @@ impl State {
         };
         let mid = Some(member_id.clone());
         // injected faults
-        let fault = self.portal_mut(&member_id).faults.pop_front();
+        let p = self.portal_mut(&member_id);
+        let fault = p.faults.pop_front().or_else(|| {
+            p.method_faults
+                .get_mut(method)
+                .and_then(VecDeque::pop_front)
+        });
         if let Some(f) = fault {
             let e = match f {
                 Fault::QueryLimit => api_err(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"),
@@ -128,6 +133,13 @@ impl State {
         } else {
             self.call_method(&member_id, user_id, method, params)
         };
+        if result.is_ok() {
+            let lost = self.portal_mut(&member_id).lost_answers.get_mut(method);
+            if let Some(n) = lost.filter(|n| **n > 0) {
+                *n -= 1;
+                self.lose_this_answer = true;
+            }
+        }
         match result {
             Ok(v) => (
                 mid,
@@ -402,6 +414,53 @@ impl State {
                 let id = portal.next_misc;
                 portal.comments.push((id, entity_id, comment));
                 Ok(json!(id))
+            }
+            "crm.timeline.comment.list" => {
+                // Bitrix24 requires the owner in the filter; newest first with `order: {ID: DESC}`,
+                // pages of 50 like every list method.
+                let filter = match get_ci(p, "filter") {
+                    Some(Value::Object(f)) => f,
+                    _ => return Err(api_err(400, "ERROR_ARGUMENT", "ENTITY_ID is required")),
+                };
+                let entity_id = get_ci(filter, "ENTITY_ID").and_then(as_u64);
+                let entity_type = get_ci(filter, "ENTITY_TYPE").and_then(scalar_string);
+                let (Some(entity_id), Some(entity_type)) = (entity_id, entity_type) else {
+                    return Err(api_err(
+                        400,
+                        "ERROR_ARGUMENT",
+                        "ENTITY_ID and ENTITY_TYPE are required",
+                    ));
+                };
+                let descending = get_ci(p, "order")
+                    .and_then(|o| o.as_object())
+                    .and_then(|o| get_ci(o, "ID"))
+                    .and_then(scalar_string)
+                    .is_some_and(|d| d.eq_ignore_ascii_case("desc"));
+                let start = get_ci(p, "start").and_then(as_u64).unwrap_or(0) as usize;
+                let portal = self.portal(member_id);
+                let mut items: Vec<&(u64, u64, String)> =
+                    if entity_type.eq_ignore_ascii_case("deal") {
+                        portal
+                            .comments
+                            .iter()
+                            .filter(|c| c.1 == entity_id)
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                if descending {
+                    items.reverse();
+                }
+                let page: Vec<Value> = items
+                    .iter()
+                    .skip(start)
+                    .take(50)
+                    .map(|(id, deal, text)| {
+                        json!({"ID": id.to_string(), "ENTITY_ID": deal.to_string(), "ENTITY_TYPE": "deal",
+                               "AUTHOR_ID": "1", "COMMENT": text})
+                    })
+                    .collect();
+                Ok(Value::Array(page))
             }
             "bizproc.event.send" => {
                 let token = get_ci(p, "EVENT_TOKEN")

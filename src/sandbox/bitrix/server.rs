@@ -158,21 +158,25 @@ pub(super) async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (reply, outbox, hold_back) = {
+    let (reply, outbox, hold_back, lost) = {
         let mut st = lock(&state);
         let reply = st.dispatch(req.path(), req.query_string(), &ctype, &body);
+        let lost = std::mem::take(&mut st.lose_this_answer);
         // Only a refresh grant's answer is held back, and only after dispatch consumed the token.
         let hold_back = if req.path().starts_with("/oauth/token") {
             st.refresh_answer_delay
         } else {
             Duration::ZERO
         };
-        (reply, std::mem::take(&mut st.outbox), hold_back)
+        (reply, std::mem::take(&mut st.outbox), hold_back, lost)
     };
     if !hold_back.is_zero() {
         tokio::time::sleep(hold_back).await;
     }
     deliver_later(state.into_inner(), outbox);
+    if lost {
+        return crate::sandbox::faults::dropped();
+    }
     if fault.is_some_and(|f| f.processed()) {
         tokio::time::sleep(hang).await;
     }
