@@ -114,14 +114,18 @@ impl PlaceCall {
             return end_without_call(ctx, &cb, reason).await;
         }
 
-        // The phone: the robot's override, else the deal's primary contact (possibly linked late).
-        let raw_phone = match cb
-            .phone_override
-            .as_deref()
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            Some(p) => p.to_owned(),
+        // The phone: found by an earlier run of this job (it waited for Mango's budget, or Mango
+        // refused the command for sure), else the robot's override, else the deal's primary
+        // contact (possibly linked late).
+        let known = cb.phone.clone().or_else(|| {
+            cb.phone_override
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+        });
+        let raw_phone = match known {
+            Some(p) => p,
             None => match PlaceCall::lookup_phone(ctx, &cb.member_id, &cb.deal_id)
                 .await
                 .map_err(bitrix_error)?
@@ -172,12 +176,23 @@ impl PlaceCall {
         };
 
         // Mango allows 4 callback commands per second per account, across all our instances.
-        crate::mango::rate::wait_for_callback_slot(
+        // Waiting for a slot holds no worker: the job snoozes with its place in the account's
+        // line, and the phone it found is kept so the wake-up does not look it up again.
+        let slot = crate::mango::rate::callback_slot(
             db,
             &ctx.shared.clock,
             creds.api_key.expose_secret(),
+            &cb.id,
         )
         .await?;
+        if let crate::mango::rate::Slot::WaitFor(wait) = slot {
+            if cb.phone.as_deref() != Some(phone.as_str()) {
+                let (cid, ph) = (cb.id.clone(), phone.as_str().to_owned());
+                db.run(move |c| store::remember_phone(c, &cid, &ph, now))
+                    .await?;
+            }
+            return Err(JobError::Snooze(wait));
+        }
 
         // A command refused for sure (429) is sent again under the same id; see `resend` for
         // the new id of a resend after an unknown outcome.

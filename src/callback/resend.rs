@@ -116,12 +116,16 @@ async fn resend(ctx: &Context, job: &JobRow, cb: &Callback, n: u32) -> Result<()
     let Some(creds) = credentials(ctx, &settings) else {
         return end_without_call(ctx, cb, Reason::MangoKeysMissing).await;
     };
-    crate::mango::rate::wait_for_callback_slot(
+    let slot = crate::mango::rate::callback_slot(
         db,
         &ctx.shared.clock,
         secrecy::ExposeSecret::expose_secret(&creds.api_key),
+        &cb.id,
     )
     .await?;
+    if let crate::mango::rate::Slot::WaitFor(wait) = slot {
+        return Err(JobError::Snooze(wait));
+    }
     let command_id = super::command_id_of_send(super::resend_of(&previous).0, n);
     let (jid, worker) = (job.id.clone(), job.locked_by.clone().unwrap_or_default());
     let (clock, this, cmd_id) = (ctx.shared.clock.clone(), cb.clone(), command_id.clone());

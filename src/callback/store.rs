@@ -220,6 +220,23 @@ pub fn latest(conn: &mut DbConnection, member_id: &str, limit: i64) -> QueryResu
         .load(conn)
 }
 
+/// Keeps the client's number found for a queued callback that must wait before its command is
+/// sent, so the wait's end does not look it up again.
+pub fn remember_phone(
+    conn: &mut DbConnection,
+    id: &str,
+    phone: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        callbacks::table
+            .find(id)
+            .filter(callbacks::status.eq(Status::Queued)),
+    )
+    .set((callbacks::phone.eq(phone), callbacks::updated_at.eq(now)))
+    .execute(conn)
+}
+
 /// Moves a queued callback to `calling` with its command id, before the Mango request is sent.
 pub fn mark_calling(
     conn: &mut DbConnection,

@@ -164,6 +164,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    mango_waits (bucket, holder) {
+        bucket -> Text,
+        holder -> Text,
+        wake_us -> BigInt,
+    }
+}
+
+diesel::table! {
     rest_budgets (member_id) {
         member_id -> Text,
         tat_us -> BigInt,

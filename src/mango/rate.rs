@@ -6,7 +6,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 
 use crate::clock::Clock;
-use crate::db::schema::rate_slots;
+use crate::db::schema::{mango_waits, rate_slots};
 use crate::db::{db_now_us, insert_if_absent, write_tx, Db, DbConnection, DbError};
 
 /// Mango's documented limit for callback commands per account and second.
@@ -15,28 +15,166 @@ pub const MANGO_CALLBACKS_PER_SECOND: i64 = 4;
 /// counts when the requests arrive, not when we sent them.
 const MANGO_RATE_WINDOW_US: i64 = 1_150_000;
 
-/// Waits until the account of `api_key` may send one more callback command, and takes the slot.
-pub async fn wait_for_callback_slot(db: &Db, clock: &Clock, api_key: &str) -> Result<(), DbError> {
+/// What the account's budget says to a callback that wants to send now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// A slot was taken: send at once.
+    Now,
+    /// The callback has its place in the line: come back after this long (the job snoozes, so
+    /// no worker is held while it waits).
+    WaitFor(Duration),
+}
+
+/// A waiter not seen for this long died (its job was buried or its portal removed): its place
+/// in the line is given up.
+const STALE_WAIT_US: i64 = 60_000_000;
+
+/// Asks the account of `api_key` for a callback slot on behalf of `holder` (the callback's id).
+pub async fn callback_slot(
+    db: &Db,
+    clock: &Clock,
+    api_key: &str,
+    holder: &str,
+) -> Result<Slot, DbError> {
     let bucket = format!("mango:{}", crate::crypto::sha256_hex(api_key.as_bytes()));
-    loop {
-        let offset_us = clock.offset_us();
-        let b = bucket.clone();
-        if db
-            .run(move |c| {
-                take_rate_slot(
-                    c,
-                    &b,
-                    offset_us,
-                    MANGO_CALLBACKS_PER_SECOND,
-                    MANGO_RATE_WINDOW_US,
-                )
-            })
-            .await?
-        {
-            return Ok(());
+    let (offset_us, holder) = (clock.offset_us(), holder.to_owned());
+    let wait_us = db
+        .run(move |c| {
+            take_or_queue(
+                c,
+                &bucket,
+                &holder,
+                offset_us,
+                MANGO_CALLBACKS_PER_SECOND,
+                MANGO_RATE_WINDOW_US,
+            )
+        })
+        .await?;
+    Ok(match wait_us {
+        None => Slot::Now,
+        Some(us) => Slot::WaitFor(Duration::from_micros(
+            u64::try_from(us.max(1_000)).unwrap_or(1_000),
+        )),
+    })
+}
+
+/// Takes a slot for `holder` now, or gives it a place in the account's line and says how long
+/// to wait (µs). The line is first come, first served: a newcomer queues behind every waiter,
+/// and waiters are woken `window_us / limit` apart (the limit's own pace), so a woken waiter
+/// normally finds room; one that does not (network jitter) keeps its place and is told when the
+/// oldest send leaves the window. Sends are counted in `rate_slots` as by [`take_rate_slot`];
+/// places in the line are `mango_waits` rows, both under the bucket's lock row.
+pub fn take_or_queue(
+    conn: &mut DbConnection,
+    bucket: &str,
+    holder: &str,
+    offset_us: i64,
+    limit: i64,
+    window_us: i64,
+) -> Result<Option<i64>, DbError> {
+    write_tx(conn, |c| {
+        lock_bucket(c, bucket)?;
+        let now_us = db_now_us(c)?.saturating_add(offset_us);
+        forget_old_slots(c, bucket, now_us - window_us)?;
+        diesel::delete(
+            mango_waits::table
+                .filter(mango_waits::bucket.eq(bucket))
+                .filter(mango_waits::wake_us.le(now_us - STALE_WAIT_US)),
+        )
+        .execute(c)?;
+        let own: Option<i64> = mango_waits::table
+            .find((bucket, holder))
+            .select(mango_waits::wake_us)
+            .first(c)
+            .optional()?;
+        if let Some(wake) = own.filter(|w| *w > now_us + 2_000) {
+            return Ok(Some(wake - now_us));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        // Sends in the window, newest first: the `limit`-th is the one whose leaving makes room.
+        let recent: Vec<i64> = rate_slots::table
+            .filter(rate_slots::bucket.eq(bucket))
+            .filter(rate_slots::slot.ge(0i64))
+            .order(rate_slots::slot.desc())
+            .limit(limit)
+            .select(rate_slots::slot)
+            .load(c)?;
+        let room = (recent.len() as i64) < limit;
+        let frees_at = recent
+            .last()
+            .map_or(now_us, |oldest| oldest + window_us + 1_000);
+        let someone_waits = own.is_none()
+            && mango_waits::table
+                .filter(mango_waits::bucket.eq(bucket))
+                .count()
+                .get_result::<i64>(c)?
+                > 0;
+        if room && !someone_waits {
+            let taken = insert_if_absent(c, |c| {
+                diesel::insert_into(rate_slots::table)
+                    .values((
+                        rate_slots::bucket.eq(bucket),
+                        rate_slots::slot.eq(now_us),
+                        rate_slots::used.eq(1),
+                    ))
+                    .execute(c)
+            })?;
+            if taken {
+                diesel::delete(mango_waits::table.find((bucket, holder))).execute(c)?;
+                return Ok(None);
+            }
+        }
+        if own.is_some() {
+            // Woken but beaten to the room: keep the place, come back when a send leaves.
+            let wake = frees_at.max(now_us + 1_000);
+            diesel::update(mango_waits::table.find((bucket, holder)))
+                .set(mango_waits::wake_us.eq(wake))
+                .execute(c)?;
+            return Ok(Some(wake - now_us));
+        }
+        let last: Option<i64> = mango_waits::table
+            .filter(mango_waits::bucket.eq(bucket))
+            .select(diesel::dsl::max(mango_waits::wake_us))
+            .first(c)?;
+        let base = if room { now_us } else { frees_at };
+        let wake = last.map_or(base, |l| base.max(l + window_us / limit.max(1)));
+        diesel::insert_into(mango_waits::table)
+            .values((
+                mango_waits::bucket.eq(bucket),
+                mango_waits::holder.eq(holder),
+                mango_waits::wake_us.eq(wake),
+            ))
+            .execute(c)?;
+        Ok(Some((wake - now_us).max(1_000)))
+    })
+}
+
+/// The bucket's lock row (slot -1): updating it first (a write that changes nothing)
+/// serialises concurrent takers on PostgreSQL as well as on SQLite.
+fn lock_bucket(c: &mut DbConnection, bucket: &str) -> QueryResult<()> {
+    insert_if_absent(c, |c| {
+        diesel::insert_into(rate_slots::table)
+            .values((
+                rate_slots::bucket.eq(bucket),
+                rate_slots::slot.eq(-1i64),
+                rate_slots::used.eq(0),
+            ))
+            .execute(c)
+    })?;
+    diesel::update(rate_slots::table.find((bucket, -1i64)))
+        .set(rate_slots::used.eq(rate_slots::used))
+        .execute(c)?;
+    Ok(())
+}
+
+/// Sends at or before `until` no longer count.
+fn forget_old_slots(c: &mut DbConnection, bucket: &str, until: i64) -> QueryResult<usize> {
+    diesel::delete(
+        rate_slots::table
+            .filter(rate_slots::bucket.eq(bucket))
+            .filter(rate_slots::slot.ge(0i64))
+            .filter(rate_slots::slot.le(until)),
+    )
+    .execute(c)
 }
 
 /// Mango rate: at most `limit` callback commands per account within any `window_us`, counted in
@@ -55,27 +193,10 @@ pub fn take_rate_slot(
     window_us: i64,
 ) -> Result<bool, DbError> {
     write_tx(conn, |c| {
-        insert_if_absent(c, |c| {
-            diesel::insert_into(rate_slots::table)
-                .values((
-                    rate_slots::bucket.eq(bucket),
-                    rate_slots::slot.eq(-1i64),
-                    rate_slots::used.eq(0),
-                ))
-                .execute(c)
-        })?;
-        diesel::update(rate_slots::table.find((bucket, -1i64)))
-            .set(rate_slots::used.eq(rate_slots::used))
-            .execute(c)?;
+        lock_bucket(c, bucket)?;
         // Read after the lock: a taker that waited for it counts from when it got it.
         let now_us = db_now_us(c)?.saturating_add(offset_us);
-        diesel::delete(
-            rate_slots::table
-                .filter(rate_slots::bucket.eq(bucket))
-                .filter(rate_slots::slot.ge(0i64))
-                .filter(rate_slots::slot.le(now_us - window_us)),
-        )
-        .execute(c)?;
+        forget_old_slots(c, bucket, now_us - window_us)?;
         let recent: i64 = rate_slots::table
             .filter(rate_slots::bucket.eq(bucket))
             .filter(rate_slots::slot.ge(0i64))

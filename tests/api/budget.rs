@@ -225,3 +225,66 @@ async fn a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a
     assert_eq!(app.mango.callbacks().len(), 7);
 }
 on_both_backends!(a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a_burst);
+
+/// `take_or_queue` for one account at `at_ms` milliseconds of test time: `None` is a slot now,
+/// `Some(ms)` the wait before coming back.
+async fn mango_slot(app: &TestApp, holder: &str, at_ms: i64) -> Option<i64> {
+    let holder = holder.to_owned();
+    // The database clock barely moves during the test; the offset stands for time passing.
+    let offset_us = app.clock.offset_us() + at_ms * 1_000;
+    app.shared
+        .db
+        .run(move |c| {
+            mango_callback::mango::rate::take_or_queue(
+                c,
+                "mango:test-account",
+                &holder,
+                offset_us,
+                4,
+                1_150_000,
+            )
+        })
+        .await
+        .expect("db")
+        .map(|us| us / 1_000)
+}
+
+async fn callbacks_waiting_for_mangos_budget_keep_their_places_in_line_at_the_limits_pace(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    // The database's own clock runs on meanwhile: waits may come out that much shorter.
+    let started = Instant::now();
+    let slack = || started.elapsed().as_millis() as i64 + 5;
+    for h in ["a", "b", "c", "d"] {
+        assert_eq!(mango_slot(&app, h, 0).await, None, "{h} sends at once");
+    }
+    // The fifth waits until the first send leaves the window; the next ones a quarter-window
+    // apart, in the order they came.
+    let e = mango_slot(&app, "e", 0).await.expect("e waits");
+    let f = mango_slot(&app, "f", 0).await.expect("f waits");
+    let g = mango_slot(&app, "g", 0).await.expect("g waits");
+    assert!((1_150 - slack()..=1_155).contains(&e), "{e} ms");
+    assert!(
+        f - e >= 287 - slack() && g - f >= 287 - slack(),
+        "paced: {e} {f} {g}"
+    );
+    // Woken early, a waiter is told the rest of its wait and keeps its place.
+    let rest = mango_slot(&app, "f", 500).await.expect("still waits");
+    assert!(
+        (f - 500 - slack()..=f - 500 + 5).contains(&rest),
+        "{rest} vs {f}"
+    );
+    // A newcomer queues behind everyone waiting, even once a send left the window.
+    let late = mango_slot(&app, "late", e).await.expect("behind the line");
+    assert!(
+        late >= g - e + 287 - slack(),
+        "{late} ms after {e}, line ends at {g}"
+    );
+    // At their times the waiters get their slots, in order.
+    let at = |ms: i64| ms + slack();
+    assert_eq!(mango_slot(&app, "e", at(e)).await, None);
+    assert_eq!(mango_slot(&app, "f", at(f)).await, None);
+    assert_eq!(mango_slot(&app, "g", at(g)).await, None);
+}
+on_both_backends!(callbacks_waiting_for_mangos_budget_keep_their_places_in_line_at_the_limits_pace);

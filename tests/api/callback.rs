@@ -615,6 +615,20 @@ async fn mango_gets_at_most_four_callbacks_per_second_per_account(backend: Backe
             .expect("robot");
     }
     app.drain().await;
+    // Four went out at once; the rest wait for the account's budget without holding a worker.
+    assert_eq!(app.mango.callbacks().len(), 4, "the first second's four");
+    let jobs = app
+        .shared
+        .db
+        .run(mango_callback::jobs::queue::all)
+        .await
+        .expect("jobs");
+    let waiting = jobs
+        .iter()
+        .filter(|j| j.status == mango_callback::jobs::queue::QUEUED && j.kind == "place_call")
+        .count();
+    assert_eq!(waiting, 5, "snoozed, not running: {jobs:#?}");
+    app.drain_over_time(Duration::from_millis(100), 100).await;
     let requests: Vec<_> = app
         .mango
         .requests()

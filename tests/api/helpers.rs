@@ -374,6 +374,8 @@ pub async fn start_instance(
 ) -> TestApp {
     let db_url = settings.database_url.clone();
     let clock = Clock::system();
+    // Mango's rate limits count the test's clock advances as time passed, as the app does.
+    mango.follow_clock(clock.clone());
     let app = Application::build(
         settings,
         RunOptions {
@@ -547,6 +549,28 @@ impl TestApp {
     /// The URL Mango posts its notifications to (the settings page shows it).
     pub fn mango_url(&self) -> String {
         format!("{}/mango", self.base)
+    }
+
+    /// Runs the due jobs, then moves the clock on by `step` and runs them again, until nothing
+    /// is left queued or `steps` steps went by: time passing for jobs that snooze for a budget.
+    pub async fn drain_over_time(&self, step: Duration, steps: usize) {
+        self.drain().await;
+        for _ in 0..steps {
+            let jobs = self
+                .shared
+                .db
+                .run(mango_callback::jobs::queue::all)
+                .await
+                .expect("jobs");
+            if jobs
+                .iter()
+                .all(|j| j.status != mango_callback::jobs::queue::QUEUED)
+            {
+                return;
+            }
+            self.advance(step);
+            self.drain().await;
+        }
     }
 
     pub fn advance(&self, by: Duration) {

@@ -219,6 +219,11 @@ impl MangoSim {
         state.account_mut(api_key).replies.push_back(reply);
     }
 
+    /// Counts time as `clock` does (real time plus the test's advances) from now on.
+    pub fn follow_clock(&self, clock: crate::clock::Clock) {
+        self.lock().clock = Some(clock);
+    }
+
     /// Changes the delay added before every answer.
     pub fn set_latency(&self, d: Duration) {
         self.lock().latency = d;
@@ -337,6 +342,9 @@ struct State {
     latency: Duration,
     /// Random peer faults on every request ([`MangoSim::set_faults`]).
     injector: super::faults::FaultInjector,
+    /// A test's clock: its advances count as time passed for the rate limits and lockouts, so a
+    /// test that moves the app's clock on moves Mango's on with it ([`MangoSim::follow_clock`]).
+    clock: Option<crate::clock::Clock>,
     accounts: HashMap<String, Account>,
     requests: Vec<MangoRequest>,
     callbacks: Vec<Value>,

@@ -87,6 +87,7 @@ impl State {
         Self {
             latency: options.latency,
             injector: Default::default(),
+            clock: None,
             options,
             accounts: HashMap::new(),
             requests: Vec::new(),
@@ -424,7 +425,14 @@ pub(super) async fn handle_request(
             return answer;
         }
     }
-    let answer = lock(&state).serve(req.method(), req.path(), &body, Instant::now());
+    let answer = {
+        let mut st = lock(&state);
+        let ahead = st
+            .clock
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.offset().to_std().unwrap_or_default());
+        st.serve(req.method(), req.path(), &body, Instant::now() + ahead)
+    };
     if let Some(delay) = answer.delay {
         actix_web::rt::time::sleep(delay).await;
     }
