@@ -4,6 +4,7 @@
 //! binary serves the embedded SQLite default and several instances sharing PostgreSQL. Queries are
 //! written once against [`DbConnection`]; the few backend-specific statements live in this module.
 
+pub mod group;
 pub mod schema;
 
 use std::time::Duration;
@@ -152,6 +153,8 @@ pub fn is_unique_violation(e: &DieselError) -> bool {
 pub struct Db {
     pool: DbPool,
     backend: Backend,
+    /// The committer of [`Db::run_grouped`], shared by every clone.
+    group: std::sync::Arc<group::GroupCommit>,
 }
 
 impl Db {
@@ -186,7 +189,13 @@ impl Db {
                 .context("cannot switch SQLite to WAL mode")?;
         }
         run_migrations(&mut conn).context("database migrations failed")?;
-        Ok(Db { pool, backend })
+        let group = group::GroupCommit::start(pool.clone())
+            .context("cannot start the group-commit thread")?;
+        Ok(Db {
+            pool,
+            backend,
+            group: std::sync::Arc::new(group),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -213,6 +222,22 @@ impl Db {
             Ok(payload) => DbError::Panicked(crate::telemetry::panic_message(payload.as_ref())),
             Err(_) => DbError::Cancelled,
         })?
+    }
+
+    /// Runs `f` in a savepoint of a transaction shared with the writes that arrive with it, and
+    /// returns once that transaction committed ([`group`]): for short, hot writes whose caller
+    /// must not be answered before they are durable.
+    pub async fn run_grouped<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.group.run(f).await
+    }
+
+    /// What [`Db::run_grouped`]'s committer has done so far.
+    pub fn group_commit_counts(&self) -> group::GroupCounts {
+        self.group.counts()
     }
 
     /// A connection for synchronous code (tests, start-up); never call it on the reactor.

@@ -111,10 +111,12 @@ pub async fn handle_robot_call(
     let shared = &ctx.shared;
     let (cipher, now) = (shared.cipher.clone(), shared.clock.now());
     let mid = member_id.clone();
-    // One trip to the blocking pool: this is the hot path Bitrix24 waits on.
+    // One trip to the database, in a transaction shared with the robot calls that arrive
+    // meanwhile (group commit): this is the hot path Bitrix24 waits on, and the answer goes out
+    // only once the call is durably stored.
     let verdict = shared
         .db
-        .run(move |c| -> Result<_, DbError> {
+        .run_grouped(move |c| -> Result<_, DbError> {
             let portal = portal_store::find(c, &mid)?.filter(|p| {
                 p.is_active()
                     && application_token_matches(&cipher, p, auth.application_token.as_deref())

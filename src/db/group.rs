@@ -1,0 +1,187 @@
+//! Group commit: short writes that arrive together (robot-call acknowledgements) share one
+//! transaction, each in its own savepoint, and each caller is answered only after the commit.
+//!
+//! A durable commit (SQLite `synchronous=FULL`, PostgreSQL's WAL flush) costs a disk sync; one
+//! sync for every call that arrived while the previous batch was committing keeps an
+//! acknowledgement durable without paying a sync per call. One committer thread per process does
+//! it: for SQLite, the single writer it has anyway.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::Connection;
+
+use super::{write_tx, DbConnection, DbError, DbPool};
+
+/// The most writes one transaction takes: a long batch would keep its first caller waiting.
+const MAX_BATCH: usize = 64;
+
+/// What a write hands back after its savepoint: it answers its caller once the commit's outcome
+/// is known (`None`: committed).
+type Deliver = Box<dyn FnOnce(Option<&DbError>) + Send>;
+
+/// A caller's write waiting for the next batch.
+trait Pending: Send {
+    /// Runs the write in a savepoint of the batch's transaction.
+    fn run(self: Box<Self>, c: &mut DbConnection) -> Deliver;
+    /// The batch could not start (no connection): the caller gets `e`.
+    fn fail(self: Box<Self>, e: &DbError);
+}
+
+type Write = Box<dyn Pending>;
+
+struct Item<T, F> {
+    f: F,
+    answer: tokio::sync::oneshot::Sender<Result<T, DbError>>,
+}
+
+impl<T, F> Pending for Item<T, F>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, c: &mut DbConnection) -> Deliver {
+        let result = c.transaction(self.f);
+        let answer = self.answer;
+        Box::new(move |commit_error: Option<&DbError>| {
+            let _ = answer.send(match commit_error {
+                None => result,
+                Some(e) => Err(copy(e)),
+            });
+        })
+    }
+
+    fn fail(self: Box<Self>, e: &DbError) {
+        let _ = self.answer.send(Err(copy(e)));
+    }
+}
+
+/// What the committer has done since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Writes handed to it.
+    pub submitted: u64,
+    /// Shared transactions it began.
+    pub batches: u64,
+    /// Writes those transactions carried.
+    pub writes: u64,
+}
+
+/// The committer's queue; dropping the last handle stops its thread.
+pub struct GroupCommit {
+    queue: mpsc::Sender<Write>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    submitted: AtomicU64,
+    batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl GroupCommit {
+    /// Starts the committer thread on `pool`.
+    pub fn start(pool: DbPool) -> std::io::Result<GroupCommit> {
+        let (queue, rx) = mpsc::channel::<Write>();
+        let stats = Arc::new(Stats::default());
+        let counted = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
+                        }
+                    }
+                    counted.batches.fetch_add(1, Ordering::Relaxed);
+                    counted
+                        .writes
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    commit(&pool, batch);
+                }
+            })?;
+        Ok(GroupCommit { queue, stats })
+    }
+
+    /// Runs `f` in its own savepoint of the next shared transaction; its result comes back once
+    /// that transaction committed. An error of `f` rolls back `f`'s writes only; a failed commit
+    /// fails every write of the batch (none of them is stored).
+    pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let write: Write = Box::new(Item { f, answer });
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        self.queue
+            .send(write)
+            .map_err(|_| DbError::Panicked("the group committer has stopped".into()))?;
+        // A dropped answer means the batch panicked (the panic hook logged it).
+        rx.await
+            .map_err(|_| DbError::Panicked("the shared write transaction panicked".into()))?
+    }
+
+    /// Writes submitted, transactions begun and writes they carried, since the start.
+    pub fn counts(&self) -> GroupCounts {
+        GroupCounts {
+            submitted: self.stats.submitted.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs one batch in one transaction and answers every write.
+fn commit(pool: &DbPool, batch: Vec<Write>) {
+    let mut conn = match pool.get() {
+        Ok(c) => c,
+        Err(e) => {
+            let e = DbError::Pool(e);
+            tracing::error!(error = %e, writes = batch.len(), "no connection for a shared write transaction; its writes are refused");
+            for write in batch {
+                write.fail(&e);
+            }
+            return;
+        }
+    };
+    let writes = batch.len();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut delivers = Vec::with_capacity(writes);
+        let committed = write_tx(&mut conn, |c| -> Result<(), DbError> {
+            for write in batch {
+                delivers.push(write.run(c));
+            }
+            Ok(())
+        });
+        (delivers, committed)
+    }));
+    // On a panic every `Deliver` and unrun write was dropped with it, so their callers hear of
+    // it; the connection was dropped while unwinding, which makes the pool discard it.
+    let Ok((delivers, committed)) = outcome else {
+        return;
+    };
+    let error = committed.err();
+    if let Some(e) = &error {
+        tracing::error!(error = %e, writes, "a shared write transaction failed; none of its writes is stored");
+    }
+    for deliver in delivers {
+        deliver(error.as_ref());
+    }
+}
+
+/// The same failure for another caller (`DbError` is not `Clone`), keeping whether the database
+/// was unreachable, which decides between 503 and 500.
+fn copy(e: &DbError) -> DbError {
+    let kind = if e.is_unavailable() {
+        DatabaseErrorKind::ClosedConnection
+    } else {
+        DatabaseErrorKind::Unknown
+    };
+    DbError::Query(DieselError::DatabaseError(kind, Box::new(e.to_string())))
+}
