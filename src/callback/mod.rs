@@ -5,7 +5,8 @@
 //! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
-//! - [`store`]: the SQL of `callbacks` and `deals`.
+//! - [`store`]: the SQL of `callbacks` and `deals`;
+//! - [`speed`]: speed to lead and answer rates for the settings page (read only).
 
 pub mod lifecycle;
 pub mod place_call;
@@ -13,6 +14,7 @@ pub mod reason;
 pub mod report;
 pub mod resend;
 pub mod send;
+pub mod speed;
 pub mod store;
 
 use chrono::NaiveDateTime;
