@@ -6,8 +6,10 @@
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
 //! - [`store`]: the SQL of `callbacks` and `deals`;
+//! - [`history`]: the attempts of callbacks, for the call log (read only);
 //! - [`speed`]: speed to lead and answer rates for the settings page (read only).
 
+pub mod history;
 pub mod lifecycle;
 pub mod place_call;
 pub mod reason;

@@ -20,4 +20,5 @@ mod security;
 mod self_check;
 mod settings;
 mod shutdown;
+mod speed;
 mod tokens;
