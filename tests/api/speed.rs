@@ -13,7 +13,7 @@ use crate::on_both_backends;
 
 /// Moves the app's clock to the next 09:00 UTC (12:00 in Moscow), so "today" has room on both
 /// sides whenever the test runs; returns that time.
-fn to_next_nine_utc(app: &TestApp) -> NaiveDateTime {
+pub(crate) fn to_next_nine_utc(app: &TestApp) -> NaiveDateTime {
     let now = app.clock.now();
     let nine = now.date().and_hms_opt(9, 0, 0).expect("09:00 exists");
     let target = if nine > now + Duration::seconds(5) {
@@ -28,7 +28,7 @@ fn to_next_nine_utc(app: &TestApp) -> NaiveDateTime {
 
 /// A callback accepted at `created`, ended with `outcome`, its client connected `speed` seconds
 /// later (when `Some`); returns its id.
-async fn seed(
+pub(crate) async fn seed(
     app: &TestApp,
     p: &SimPortal,
     created: NaiveDateTime,
@@ -66,6 +66,41 @@ async fn seed_with_status(
         .await
         .expect("callback seeded");
     id
+}
+
+/// Attempt `n` of callback `cb`, placed at `placed` to the group `(kind, extension)`; an
+/// answered one was taken by manager 101 and talked 2 min 13 s.
+pub(crate) async fn seed_attempt(
+    app: &TestApp,
+    p: &SimPortal,
+    cb: &str,
+    n: i32,
+    (kind, ext): (&str, &str),
+    placed: NaiveDateTime,
+    outcome: &str,
+) {
+    let answered = outcome == "answered";
+    let row = (
+        call_attempts::callback_id.eq(cb.to_owned()),
+        call_attempts::n.eq(n),
+        call_attempts::member_id.eq(p.member_id.clone()),
+        call_attempts::command_id.eq(format!("cmd-{cb}-{n}")),
+        call_attempts::group_kind.eq(kind.to_owned()),
+        call_attempts::group_extension.eq(ext.to_owned()),
+        call_attempts::placed_at.eq(placed),
+        call_attempts::outcome.eq(Some(outcome.to_owned())),
+        call_attempts::manager_extension.eq(answered.then(|| "101".to_owned())),
+        call_attempts::talk_seconds.eq(answered.then_some(133)),
+    );
+    app.shared
+        .db
+        .run(move |c| {
+            diesel::insert_into(call_attempts::table)
+                .values(row)
+                .execute(c)
+        })
+        .await
+        .expect("attempt seeded");
 }
 
 async fn set_timezone(app: &TestApp, p: &SimPortal, tz: &str) {
@@ -231,38 +266,28 @@ async fn the_call_log_shows_each_callbacks_outcome_and_its_attempts(backend: Bac
         None,
     )
     .await;
-    let attempt = |cb: &str, n: i32, kind: &str, ext: &str, minutes: i64, outcome: &str| {
-        (
-            call_attempts::callback_id.eq(cb.to_owned()),
-            call_attempts::n.eq(n),
-            call_attempts::member_id.eq(p.member_id.clone()),
-            call_attempts::command_id.eq(format!("cmd-{cb}-{n}")),
-            call_attempts::group_kind.eq(kind.to_owned()),
-            call_attempts::group_extension.eq(ext.to_owned()),
-            call_attempts::placed_at.eq(created + Duration::minutes(minutes)),
-            call_attempts::outcome.eq(Some(outcome.to_owned())),
-            call_attempts::manager_extension.eq((outcome == "answered").then(|| "101".to_owned())),
-            call_attempts::talk_seconds.eq((outcome == "answered").then_some(133)),
-        )
-    };
-    let rows = vec![
-        attempt(&id, 1, "trainee", "002", 0, "manager_missed"),
-        attempt(&id, 2, "experienced", "001", 5, "answered"),
-        attempt(&missed, 1, "trainee", "002", 20, "client_missed"),
-    ];
-    app.shared
-        .db
-        .run(move |c| -> QueryResult<()> {
-            // One by one: diesel's multi-backend connection has no batch insert on SQLite.
-            for row in rows {
-                diesel::insert_into(call_attempts::table)
-                    .values(row)
-                    .execute(c)?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("attempts seeded");
+    let at = |m: i64| created + Duration::minutes(m);
+    seed_attempt(
+        &app,
+        &p,
+        &id,
+        1,
+        ("trainee", "002"),
+        at(0),
+        "manager_missed",
+    )
+    .await;
+    seed_attempt(&app, &p, &id, 2, ("experienced", "001"), at(5), "answered").await;
+    seed_attempt(
+        &app,
+        &p,
+        &missed,
+        1,
+        ("trainee", "002"),
+        at(20),
+        "client_missed",
+    )
+    .await;
 
     let ru = admin_page(&app, &p, "ru").await;
     assert!(

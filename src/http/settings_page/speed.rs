@@ -10,7 +10,7 @@ use crate::portal::Lang;
 const WIDTH: f64 = 600.0;
 const HEIGHT: f64 = 180.0;
 /// Room for the duration labels on the left and the dates below.
-const LEFT: f64 = 64.0;
+const LEFT: f64 = 80.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 26.0;
@@ -114,6 +114,19 @@ pub fn short_date(d: NaiveDate, lang: Lang) -> String {
     format!("{} {}", d.day(), months[d.month0() as usize % 12])
 }
 
+/// The chart's top: the first round duration at or above the longest median, so the axis reads
+/// "5 мин", "2 мин 30 с" rather than odd values.
+pub fn axis_top(max_secs: i64) -> i64 {
+    const ROUND: [i64; 16] = [
+        10, 30, 60, 120, 180, 300, 600, 900, 1_200, 1_800, 3_600, 7_200, 10_800, 21_600, 43_200,
+        86_400,
+    ];
+    ROUND
+        .into_iter()
+        .find(|r| *r >= max_secs)
+        .unwrap_or_else(|| (max_secs + 86_399) / 86_400 * 86_400)
+}
+
 fn num(v: f64) -> String {
     format!("{v:.1}")
 }
@@ -178,13 +191,13 @@ pub fn panel(r: &SpeedReport, lang: Lang) -> SpeedPanel {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let slot = plot_w / r.days.len().max(1) as f64;
-    let max = r
+    let longest = r
         .days
         .iter()
         .filter_map(|d| d.median_secs)
         .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+        .unwrap_or(0);
+    let max = axis_top(longest) as f64;
     let bars: Vec<Bar> = r
         .days
         .iter()
@@ -238,12 +251,12 @@ pub fn panel(r: &SpeedReport, lang: Lang) -> SpeedPanel {
         Lang::Ru => format!(
             "Медианная скорость реакции по дням за 30 дней: дней с соединёнными клиентами — {}, самая долгая медиана — {}.",
             bars.len(),
-            human_duration(max as i64, lang)
+            human_duration(longest, lang)
         ),
         Lang::En => format!(
             "Median speed to lead by day over 30 days: {} days with connected clients, the longest median {}.",
             bars.len(),
-            human_duration(max as i64, lang)
+            human_duration(longest, lang)
         ),
     };
     SpeedPanel {
@@ -290,5 +303,14 @@ mod tests {
         assert_eq!(rate(2, 3, Lang::En), "67% (2 of 3)");
         assert_eq!(rate(1, 3, Lang::Ru), "33\u{a0}% (1 из 3)");
         assert_eq!(rate(0, 0, Lang::En), "—");
+    }
+
+    #[test]
+    fn the_axis_tops_at_a_round_duration_above_the_longest_median() {
+        assert_eq!(axis_top(0), 10);
+        assert_eq!(axis_top(286), 300);
+        assert_eq!(axis_top(300), 300);
+        assert_eq!(axis_top(4_000), 7_200);
+        assert_eq!(axis_top(90_000), 2 * 86_400);
     }
 }
