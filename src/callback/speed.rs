@@ -139,21 +139,24 @@ fn window(facts: &[&CallFact]) -> WindowStats {
 pub fn report(facts: &[CallFact], now: NaiveDateTime, tz: Tz) -> SpeedReport {
     let local_day = |t: NaiveDateTime| t.and_utc().with_timezone(&tz).date_naive();
     let today = local_day(now);
-    let days_back = |f: &&CallFact| (today - local_day(f.created_at)).num_days();
-    let in_last = |n: i64| -> Vec<&CallFact> {
-        facts
-            .iter()
-            .filter(|f| (0..n).contains(&days_back(f)))
-            .collect()
-    };
-    let days = (0..SERIES_DAYS as i64)
+    // Each fact's local day is worked out once: `by_day[back]` holds the callbacks of the day
+    // `back` days before today (a row from the future, a clock error, is left out).
+    let mut by_day: Vec<Vec<&CallFact>> = vec![Vec::new(); SERIES_DAYS];
+    for f in facts {
+        let back = (today - local_day(f.created_at)).num_days();
+        if let Some(day) = usize::try_from(back).ok().and_then(|b| by_day.get_mut(b)) {
+            day.push(f);
+        }
+    }
+    let in_last = |n: usize| -> Vec<&CallFact> { by_day[..n].concat() };
+    let days = by_day
+        .iter()
+        .enumerate()
         .rev()
-        .map(|back| {
-            let date = today - Duration::days(back);
-            let of_day: Vec<&CallFact> = facts.iter().filter(|f| days_back(f) == back).collect();
-            let w = window(&of_day);
+        .map(|(back, of_day)| {
+            let w = window(of_day);
             DayPoint {
-                date,
+                date: today - Duration::days(back as i64),
                 callbacks: w.callbacks,
                 median_secs: w.median_secs,
             }
@@ -162,7 +165,7 @@ pub fn report(facts: &[CallFact], now: NaiveDateTime, tz: Tz) -> SpeedReport {
     SpeedReport {
         today: window(&in_last(1)),
         week: window(&in_last(7)),
-        month: window(&in_last(SERIES_DAYS as i64)),
+        month: window(&in_last(SERIES_DAYS)),
         days,
     }
 }

@@ -179,3 +179,14 @@ fn an_unknown_zone_name_counts_days_in_moscow() {
     assert_eq!(zone_of("Mars/Olympus"), DEFAULT_TZ);
     assert_eq!(zone_of(" Asia/Vladivostok "), chrono_tz::Asia::Vladivostok);
 }
+
+#[test]
+fn a_callback_dated_after_today_is_left_out() {
+    let r = report(
+        &[connected("2026-12-05 08:00:00", 10)],
+        at("2026-12-03 09:00:00"),
+        DEFAULT_TZ,
+    );
+    assert!(r.is_empty());
+    assert!(r.days.iter().all(|d| d.callbacks == 0));
+}
