@@ -5,14 +5,18 @@
 //! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
-//! - [`store`]: the SQL of `callbacks` and `deals`.
+//! - [`store`]: the SQL of `callbacks` and `deals`;
+//! - [`history`]: the attempts of callbacks, for the call log (read only);
+//! - [`speed`]: speed to lead and answer rates for the settings page (read only).
 
+pub mod history;
 pub mod lifecycle;
 pub mod place_call;
 pub mod reason;
 pub mod report;
 pub mod resend;
 pub mod send;
+pub mod speed;
 pub mod store;
 
 use chrono::NaiveDateTime;

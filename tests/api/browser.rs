@@ -15,7 +15,7 @@ use crate::helpers::{spawn_app, TestApp, LINE, MANGO_ACCOUNT, MANGO_KEY, MANGO_S
 use crate::settings::{bare_portal, ROBOT};
 
 /// chromedriver on a free port, killed (by its own handle) when the test ends.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     port: u16,
 }
@@ -35,7 +35,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn start_driver() -> Driver {
+pub(crate) fn start_driver() -> Driver {
     // `helpers::can_run_browser` has found it (or failed the test under CI=true).
     let driver = std::env::var_os("CHROMEDRIVER")
         .map(PathBuf::from)
@@ -68,7 +68,7 @@ fn start_driver() -> Driver {
     d
 }
 
-async fn browser(driver: &Driver, profile: &Path) -> Client {
+pub(crate) async fn browser(driver: &Driver, profile: &Path) -> Client {
     let binary = find_in_path("chromium").map(|p| p.display().to_string());
     let mut opts = serde_json::json!({
         "args": [
@@ -99,7 +99,7 @@ fn attr_escape(s: &str) -> String {
 }
 
 /// A `data:` page whose form auto-submits the iframe fields to the app, as Bitrix24 does.
-fn launcher(app: &TestApp, portal: &SimPortal, user: u64, lang: &str) -> String {
+pub(crate) fn launcher(app: &TestApp, portal: &SimPortal, user: u64, lang: &str) -> String {
     let req = app
         .b24
         .iframe_request(&portal.member_id, user, "DEFAULT", lang);
@@ -142,7 +142,7 @@ async fn value_of(c: &Client, id: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn wait_for(c: &Client, id: &str) -> fantoccini::elements::Element {
+pub(crate) async fn wait_for(c: &Client, id: &str) -> fantoccini::elements::Element {
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Id(id))
@@ -166,7 +166,7 @@ async fn wait_text(c: &Client, id: &str, needle: &str) -> String {
     }
 }
 
-async fn screenshot(c: &Client, name: &str) {
+pub(crate) async fn screenshot(c: &Client, name: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-output");
     std::fs::create_dir_all(&dir).expect("test-output dir");
     let png = c.screenshot().await.expect("screenshot");

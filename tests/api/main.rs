@@ -4,6 +4,7 @@
 mod helpers;
 
 mod browser;
+mod browser_speed;
 mod budget;
 mod callback;
 mod group_commit;
@@ -22,4 +23,5 @@ mod security;
 mod self_check;
 mod settings;
 mod shutdown;
+mod speed;
 mod tokens;

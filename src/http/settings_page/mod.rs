@@ -23,6 +23,7 @@ pub mod authorise;
 pub mod form;
 pub mod mango_check;
 pub mod page_token;
+pub mod speed;
 pub mod view;
 
 pub use mango_check::{check_mango, mango_options};
@@ -37,13 +38,12 @@ use self::authorise::{authorise, field};
 use self::form::{validate, SettingsInput};
 use self::mango_check::{run_check, with_retry_after};
 use self::page_token::PageToken;
-use self::view::{build_page, render, CheckView, Reply, LOG_ROWS};
+use self::view::{build_page, render, CallLog, CheckView, Reply, LOG_ROWS};
 use super::auth::{is_admin, verify};
 use super::client_addr::limit_address;
 use super::page::error_html;
 use super::request::{lang_of, parse_form, token_lifetime};
-use crate::callback::store as callback_store;
-use crate::callback::Callback;
+use crate::callback::{history, speed as speed_report, store as callback_store};
 use crate::context::Context;
 use crate::error::refuse;
 use crate::error::AppError;
@@ -100,7 +100,7 @@ pub async fn show_app(
     let admin = is_admin(&ctx, &verified, &auth_id).await?;
 
     let now = ctx.shared.clock.now();
-    let Some((portal, settings, log)) = load_view(&ctx, &member_id).await? else {
+    let Some((portal, settings, log)) = load_view(&ctx, &member_id, admin).await? else {
         return Ok(not_installed(lang));
     };
     if admin {
@@ -153,21 +153,31 @@ fn not_installed(lang: Lang) -> HttpResponse {
     )
 }
 
-/// The portal (installed), its settings and its call log, or `None` for an unknown portal.
+/// The portal (installed), its settings and its call log, or `None` for an unknown portal. The
+/// speed-to-lead report is read for an administrator only: nobody else sees it.
 async fn load_view(
     ctx: &Context,
     member_id: &str,
-) -> Result<Option<(Portal, PortalSettings, Vec<Callback>)>, AppError> {
+    admin: bool,
+) -> Result<Option<(Portal, PortalSettings, CallLog)>, AppError> {
     let (mid, now) = (member_id.to_owned(), ctx.shared.clock.now());
     let (portal, settings, log) = ctx
         .shared
         .db
         .run(move |c| -> QueryResult<_> {
-            Ok((
-                store::find(c, &mid)?,
-                store::settings_or_default(c, &mid, now)?,
-                callback_store::latest(c, &mid, LOG_ROWS)?,
-            ))
+            let settings = store::settings_or_default(c, &mid, now)?;
+            let callbacks = callback_store::latest(c, &mid, LOG_ROWS)?;
+            let ids: Vec<String> = callbacks.iter().map(|cb| cb.id.clone()).collect();
+            let log = CallLog {
+                attempts: history::attempts_of(c, &mid, &ids)?,
+                callbacks,
+                speed: if admin {
+                    Some(speed_report::load(c, &mid, &settings.timezone, now)?)
+                } else {
+                    None
+                },
+            };
+            Ok((store::find(c, &mid)?, settings, log))
         })
         .await?;
     Ok(portal.filter(Portal::is_active).map(|p| (p, settings, log)))
@@ -185,7 +195,9 @@ pub async fn save_settings(
         Ok(a) => a,
         Err(refused) => return Ok(*refused),
     };
-    let Some((portal, stored, log)) = load_view(&ctx, &auth.token.member_id).await? else {
+    let Some((portal, stored, log)) =
+        load_view(&ctx, &auth.token.member_id, auth.token.admin).await?
+    else {
         return Ok(not_installed(lang));
     };
     let input = SettingsInput::from_form(&auth.form);

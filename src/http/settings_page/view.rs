@@ -8,6 +8,9 @@ use serde_json::json;
 
 use super::form::{FieldErrors, SettingsInput};
 use super::page_token::PageToken;
+use super::speed::{human_duration, panel, SpeedPanel};
+use crate::callback::history::AttemptLine;
+use crate::callback::speed::SpeedReport;
 use crate::callback::{Callback, Status};
 use crate::context::Context;
 use crate::error::AppError;
@@ -31,6 +34,26 @@ pub struct LogRow {
     pub code: String,
     pub error: String,
     pub outcome: String,
+    /// How the call ended, in words, and its badge; empty while Mango has not said.
+    pub call_outcome: String,
+    pub call_outcome_class: &'static str,
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// One attempt (first call or retry) under its callback in the call log.
+pub struct AttemptRow {
+    pub n: i32,
+    pub group: String,
+    pub time: String,
+    pub outcome: String,
+}
+
+/// What the page shows of a portal's calls: the latest callbacks, their attempts, and (for an
+/// administrator) the speed-to-lead report.
+pub struct CallLog {
+    pub callbacks: Vec<Callback>,
+    pub attempts: Vec<AttemptLine>,
+    pub speed: Option<SpeedReport>,
 }
 
 /// The result of "Check connection", shown under the keys.
@@ -69,6 +92,8 @@ pub struct AppPage {
     pub reach: String,
     pub reach_class: &'static str,
     pub rows: Vec<LogRow>,
+    /// The speed-to-lead panel: administrators only, like the call log.
+    pub speed: Option<SpeedPanel>,
 }
 
 /// What a refused later request looks like: an HTML page for the form, JSON for the scripts.
@@ -93,7 +118,7 @@ pub(super) fn build_page(
     token: &PageToken,
     portal: &Portal,
     settings: &PortalSettings,
-    log: Vec<Callback>,
+    log: CallLog,
 ) -> AppPage {
     AppPage {
         lang,
@@ -127,12 +152,26 @@ pub(super) fn build_page(
         },
         // Deal links and phones are for administrators; others see health and settings only.
         rows: if token.admin {
-            log.into_iter()
-                .map(|cb| log_row(cb, &portal.domain, lang))
+            let attempts = &log.attempts;
+            log.callbacks
+                .into_iter()
+                .map(|cb| {
+                    let of_cb = attempts.iter().filter(|a| a.callback_id == cb.id);
+                    let attempts = of_cb.map(|a| attempt_row(a, lang)).collect();
+                    LogRow {
+                        attempts,
+                        ..log_row(cb, &portal.domain, lang)
+                    }
+                })
                 .collect()
         } else {
             Vec::new()
         },
+        speed: log
+            .speed
+            .as_ref()
+            .filter(|_| token.admin)
+            .map(|r| panel(r, lang)),
     }
 }
 
@@ -176,6 +215,10 @@ pub(super) fn log_row(cb: Callback, domain: &str, lang: Lang) -> LogRow {
             format!("{c} — {}", lang.t(ru, en))
         })
         .unwrap_or_default();
+    let (call_outcome, outcome_class) = cb
+        .call_outcome
+        .as_deref()
+        .map_or((String::new(), "muted"), |c| outcome_label(c, lang));
     LogRow {
         time: cb.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         deal_url: format!("https://{domain}/crm/deal/details/{}/", cb.deal_id),
@@ -191,6 +234,52 @@ pub(super) fn log_row(cb: Callback, domain: &str, lang: Lang) -> LogRow {
         code,
         error: cb.error.unwrap_or_default(),
         outcome: cb.outcome.unwrap_or_default(),
+        call_outcome,
+        call_outcome_class: outcome_class,
+        attempts: Vec::new(),
+    }
+}
+
+/// A call outcome code in words, and its badge class; unknown codes are shown as they are.
+pub(super) fn outcome_label(code: &str, lang: Lang) -> (String, &'static str) {
+    let (text, class) = match code {
+        "answered" => (lang.t("клиент соединён", "client connected"), "good"),
+        "manager_missed" => (
+            lang.t("менеджеры не ответили", "no manager answered"),
+            "bad",
+        ),
+        "client_missed" => (lang.t("клиент не ответил", "client did not answer"), "wait"),
+        "failed" => (lang.t("звонок не состоялся", "call failed"), "bad"),
+        "unknown" => (lang.t("итог неизвестен", "outcome unknown"), "muted"),
+        other => (other, "muted"),
+    };
+    (text.to_owned(), class)
+}
+
+fn attempt_row(a: &AttemptLine, lang: Lang) -> AttemptRow {
+    let outcome = match &a.outcome {
+        None => lang.t("идёт", "in progress").to_owned(),
+        Some(code) => {
+            let (mut text, _) = outcome_label(code, lang);
+            if let Some(ext) = &a.manager_extension {
+                text.push_str(&format!(", {} {ext}", lang.t("менеджер", "manager")));
+            }
+            if let Some(secs) = a.talk_seconds.filter(|s| *s > 0) {
+                text.push_str(&format!(", {}", human_duration(i64::from(secs), lang)));
+            }
+            text
+        }
+    };
+    let kind = match a.group_kind.as_str() {
+        "experienced" => lang.t("опытные", "experienced"),
+        "trainee" => lang.t("стажёры", "trainees"),
+        other => other,
+    };
+    AttemptRow {
+        n: a.n,
+        group: format!("{kind} {}", a.group_extension),
+        time: a.placed_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        outcome,
     }
 }
 
