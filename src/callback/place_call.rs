@@ -175,6 +175,7 @@ impl PlaceCall {
         crate::mango::rate::wait_for_callback_slot(
             db,
             &ctx.shared.clock,
+            &ctx.shared.metrics,
             creds.api_key.expose_secret(),
         )
         .await?;

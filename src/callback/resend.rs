@@ -119,6 +119,7 @@ async fn resend(ctx: &Context, job: &JobRow, cb: &Callback, n: u32) -> Result<()
     crate::mango::rate::wait_for_callback_slot(
         db,
         &ctx.shared.clock,
+        &ctx.shared.metrics,
         secrecy::ExposeSecret::expose_secret(&creds.api_key),
     )
     .await?;

@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use crate::clock::Clock;
 use crate::db::schema::rate_slots;
 use crate::db::{db_now_us, insert_if_absent, write_tx, Db, DbConnection, DbError};
+use crate::metrics::{Limit, Metrics};
 
 /// Mango's documented limit for callback commands per account and second.
 pub const MANGO_CALLBACKS_PER_SECOND: i64 = 4;
@@ -16,8 +17,15 @@ pub const MANGO_CALLBACKS_PER_SECOND: i64 = 4;
 const MANGO_RATE_WINDOW_US: i64 = 1_150_000;
 
 /// Waits until the account of `api_key` may send one more callback command, and takes the slot.
-pub async fn wait_for_callback_slot(db: &Db, clock: &Clock, api_key: &str) -> Result<(), DbError> {
+/// A wait is counted once per command in `metrics` (`limit_waits_total{limit="mango_slot"}`).
+pub async fn wait_for_callback_slot(
+    db: &Db,
+    clock: &Clock,
+    metrics: &Metrics,
+    api_key: &str,
+) -> Result<(), DbError> {
     let bucket = format!("mango:{}", crate::crypto::sha256_hex(api_key.as_bytes()));
+    let mut counted = false;
     loop {
         let offset_us = clock.offset_us();
         let b = bucket.clone();
@@ -34,6 +42,10 @@ pub async fn wait_for_callback_slot(db: &Db, clock: &Clock, api_key: &str) -> Re
             .await?
         {
             return Ok(());
+        }
+        if !counted {
+            metrics.limit_wait(Limit::MangoSlot);
+            counted = true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
