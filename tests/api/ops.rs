@@ -387,3 +387,64 @@ async fn metrics_are_off_without_a_token_and_refused_without_the_right_bearer() 
     let _ = resp.body().await;
     assert!(scrape(&app).await.has("mango_callback_jobs"));
 }
+
+/// The real background worker (the tests' apps have none): its loop beats the heartbeat on its
+/// own, so a clock moved past the bound comes back to healthy without anybody draining.
+#[actix_web::test]
+async fn the_background_worker_keeps_health_ok_by_polling_on_its_own() {
+    use mango_callback::sandbox::LocalSettings as _;
+    use mango_callback::startup::{Application, RunOptions};
+
+    mango_callback::telemetry::init("warn");
+    let (db_url, _guard) = crate::helpers::fresh_database(Backend::Sqlite);
+    let clock = mango_callback::clock::Clock::system();
+    // No portal, so no job ever calls these.
+    let settings = mango_callback::config::Settings::for_local(
+        &db_url,
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+    );
+    let app = Application::build(
+        settings,
+        RunOptions {
+            background_worker: true,
+            clock: clock.clone(),
+            http_workers: 1,
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .expect("app builds");
+    let (base, shared, stopper) = (
+        format!("http://127.0.0.1:{}", app.port()),
+        app.shared().clone(),
+        app.stopper(),
+    );
+    let running = actix_web::rt::spawn(app.run_until_stopped());
+    let http = awc::Client::default();
+
+    clock.advance(Duration::from_secs(90));
+    // The worker polls at least every 2 s; a wake-up makes it poll now. The bound is for a slow
+    // machine: the loop ends at the first healthy answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        shared.notify.notify_one();
+        let status = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .expect("health answers")
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never polled again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stopper.stop().await;
+    let _ = running.await;
+}
