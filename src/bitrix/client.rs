@@ -146,7 +146,10 @@ impl BitrixClient {
             if wait.is_zero() {
                 return Ok(());
             }
-            self.metrics.limit_wait(Limit::BitrixBudget);
+            if waited.is_zero() {
+                // Once per request, however many times it sleeps.
+                self.metrics.limit_wait(Limit::BitrixBudget);
+            }
             if waited + wait > self.max_budget_wait {
                 return Err(BitrixError::Throttled {
                     member_id: member_id.to_owned(),
