@@ -80,36 +80,31 @@ pub async fn metrics(req: HttpRequest, ctx: web::Data<Context>) -> Result<HttpRe
         }
         Some(_) => {}
     }
-    let clock = shared.clock.clone();
-    let read = shared.db.run(move |c| {
-        let now = clock.shift(crate::db::database_now(c)?);
-        Ok::<_, crate::db::DbError>((queue::depth(c)?, now))
-    });
+    // One query. Ages are measured on the app's clock, the one `run_at` is written with.
+    let read = shared.db.run(queue::depth);
     // Without the database the counters are still worth serving; the queue's series are left out.
-    let (depth, now) = match tokio::time::timeout(DB_CHECK_TIMEOUT, read).await {
-        Ok(Ok((rows, now))) => (
-            Some(
-                rows.into_iter()
-                    .map(|(status, count, earliest_run_at)| QueueDepth {
-                        status,
-                        count,
-                        earliest_run_at,
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-            now,
+    let depth = match tokio::time::timeout(DB_CHECK_TIMEOUT, read).await {
+        Ok(Ok(rows)) => Some(
+            rows.into_iter()
+                .map(|(status, count, earliest_run_at)| QueueDepth {
+                    status,
+                    count,
+                    earliest_run_at,
+                })
+                .collect::<Vec<_>>(),
         ),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "metrics: the queue's depth could not be read");
-            (None, shared.clock.now())
+            None
         }
         Err(_) => {
             tracing::warn!("metrics: the queue's depth could not be read in time");
-            (None, shared.clock.now())
+            None
         }
     };
+    let page = shared.metrics.render(depth.as_deref(), shared.clock.now());
     Ok(HttpResponse::Ok()
         .content_type(CONTENT_TYPE)
         .insert_header(("Cache-Control", "no-store"))
-        .body(shared.metrics.render(depth.as_deref(), now)))
+        .body(page))
 }
