@@ -28,8 +28,9 @@ const DONE_JOBS_KEPT_DAYS: i64 = 7;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// `GET /health` calls the worker stalled when it has not polled the queue for this long. It
-/// polls at least every [`POLL`] (2 s) plus one claim query, which waits at most for a pooled
-/// connection (r2d2's 30 s): a minute is clearly past anything a live worker takes.
+/// polls at least every [`POLL`] (2 s); between two polls it runs at most a reap and a claim,
+/// each waiting at most 10 s for a pooled connection (`db::Db::connect`): a minute is clearly
+/// past anything a live worker takes.
 pub const STALLED_AFTER: Duration = Duration::from_secs(60);
 
 pub struct Worker {
