@@ -6,6 +6,7 @@ mod helpers;
 mod browser;
 mod budget;
 mod callback;
+mod exposition;
 mod hostile;
 mod install;
 mod jobs;

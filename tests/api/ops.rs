@@ -2,13 +2,13 @@
 //! (Prometheus text format, behind `APP_METRICS_TOKEN`), checked against what the simulated
 //! Bitrix24 and Mango received.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mango_callback::db::Backend;
 use mango_callback::sandbox::mango::Reply;
 use serde_json::Value;
 
+use crate::exposition::{parse_exposition, Scrape};
 use crate::helpers::{spawn_app, spawn_app_tweaked, TestApp, MANGO_KEY};
 use crate::on_both_backends;
 
@@ -41,62 +41,6 @@ async fn health(app: &TestApp) -> (u16, Value) {
         status,
         serde_json::from_str(&body).expect("health answers JSON"),
     )
-}
-
-/// One sample of the exposition: metric name, labels, value.
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The samples of a Prometheus text exposition (comments skipped; label values hold no quotes here).
-fn parse_exposition(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("`series value`");
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').expect("label=value");
-                    (k.to_owned(), v.trim_matches('"').to_owned())
-                })
-                .collect();
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().expect("a number"),
-            }
-        })
-        .collect()
-}
-
-struct Scrape(Vec<Sample>);
-
-impl Scrape {
-    /// The sum of the samples of `name` whose labels include `labels` (0 when none).
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .iter()
-            .filter(|s| s.name == name)
-            .filter(|s| {
-                labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-            .sum()
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|s| s.name == name)
-    }
 }
 
 async fn scrape(app: &TestApp) -> Scrape {
