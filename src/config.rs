@@ -8,6 +8,7 @@ use secrecy::SecretString;
 
 use crate::crypto::SecretKey;
 use crate::net::trusted_proxies::TrustedProxies;
+pub use crate::telemetry::LogFormat;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/mango-callback.db";
 
@@ -25,6 +26,9 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub settings: SettingsArgs,
+    /// Log lines as text (coloured only on a terminal) or as JSON objects, one per line.
+    #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +141,10 @@ pub struct SettingsArgs {
     /// IPs and CIDRs (e.g. 127.0.0.1,10.0.0.0/8); empty trusts nobody.
     #[arg(long, env = "APP_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
+    /// The bearer token Prometheus presents on `GET /metrics` (`Authorization: Bearer …`), at
+    /// least 16 characters; unset, `/metrics` answers 404.
+    #[arg(long, env = "APP_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<SecretArg>,
     /// Harnesses that run this binary against the simulators on http://127.0.0.1 (tests/chaos)
     /// set it; exists only in builds with the `sandbox` feature and is hidden from `--help`.
     #[cfg(feature = "sandbox")]
@@ -182,6 +190,8 @@ pub struct Settings {
     /// Not an environment variable; tests slow the refill to count a burst deterministically.
     pub address_burst: u32,
     pub address_refill_every: std::time::Duration,
+    /// `APP_METRICS_TOKEN`: `/metrics` is served only to a request bearing it; `None` = off.
+    pub metrics_token: Option<SecretString>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -313,6 +323,15 @@ impl Settings {
         }
         let trusted_proxies =
             TrustedProxies::parse(&a.trusted_proxies).map_err(|e| bad("APP_TRUSTED_PROXIES", e))?;
+        let metrics_token = a.metrics_token.and_then(SecretArg::non_empty);
+        if metrics_token.as_ref().is_some_and(|t| {
+            t.len() < MIN_METRICS_TOKEN || t.len() > 512 || !t.chars().all(|c| c.is_ascii_graphic())
+        }) {
+            return Err(bad(
+                "APP_METRICS_TOKEN",
+                "must be 16 to 512 printable characters without spaces, e.g. `openssl rand -hex 24`",
+            ));
+        }
         Ok(Settings {
             bind,
             public_url,
@@ -339,9 +358,13 @@ impl Settings {
             trusted_proxies,
             address_burst: crate::net::address_limit::BURST,
             address_refill_every: crate::net::address_limit::REFILL_EVERY,
+            metrics_token: metrics_token.map(SecretString::from),
         })
     }
 }
+
+/// The shortest `APP_METRICS_TOKEN` accepted: guessing it must be hopeless.
+const MIN_METRICS_TOKEN: usize = 16;
 
 /// The generated key file of a SQLite database: `secret.key` in the database's folder.
 pub fn key_file_path(database_url: &str) -> PathBuf {
@@ -598,6 +621,25 @@ mod proxy_tests {
             .to_string();
         assert!(e.starts_with("APP_TRUSTED_PROXIES: "), "{e}");
         assert!(e.contains("10.0.0.0/33") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn the_metrics_token_is_off_by_default_and_a_short_one_is_refused_without_being_echoed() {
+        let s = Settings::from_args(args(&[])).expect("defaults are valid");
+        assert!(
+            s.metrics_token.is_none(),
+            "/metrics is off until a token is set"
+        );
+        let s = Settings::from_args(args(&["--metrics-token", "0123456789abcdef0123"]))
+            .expect("valid token");
+        assert!(s.metrics_token.is_some());
+        for bad_token in ["short-secret", "has spaces in the middle of it"] {
+            let e = Settings::from_args(args(&["--metrics-token", bad_token]))
+                .expect_err("refused")
+                .to_string();
+            assert!(e.starts_with("APP_METRICS_TOKEN: "), "{e}");
+            assert!(!e.contains(bad_token), "the token is not echoed: {e}");
+        }
     }
 
     #[test]

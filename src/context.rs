@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::crypto::Cipher;
 use crate::db::Db;
 use crate::mango::MangoClient;
+use crate::metrics::{Heartbeat, Metrics};
 use crate::net::address_limit::AddressLimiter;
 
 /// Timeout of one Mango request; a callback command either answers quickly or is in doubt.
@@ -32,6 +33,10 @@ pub struct Shared {
     pub instance_id: String,
     /// Per-client-address limit of the unauthenticated browser POSTs (per instance).
     pub address_limiter: Arc<AddressLimiter>,
+    /// This instance's counters (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
+    /// Beaten by the job worker each time it polls the queue (`GET /health`).
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 impl Shared {
@@ -52,13 +57,15 @@ impl Shared {
         Shared {
             settings: Arc::new(settings),
             db,
-            clock,
             cipher,
             notify: Arc::new(Notify::new()),
             limiter: Arc::new(limiter),
             refresh_gates: Arc::new(RefreshGates::default()),
             instance_id: format!("instance-{}", uuid::Uuid::new_v4()),
             address_limiter: Arc::new(address_limiter),
+            metrics: Arc::new(Metrics::new()),
+            heartbeat: Arc::new(Heartbeat::new(clock.now())),
+            clock,
         }
     }
 }
@@ -76,7 +83,12 @@ pub struct Context {
 impl Context {
     pub fn new(shared: Shared) -> Context {
         let http = http_client();
-        let rest = BitrixClient::new(http.clone(), shared.limiter.clone(), shared.clock.clone());
+        let rest = BitrixClient::new(
+            http.clone(),
+            shared.limiter.clone(),
+            shared.clock.clone(),
+            shared.metrics.clone(),
+        );
         let mango = MangoClient::new(http.clone(), &shared.settings.mango_api_url, MANGO_TIMEOUT);
         Context {
             shared,

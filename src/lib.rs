@@ -28,6 +28,8 @@
 //!   `APP_SECRET_KEY`, signed page tokens, constant-time comparison.
 //! - [`json`]: integers our peers send as a JSON number or a string.
 //! - [`clock`]: "now", movable by tests instead of sleeping.
+//! - [`metrics`]: the operator's counters (`GET /metrics`) and the job worker's heartbeat
+//!   (`GET /health`).
 //! - [`telemetry`]: logging, and panics logged once and caught at handlers, jobs and database tasks.
 //! - `sandbox` (cargo feature `sandbox`, on by default): simulated Bitrix24 and Mango servers for
 //!   the tests and the demo; nothing else imports it.
@@ -44,6 +46,7 @@ pub mod http;
 pub mod jobs;
 pub mod json;
 pub mod mango;
+pub mod metrics;
 pub mod net;
 pub mod phone;
 pub mod portal;

@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
     } else {
         "info"
     };
-    mango_callback::telemetry::init(default_filter);
+    mango_callback::telemetry::init_as(default_filter, cli.log_format);
     mango_callback::telemetry::install_panic_hook();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,

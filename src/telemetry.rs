@@ -1,18 +1,68 @@
-//! Logging: `tracing` with an env filter (`RUST_LOG`), one line per event; panics logged once and
-//! caught at the boundaries (handlers, jobs, database tasks) instead of taking anything down.
+//! Logging: `tracing` with an env filter (`RUST_LOG`), one line per event, as text or JSON
+//! (`APP_LOG_FORMAT`); panics logged once and caught at the boundaries (handlers, jobs, database
+//! tasks) instead of taking anything down.
 
 use std::any::Any;
 use std::future::Future;
+use std::io::IsTerminal as _;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt as _;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{fmt, EnvFilter};
 
-/// Installs the global subscriber once; later calls (e.g. from several tests) are ignored.
+/// How log lines are written (`--log-format`, `APP_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour codes only when standard output is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (journald, Loki, Elasticsearch): the event's fields at the top
+    /// level, the enclosing span's fields under `span`.
+    Json,
+}
+
+/// [`init_as`] text lines (tests, and the sandbox's own trace).
 pub fn init(default_filter: &str) {
+    init_as(default_filter, LogFormat::Text);
+}
+
+/// Installs the global subscriber once, writing to standard output; later calls (e.g. from
+/// several tests) are ignored. Colour codes only on a terminal and without `NO_COLOR`: in a
+/// journal or a file they would be noise.
+pub fn init_as(default_filter: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = fmt().with_env_filter(filter).with_target(false).try_init();
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = subscriber(filter, format, ansi, std::io::stdout).try_init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer` (tests pass a buffer).
+pub fn subscriber<W>(
+    filter: EnvFilter,
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
 }
 
 /// Replaces the default panic printout with one log line carrying the cause and the place, so a
@@ -57,6 +107,66 @@ pub async fn catch_panic<F: Future>(f: F) -> Result<F::Output, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    /// Logs one event inside a span through [`subscriber`] and returns what was written.
+    fn log_one(format: LogFormat, ansi: bool) -> String {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let sub = subscriber(EnvFilter::new("info"), format, ansi, move || {
+            Sink(sink.clone())
+        });
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("job", job.kind = "place_call");
+            let _in = span.enter();
+            tracing::warn!(
+                portal = "p1.bitrix24.ru",
+                attempt = 2,
+                "job failed, will retry"
+            );
+        });
+        let bytes = buf.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_format_writes_one_parseable_object_per_line_with_the_fields_and_the_span() {
+        let out = log_one(LogFormat::Json, true);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["message"], "job failed, will retry");
+        assert_eq!(v["portal"], "p1.bitrix24.ru");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(v["span"]["name"], "job");
+        assert_eq!(v["span"]["job.kind"], "place_call");
+        assert!(v["timestamp"].is_string());
+        assert!(!out.contains('\u{1b}'), "no colour codes in JSON: {out:?}");
+    }
+
+    #[test]
+    fn text_format_has_colour_codes_only_when_asked_for_a_terminal() {
+        let plain = log_one(LogFormat::Text, false);
+        assert!(plain.contains("job failed, will retry"), "{plain}");
+        assert!(!plain.contains('\u{1b}'), "no escape codes: {plain:?}");
+        assert!(log_one(LogFormat::Text, true).contains('\u{1b}'));
+    }
 
     #[actix_web::test]
     async fn a_panicking_future_becomes_an_error_with_its_message() {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::limiter::RateLimiter;
 use super::BitrixError;
 use crate::clock::Clock;
+use crate::metrics::{Limit, Metrics};
 
 /// Timeout of one Bitrix24 request: the platform allows a single call up to 60 s.
 pub const BITRIX_TIMEOUT: Duration = Duration::from_secs(65);
@@ -32,6 +33,8 @@ pub struct BitrixClient {
     clock: Clock,
     /// The longest [`BitrixClient::send`] sleeps for the portal's budget before it gives up.
     max_budget_wait: Duration,
+    /// Counts every request by method and status, and every wait for a budget.
+    metrics: Arc<Metrics>,
 }
 
 /// One raw answer.
@@ -108,13 +111,24 @@ fn as_map(v: &Value) -> serde_json::Map<String, Value> {
 }
 
 impl BitrixClient {
-    pub fn new(http: awc::Client, limiter: Arc<RateLimiter>, clock: Clock) -> BitrixClient {
+    pub fn new(
+        http: awc::Client,
+        limiter: Arc<RateLimiter>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> BitrixClient {
         BitrixClient {
             http,
             limiter,
             clock,
             max_budget_wait: HANDLER_BUDGET_WAIT,
+            metrics,
         }
+    }
+
+    /// The counters this client adds to (token refreshes are counted by their caller here too).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The same client, waiting at most `wait` for a portal's budget.
@@ -131,6 +145,10 @@ impl BitrixClient {
             let wait = self.limiter.try_take(member_id).await?;
             if wait.is_zero() {
                 return Ok(());
+            }
+            if waited.is_zero() {
+                // Once per request, however many times it sleeps.
+                self.metrics.limit_wait(Limit::BitrixBudget);
             }
             if waited + wait > self.max_budget_wait {
                 return Err(BitrixError::Throttled {
@@ -172,8 +190,12 @@ impl BitrixClient {
             .timeout(BITRIX_TIMEOUT)
             .send_json(&body)
             .await
-            .map_err(|e| transport(e.to_string()))?;
+            .map_err(|e| {
+                self.metrics.rest_call(method, None);
+                transport(e.to_string())
+            })?;
         let status = resp.status().as_u16();
+        self.metrics.rest_call(method, Some(status));
         let location = resp
             .headers()
             .get("location")

@@ -181,6 +181,7 @@ impl PlaceCall {
         let slot = crate::mango::rate::callback_slot(
             db,
             &ctx.shared.clock,
+            &ctx.shared.metrics,
             creds.api_key.expose_secret(),
             &cb.id,
         )

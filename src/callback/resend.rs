@@ -119,6 +119,7 @@ async fn resend(ctx: &Context, job: &JobRow, cb: &Callback, n: u32) -> Result<()
     let slot = crate::mango::rate::callback_slot(
         db,
         &ctx.shared.clock,
+        &ctx.shared.metrics,
         secrecy::ExposeSecret::expose_secret(&creds.api_key),
         &cb.id,
     )

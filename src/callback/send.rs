@@ -83,6 +83,7 @@ pub(super) async fn send_command(
     let db = &ctx.shared.db;
     let (ext, ph) = (Some(cmd.from.clone()), Some(cmd.to.clone()));
     let answer = ctx.mango.callback_group(creds, &cmd).await;
+    count_answer(ctx, &answer);
     let mid = cb.member_id.clone();
     match answer {
         Ok(_) => {
@@ -126,5 +127,21 @@ pub(super) async fn send_command(
                 .await?;
             finish(ctx, cb, ext, ph, code, Some(reason)).await
         }
+    }
+}
+
+/// Counts a command's answer for `/metrics`: Mango's result code, or why there is none.
+fn count_answer<T>(ctx: &Context, answer: &Result<T, MangoError>) {
+    let m = &ctx.shared.metrics;
+    match answer {
+        Ok(_) => m.mango_command(Some(1000), "accepted"),
+        Err(e) => m.mango_command(
+            e.code(),
+            match e {
+                MangoError::Locked => "locked",
+                MangoError::Unavailable { .. } => "unavailable",
+                _ => "protocol",
+            },
+        ),
     }
 }

@@ -6,6 +6,7 @@ pub mod client_addr;
 pub mod events;
 pub mod install;
 pub mod mango;
+pub mod ops;
 pub mod page;
 pub mod request;
 pub mod robot;
@@ -24,7 +25,8 @@ pub const MAX_FORM: usize = 256 * 1024;
 
 /// Every route, used by the server and by handler tests alike.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(guarded("/health", web::get().to(health)))
+    cfg.service(guarded("/health", web::get().to(ops::health)))
+        .service(guarded("/metrics", web::get().to(ops::metrics)))
         .service(guarded(
             "/b24/install",
             web::post().to(install::install_app),
@@ -109,10 +111,6 @@ pub async fn guard_route(
     }
 }
 
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +118,10 @@ mod tests {
 
     async fn panics() -> HttpResponse {
         panic!("a bug in a handler")
+    }
+
+    async fn health() -> HttpResponse {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
     }
 
     #[actix_web::test]

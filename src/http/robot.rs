@@ -91,7 +91,22 @@ pub async fn handle_robot_call(
     body: web::Bytes,
     ctx: web::Data<Context>,
 ) -> Result<HttpResponse, AppError> {
-    let mut form: RobotForm = parse_form(&body)?;
+    let answer = take_robot_call(&body, &ctx).await;
+    ctx.shared.metrics.robot_call(match &answer {
+        Ok((_, outcome)) => outcome,
+        Err(AppError::Unavailable(_)) => "unavailable",
+        Err(AppError::Internal(_)) => "error",
+        Err(_) => "refused",
+    });
+    answer.map(|(res, _)| res)
+}
+
+/// The call's answer and its result as counted in `/metrics` (`queued`, `duplicate`, …).
+async fn take_robot_call(
+    body: &web::Bytes,
+    ctx: &Context,
+) -> Result<(HttpResponse, &'static str), AppError> {
+    let mut form: RobotForm = parse_form(body)?;
     let auth = form.auth.take().unwrap_or_default();
     let member_id = auth.require_member_id()?;
     if !is_member_id_shaped(&member_id) {
@@ -176,12 +191,14 @@ pub async fn handle_robot_call(
     if let Some(why) = unusable {
         let reason = why.message(Lang::En);
         tracing::warn!(callback = %callback_id, error = %reason, "verified robot call is unusable; reported as failed");
-        return Ok(HttpResponse::Ok().json(serde_json::json!({
+        let res = HttpResponse::Ok().json(serde_json::json!({
             "status": outcome, "callback_id": callback_id, "error": reason,
-        })));
+        }));
+        return Ok((res, outcome));
     }
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({ "status": outcome, "callback_id": callback_id })))
+    let res = HttpResponse::Ok()
+        .json(serde_json::json!({ "status": outcome, "callback_id": callback_id }));
+    Ok((res, outcome))
 }
 
 #[cfg(test)]

@@ -123,6 +123,14 @@ impl Registry {
         self
     }
 
+    /// The registered `KIND` equal to `kind`, or `unknown`: a label from a fixed set.
+    pub fn kind_label(&self, kind: &str) -> &'static str {
+        self.kinds
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or("unknown", |(k, _)| k)
+    }
+
     /// Runs a claimed row with the runner of its kind; an unknown kind fails for good.
     pub async fn dispatch(&self, ctx: &Context, row: &queue::JobRow) -> Result<(), JobError> {
         match self.kinds.iter().find(|(kind, _)| *kind == row.kind) {

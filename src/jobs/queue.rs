@@ -389,6 +389,17 @@ pub fn count_pending_of_kind(conn: &mut DbConnection, kind: &str) -> QueryResult
         .get_result(conn)
 }
 
+/// Per status other than done: how many jobs and the earliest `run_at` (`GET /metrics`). One
+/// query over the `(status, run_at)` index; done jobs, the bulk of the table, are not read.
+pub fn depth(conn: &mut DbConnection) -> QueryResult<Vec<(String, i64, Option<NaiveDateTime>)>> {
+    use diesel::dsl::{count_star, min};
+    jobs::table
+        .filter(jobs::status.eq_any([QUEUED, RUNNING, DEAD]))
+        .group_by(jobs::status)
+        .select((jobs::status, count_star(), min(jobs::run_at)))
+        .load(conn)
+}
+
 pub fn all(conn: &mut DbConnection) -> QueryResult<Vec<JobRow>> {
     jobs::table
         .order(jobs::id.asc())

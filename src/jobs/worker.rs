@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::{queue, JobError, Registry};
 use crate::context::Context;
+use crate::metrics::JobOutcome;
 
 /// How long a claimed job is ours unless renewed (`APP_JOB_LEASE_SECONDS`). Short, so a crashed
 /// instance's jobs are taken over within it; a slow job keeps its lease because its worker
@@ -25,6 +26,12 @@ const DONE_JOBS_KEPT_DAYS: i64 = 7;
 
 /// How long a stopping worker waits for its running jobs before it gives the rest back.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// `GET /health` calls the worker stalled when it has not polled the queue for this long. It
+/// polls at least every [`POLL`] (2 s); between two polls it runs at most a reap and a claim,
+/// each waiting at most 10 s for a pooled connection (`db::Db::connect`): a minute is clearly
+/// past anything a live worker takes.
+pub const STALLED_AFTER: Duration = Duration::from_secs(60);
 
 pub struct Worker {
     ctx: Rc<Context>,
@@ -78,6 +85,8 @@ impl Worker {
             if *stop.borrow() {
                 break;
             }
+            // Alive, even when every slot is busy and nothing is claimed this round.
+            self.ctx.shared.heartbeat.beat(self.ctx.shared.clock.now());
             if last_reap.is_none_or(|t| t.elapsed() >= REAP_EVERY) {
                 last_reap = Some(std::time::Instant::now());
                 let clock = self.ctx.shared.clock.clone();
@@ -188,6 +197,8 @@ pub fn stop_switch() -> (StopWorker, watch::Receiver<bool>) {
 /// Claims up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker`.
 pub async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobRow> {
     let clock = ctx.shared.clock.clone();
+    // Polling is the sign of life `/health` looks for (the tests' `drain` polls too).
+    ctx.shared.heartbeat.beat(clock.now());
     let lease = lease_of(ctx);
     let worker = worker.to_owned();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -241,6 +252,12 @@ async fn keep_lease(ctx: &Context, id: &str, worker: &str) {
 /// Runs one claimed job and records its outcome; never panics the worker.
 pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queue::JobRow) {
     let span = tracing::info_span!("job", job.id = %job.id, job.kind = %job.kind, portal = job.member_id.as_deref().unwrap_or("-"), attempt = job.attempts);
+    let started = std::time::Instant::now();
+    let kind = registry.kind_label(&job.kind);
+    let took = |outcome| {
+        let seconds = started.elapsed().as_secs_f64();
+        ctx.shared.metrics.job_run(kind, outcome, seconds);
+    };
     async {
         // A panicking job (a bug) is retried like a transient failure and buried after its
         // attempts, instead of taking the worker down with it; the panic hook logged the cause.
@@ -252,6 +269,7 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
                 // Whatever it was about to write is fenced: finishing updates compare-and-set
                 // on `locked_by`, and the Mango send checks the lease in its own transaction.
                 tracing::warn!("job lease lost to another worker; this run is abandoned");
+                took(JobOutcome::LeaseLost);
                 return;
             }
         };
@@ -259,20 +277,24 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
         let (id, w) = (job.id.clone(), worker.to_owned());
         let outcome = match result {
             Ok(()) => {
+                took(JobOutcome::Done);
                 tracing::info!("job done");
                 ctx.shared.db.run(move |c| queue::complete(c, &id, &w, now)).await
             }
             Err(JobError::RetryAt(at, note)) => {
+                took(JobOutcome::Waits);
                 tracing::info!(until = %at, %note, "job waits");
                 ctx.shared.db.run(move |c| queue::snooze(c, &id, &w, at, &note, now)).await
             }
             Err(JobError::Snooze(wait)) => {
+                took(JobOutcome::Waits);
                 let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
                 let note = format!("snoozed {} ms for a rate budget", wait.as_millis());
                 tracing::debug!(wait_ms = wait.as_millis() as u64, "job snoozes for a rate budget");
                 ctx.shared.db.run(move |c| queue::snooze(c, &id, &w, at, &note, now)).await
             }
             Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {
+                took(JobOutcome::Retry);
                 let e = super::cause_chain(&e);
                 let delay = super::backoff(job.attempts);
                 let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -280,6 +302,7 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
                 ctx.shared.db.run(move |c| queue::retry(c, &id, &w, at, &e, now)).await
             }
             Err(JobError::Transient(e)) | Err(JobError::Permanent(e)) => {
+                took(JobOutcome::Dead);
                 let e = super::cause_chain(&e);
                 tracing::error!(error = %e, "job failed for good; buried");
                 ctx.shared.db.run(move |c| queue::bury(c, &id, &w, &e, now)).await

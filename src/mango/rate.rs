@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use crate::clock::Clock;
 use crate::db::schema::{mango_waits, rate_slots};
 use crate::db::{db_now_us, insert_if_absent, write_tx, Db, DbConnection, DbError};
+use crate::metrics::{Limit, Metrics};
 
 /// Mango's documented limit for callback commands per account and second.
 pub const MANGO_CALLBACKS_PER_SECOND: i64 = 4;
@@ -30,9 +31,12 @@ pub enum Slot {
 const STALE_WAIT_US: i64 = 60_000_000;
 
 /// Asks the account of `api_key` for a callback slot on behalf of `holder` (the callback's id).
+/// Every wait it hands out is counted in `metrics` (`limit_waits_total{limit="mango_slot"}`: one
+/// per snooze, so a callback woken before its turn counts again).
 pub async fn callback_slot(
     db: &Db,
     clock: &Clock,
+    metrics: &Metrics,
     api_key: &str,
     holder: &str,
 ) -> Result<Slot, DbError> {
@@ -50,6 +54,9 @@ pub async fn callback_slot(
             )
         })
         .await?;
+    if wait_us.is_some() {
+        metrics.limit_wait(Limit::MangoSlot);
+    }
     Ok(match wait_us {
         None => Slot::Now,
         Some(us) => Slot::WaitFor(Duration::from_micros(

@@ -92,7 +92,7 @@ impl PortalApi {
         let s = &self.settings;
         let result = match refresh_token {
             Some(rt) => {
-                oauth::refresh(
+                let sent = oauth::refresh(
                     &self.http,
                     &s.b24_oauth_url,
                     s.b24_client_id.as_deref(),
@@ -100,7 +100,9 @@ impl PortalApi {
                     &rt,
                     s.b24_oauth_timeout,
                 )
-                .await
+                .await;
+                self.rest.metrics().token_refresh(sent.is_ok());
+                sent
             }
             None => Err(RefreshError::InvalidGrant("no refresh token stored".into())),
         };

@@ -45,6 +45,7 @@ pub trait LocalSettings {
             trusted_proxies: TrustedProxies::default(),
             address_burst: crate::net::address_limit::BURST,
             address_refill_every: crate::net::address_limit::REFILL_EVERY,
+            metrics_token: None,
         }
     }
 }

@@ -51,7 +51,7 @@ on_both_backends!(a_failing_portal_is_a_503_that_quotes_nothing_of_its_error);
 
 /// Takes the app's PostgreSQL database away as a restart does (every session ended, new ones
 /// refused), or gives it back.
-fn set_database_down(app: &TestApp, down: bool) {
+pub(crate) fn set_database_down(app: &TestApp, down: bool) {
     use diesel::{Connection, RunQueryDsl};
     let name = app
         .db_url

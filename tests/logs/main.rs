@@ -11,6 +11,8 @@
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+mod format;
+
 use std::io::Write;
 use std::sync::{Mutex, Once, PoisonError};
 
