@@ -161,6 +161,14 @@ pub async fn handle_robot_call(
             tracing::info!(callback = %callback_id, group = %group, "robot call accepted; callback queued");
             (callback_id, "queued")
         }
+        Accepted::Scheduled {
+            callback_id,
+            group,
+            at,
+        } => {
+            tracing::info!(callback = %callback_id, group = %group, at = %at, "robot call accepted outside working hours; call scheduled");
+            (callback_id, "scheduled")
+        }
         Accepted::Duplicate { callback_id } => {
             tracing::info!(callback = %callback_id, "robot call is a duplicate for this deal; no call");
             (callback_id, "duplicate")

@@ -7,6 +7,7 @@ mod browser;
 mod budget;
 mod callback;
 mod hostile;
+mod hours;
 mod install;
 mod jobs;
 mod lease;
