@@ -8,6 +8,7 @@ mod budget;
 mod callback;
 mod hostile;
 mod hours;
+mod hours_settings;
 mod install;
 mod jobs;
 mod lease;
