@@ -136,6 +136,13 @@ async fn a_robot_call_at_22_is_placed_at_9_on_the_next_working_day_skipping_the_
     assert_eq!(comments.len(), 1, "{comments:?}");
     assert!(comments[0].contains(&expected), "{comments:?}");
 
+    let (_, page) = app.open_app_page(&p, p.admin_user_id, "en").await;
+    let waiting = format!(
+        "waiting for working hours: {} UTC",
+        opening.format("%Y-%m-%d %H:%M")
+    );
+    assert!(page.contains(&waiting), "the call log says until when");
+
     // Monday (the holiday) at 10:00 and Tuesday a minute before opening: still nothing.
     travel_to(&app, moscow(monday, 10, 0));
     app.drain().await;
