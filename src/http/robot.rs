@@ -156,6 +156,7 @@ pub async fn handle_robot_call(
         Verdict::Accepted(a, u) => (a, u),
     };
     shared.notify.notify_one();
+    let mut scheduled_for = None;
     let (callback_id, outcome) = match &accepted {
         Accepted::Queued { callback_id, group } => {
             tracing::info!(callback = %callback_id, group = %group, "robot call accepted; callback queued");
@@ -167,6 +168,7 @@ pub async fn handle_robot_call(
             at,
         } => {
             tracing::info!(callback = %callback_id, group = %group, at = %at, "robot call accepted outside working hours; call scheduled");
+            scheduled_for = Some(at.and_utc().to_rfc3339());
             (callback_id, "scheduled")
         }
         Accepted::Duplicate { callback_id } => {
@@ -186,8 +188,11 @@ pub async fn handle_robot_call(
             "status": outcome, "callback_id": callback_id, "error": reason,
         })));
     }
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({ "status": outcome, "callback_id": callback_id })))
+    let mut answer = serde_json::json!({ "status": outcome, "callback_id": callback_id });
+    if let Some(at) = scheduled_for {
+        answer["scheduled_for"] = at.into();
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 #[cfg(test)]

@@ -118,6 +118,11 @@ async fn a_robot_call_at_22_is_placed_at_9_on_the_next_working_day_skipping_the_
     app.drain().await;
 
     let opening = moscow(tuesday, 9, 0);
+    let rfc3339 = opening.and_utc().to_rfc3339();
+    assert!(
+        body.contains(&format!("\"scheduled_for\":\"{rfc3339}\"")),
+        "{body}"
+    );
     let cb = callbacks(&app, &p.member_id).await.remove(0);
     assert_eq!(cb.scheduled_for, Some(opening));
     assert_eq!(place_call_run_at(&app).await, vec![opening]);
