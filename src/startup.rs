@@ -156,6 +156,7 @@ pub fn job_registry() -> Registry {
     Registry::new()
         .with::<PlaceCall>()
         .with::<ReportCallback>()
+        .with::<crate::callback::AnnounceSchedule>()
         .with::<RegisterRobot>()
         .with::<KeepTokensAlive>()
         .with::<SelfCheck>()

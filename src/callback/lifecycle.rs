@@ -5,8 +5,8 @@
 use chrono::NaiveDateTime;
 
 use super::{
-    store, Accepted, Callback, DealId, PlaceCall, Reason, ReportCallback, RobotRun, Status,
-    Unusable,
+    schedule, store, Accepted, AnnounceSchedule, Callback, DealId, PlaceCall, Reason,
+    ReportCallback, RobotRun, Status, Unusable,
 };
 use crate::db::{write_tx, DbConnection, DbError};
 use crate::jobs::queue;
@@ -39,21 +39,38 @@ pub fn accept(
         }
         store::ensure_deal(c, run, now)?;
         // Read inside the transaction: a just-saved setting applies to this very call.
-        let window = crate::portal::store::settings_or_default(c, &run.member_id, now)?
-            .duplicate_window_minutes;
+        let settings = crate::portal::store::settings_or_default(c, &run.member_id, now)?;
+        let window = settings.duplicate_window_minutes;
         let window_start = now - chrono::Duration::minutes(i64::from(window.max(0)));
+        // A scheduled run claims the deal like any other: it is the deal's active run until
+        // its call ends, so the duplicate cut-off and the run count hold while it waits.
         if store::claim_deal(c, run, &id, window_start, now)? {
             let runs = store::deal_runs(c, &run.member_id, &run.deal_id)?;
             let group = run.requested.resolve(runs);
             store::set_group(c, &id, group)?;
-            let job = PlaceCall {
+            let opening = schedule::opening_for(&settings, now);
+            let mut job = PlaceCall {
                 callback_id: id.clone(),
             }
             .to_new_job(Some(&run.member_id), Some(format!("place_call:{id}")), now);
+            job.run_at = opening.unwrap_or(now);
             queue::enqueue(c, &job, now)?;
-            Ok(Accepted::Queued {
+            let Some(at) = opening else {
+                return Ok(Accepted::Queued {
+                    callback_id: id,
+                    group,
+                });
+            };
+            schedule::set_scheduled_for(c, &id, at)?;
+            let announce = AnnounceSchedule {
+                callback_id: id.clone(),
+            }
+            .to_new_job(Some(&run.member_id), Some(format!("announce:{id}")), now);
+            queue::enqueue(c, &announce, now)?;
+            Ok(Accepted::Scheduled {
                 callback_id: id,
                 group,
+                at,
             })
         } else {
             let reason = Reason::Duplicate;

@@ -5,16 +5,20 @@
 //! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
+//! - [`schedule`]: working hours applied to a run (placed at the next opening); [`announce`]:
+//!   the [`AnnounceSchedule`] job (`result=scheduled` and the timeline comment);
 //! - [`store`]: the SQL of `callbacks` and `deals`;
 //! - [`history`]: the attempts of callbacks, for the call log (read only);
 //! - [`speed`]: speed to lead and answer rates for the settings page (read only).
 
+pub mod announce;
 pub mod history;
 pub mod lifecycle;
 pub mod place_call;
 pub mod reason;
 pub mod report;
 pub mod resend;
+pub mod schedule;
 pub mod send;
 pub mod speed;
 pub mod store;
@@ -280,6 +284,13 @@ pub struct ReportCallback {
     pub reason: Option<Reason>,
 }
 
+/// The job that tells the business process and the deal when a run waiting for working hours
+/// will be called ([`announce`]); queued with the run when it is accepted.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AnnounceSchedule {
+    pub callback_id: String,
+}
+
 /// A Bitrix24 deal id as a robot call names it (`DEAL_123` → `123`): 1–[`MAX_DEAL_ID_DIGITS`]
 /// ASCII digits. Only [`DealId::parse`] makes one, so a [`RobotRun`] never carries an unchecked
 /// id (its length bounds [`command_id`]) and a portal or callback id cannot stand in for it.
@@ -321,6 +332,12 @@ pub struct RobotRun {
 pub enum Accepted {
     /// A new callback was queued; `group` is trainee or experienced.
     Queued { callback_id: String, group: Group },
+    /// A new callback waits for the portal's working hours: its call is placed at `at` (UTC).
+    Scheduled {
+        callback_id: String,
+        group: Group,
+        at: NaiveDateTime,
+    },
     /// Cut off as a duplicate; it is reported as such.
     Duplicate { callback_id: String },
     /// The same `event_token` was delivered again: nothing new was done.

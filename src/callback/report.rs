@@ -65,7 +65,7 @@ const REPORT_WAIT_FOR_REAUTH_DAYS: i64 = 3;
 
 /// Report errors: a portal that needs re-authorisation is waited for (an admin opening the app
 /// heals it), so the business process still gets its answer.
-fn report_error(ctx: &Context, cb: &Callback, e: BitrixError) -> JobError {
+pub(super) fn report_error(ctx: &Context, cb: &Callback, e: BitrixError) -> JobError {
     let now = ctx.shared.clock.now();
     match e {
         BitrixError::NeedsReauth { .. }

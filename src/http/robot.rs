@@ -173,10 +173,20 @@ async fn take_robot_call(
         Verdict::Accepted(a, u) => (a, u),
     };
     shared.notify.notify_one();
+    let mut scheduled_for = None;
     let (callback_id, outcome) = match &accepted {
         Accepted::Queued { callback_id, group } => {
             tracing::info!(callback = %callback_id, group = %group, "robot call accepted; callback queued");
             (callback_id, "queued")
+        }
+        Accepted::Scheduled {
+            callback_id,
+            group,
+            at,
+        } => {
+            tracing::info!(callback = %callback_id, group = %group, at = %at, "robot call accepted outside working hours; call scheduled");
+            scheduled_for = Some(at.and_utc().to_rfc3339());
+            (callback_id, "scheduled")
         }
         Accepted::Duplicate { callback_id } => {
             tracing::info!(callback = %callback_id, "robot call is a duplicate for this deal; no call");
@@ -196,9 +206,11 @@ async fn take_robot_call(
         }));
         return Ok((res, outcome));
     }
-    let res = HttpResponse::Ok()
-        .json(serde_json::json!({ "status": outcome, "callback_id": callback_id }));
-    Ok((res, outcome))
+    let mut answer = serde_json::json!({ "status": outcome, "callback_id": callback_id });
+    if let Some(at) = scheduled_for {
+        answer["scheduled_for"] = at.into();
+    }
+    Ok((HttpResponse::Ok().json(answer), outcome))
 }
 
 #[cfg(test)]

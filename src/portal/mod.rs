@@ -10,6 +10,7 @@
 //!   Mango throttle.
 
 pub mod api;
+pub mod hours;
 mod refresh;
 pub mod reseal;
 pub mod robot;

@@ -198,6 +198,8 @@ async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
     fill(c, "trainee_extension", "12a").await;
     fill(c, "experienced_extension", "001").await;
     fill(c, "duplicate_window_minutes", "20").await;
+    // Working hours that close before they open.
+    fill(c, "work_end", "08:00").await;
     c.find(Locator::Id("save"))
         .await
         .expect("save")
@@ -206,6 +208,8 @@ async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
         .expect("click");
     let err = wait_for(c, "error-trainee_extension").await;
     assert!(err.text().await.expect("text").contains("от 1 до 10 цифр"));
+    let err = wait_for(c, "error-work_end").await;
+    assert!(err.text().await.expect("text").contains("позже начала"));
     assert_eq!(value_of(c, "trainee_extension").await, "12a");
     assert_eq!(
         value_of(c, "mango_api_salt").await,
@@ -217,6 +221,19 @@ async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
     // Fixed: the salt has to be typed again (nothing was stored), then it saves.
     fill(c, "trainee_extension", "002").await;
     fill(c, "mango_api_salt", MANGO_SALT).await;
+    // Open round the clock every day, so the robot calls below are placed at once whenever
+    // the test runs; the holiday is in the past.
+    fill(c, "work_start", "00:00").await;
+    fill(c, "work_end", "24:00").await;
+    fill(c, "holidays", "2026-01-07").await;
+    for id in ["hours_enabled", "work_day_6", "work_day_7"] {
+        c.find(Locator::Id(id))
+            .await
+            .expect(id)
+            .click()
+            .await
+            .expect("click");
+    }
     c.find(Locator::Id("save"))
         .await
         .expect("save")
@@ -251,6 +268,18 @@ async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
     assert_eq!(value_of(c, "experienced_extension").await, "001");
     assert_eq!(value_of(c, "line_number").await, LINE);
     assert_eq!(value_of(c, "duplicate_window_minutes").await, "20");
+    assert_eq!(value_of(c, "work_end").await, "24:00");
+    assert_eq!(value_of(c, "holidays").await, "2026-01-07");
+    let checked = |id: &'static str| async move {
+        c.find(Locator::Id(id))
+            .await
+            .expect(id)
+            .prop("checked")
+            .await
+            .expect("checked")
+    };
+    assert_eq!(checked("hours_enabled").await.as_deref(), Some("true"));
+    assert_eq!(checked("work_day_7").await.as_deref(), Some("true"));
     wait_for(c, "salt-set").await;
     let health = wait_for(c, "health").await.text().await.expect("text");
     assert!(health.contains("Mango: ключи работают"), "{health}");

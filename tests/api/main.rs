@@ -10,6 +10,8 @@ mod callback;
 mod exposition;
 mod group_commit;
 mod hostile;
+mod hours;
+mod hours_settings;
 mod install;
 mod jobs;
 mod lease;

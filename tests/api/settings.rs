@@ -14,17 +14,17 @@ use crate::on_both_backends;
 pub(crate) const ROBOT: &str = "mango_callback";
 
 /// An answer of the app: status, the headers we assert on, and the body.
-struct Page {
-    status: u16,
+pub(crate) struct Page {
+    pub(crate) status: u16,
     csp: Option<String>,
-    body: String,
+    pub(crate) body: String,
 }
 
-fn enc(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn enc(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(pairs).expect("encodable form")
 }
 
-async fn post(app: &TestApp, path: &str, token: Option<&str>, body: String) -> Page {
+pub(crate) async fn post(app: &TestApp, path: &str, token: Option<&str>, body: String) -> Page {
     let mut req = app
         .http
         .post(format!("{}{}", app.base, path))
@@ -48,7 +48,7 @@ async fn post(app: &TestApp, path: &str, token: Option<&str>, body: String) -> P
 }
 
 /// Opens the app page the way the portal's iframe does: a form POST with a fresh token chain.
-async fn open_app(app: &TestApp, portal: &SimPortal, user_id: u64, lang: &str) -> Page {
+pub(crate) async fn open_app(app: &TestApp, portal: &SimPortal, user_id: u64, lang: &str) -> Page {
     let req = app
         .b24
         .iframe_request(&portal.member_id, user_id, "DEFAULT", lang);
@@ -61,7 +61,7 @@ async fn open_app(app: &TestApp, portal: &SimPortal, user_id: u64, lang: &str) -
     .await
 }
 
-fn page_token(body: &str) -> String {
+pub(crate) fn page_token(body: &str) -> String {
     let start = body
         .find("name=\"page_token\" value=\"")
         .expect("the page carries a page token")
@@ -78,7 +78,7 @@ pub(crate) async fn bare_portal(app: &TestApp, name: &str) -> SimPortal {
     portal
 }
 
-async fn stored_settings(app: &TestApp, member_id: &str) -> Option<PortalSettings> {
+pub(crate) async fn stored_settings(app: &TestApp, member_id: &str) -> Option<PortalSettings> {
     let mid = member_id.to_owned();
     app.shared
         .db
@@ -87,7 +87,7 @@ async fn stored_settings(app: &TestApp, member_id: &str) -> Option<PortalSetting
         .expect("db")
 }
 
-fn good_form<'a>(token: &'a str, trainee: &'a str) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn good_form<'a>(token: &'a str, trainee: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("page_token", token),
         ("mango_api_key", MANGO_KEY),

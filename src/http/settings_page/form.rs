@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::hours_form::{validate_hours, HoursErrors, HoursInput, ValidHours};
 use crate::crypto::Cipher;
 use crate::portal::{Lang, PortalSettings};
 
@@ -16,6 +17,7 @@ pub struct SettingsInput {
     pub experienced_extension: String,
     pub duplicate_window_minutes: String,
     pub contact_wait_seconds: String,
+    pub hours: HoursInput,
 }
 
 impl SettingsInput {
@@ -28,6 +30,7 @@ impl SettingsInput {
             experienced_extension: s.experienced_extension.clone(),
             duplicate_window_minutes: s.duplicate_window_minutes.to_string(),
             contact_wait_seconds: s.contact_wait_seconds.to_string(),
+            hours: HoursInput::from_settings(s),
         }
     }
 
@@ -40,6 +43,7 @@ impl SettingsInput {
             experienced_extension: get("experienced_extension"),
             duplicate_window_minutes: get("duplicate_window_minutes"),
             contact_wait_seconds: get("contact_wait_seconds"),
+            hours: HoursInput::from_form(form),
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct FieldErrors {
     pub experienced_extension: Option<String>,
     pub duplicate_window_minutes: Option<String>,
     pub contact_wait_seconds: Option<String>,
+    pub hours: HoursErrors,
 }
 
 impl FieldErrors {
@@ -75,6 +80,7 @@ impl FieldErrors {
         .into_iter()
         .filter(|(_, e)| e.is_some())
         .map(|(n, _)| n)
+        .chain(self.hours.names())
         .collect()
     }
 }
@@ -179,8 +185,9 @@ pub fn validate(
             "A whole number of seconds from 0 to 600",
         );
     }
-    match (window, wait) {
-        (Some(window), Some(wait)) if e.is_empty() => Ok(ValidSettings {
+    let hours = validate_hours(&input.hours, lang).map_err(|h| e.hours = h);
+    match (window, wait, hours) {
+        (Some(window), Some(wait), Ok(hours)) if e.is_empty() => Ok(ValidSettings {
             mango_api_key: input.mango_api_key.clone(),
             new_salt: (!salt.is_empty()).then(|| salt.to_owned()),
             line_number: input.line_number.clone(),
@@ -188,6 +195,7 @@ pub fn validate(
             experienced_extension: input.experienced_extension.clone(),
             duplicate_window_minutes: window,
             contact_wait_seconds: wait,
+            hours,
         }),
         _ => Err(Box::new(e)),
     }
@@ -204,6 +212,8 @@ pub struct ValidSettings {
     pub experienced_extension: String,
     pub duplicate_window_minutes: i32,
     pub contact_wait_seconds: i32,
+    /// `None` keeps the stored working hours (a form without their section).
+    pub hours: Option<ValidHours>,
 }
 
 impl std::fmt::Debug for ValidSettings {
@@ -243,6 +253,9 @@ impl ValidSettings {
         stored.experienced_extension = self.experienced_extension;
         stored.duplicate_window_minutes = self.duplicate_window_minutes;
         stored.contact_wait_seconds = self.contact_wait_seconds;
+        if let Some(hours) = self.hours {
+            hours.apply(&mut stored);
+        }
         stored.updated_at = now;
         stored
     }
@@ -264,6 +277,7 @@ mod tests {
             experienced_extension: "001".into(),
             duplicate_window_minutes: "10".into(),
             contact_wait_seconds: "60".into(),
+            hours: HoursInput::default(),
         }
     }
 
@@ -288,6 +302,7 @@ mod tests {
             experienced_extension: "1a".into(),
             duplicate_window_minutes: "1441".into(),
             contact_wait_seconds: "-1".into(),
+            hours: HoursInput::default(),
         };
         let e = validate(&bad, "ok", &stored(), Lang::Ru).expect_err("all bad");
         assert_eq!(e.names().len(), 6, "{e:?}");

@@ -15,12 +15,14 @@
 //!
 //! - this file: the handlers of the page and of the form, and the page token check;
 //! - [`view`]: the templates and how a portal's state is printed;
-//! - [`form`]: the settings form's validation; [`page_token`]: the signed page token, checked on
+//! - [`form`]: the settings form's validation ([`hours_form`]: its working-hours part);
+//!   [`page_token`]: the signed page token, checked on
 //!   every later request by [`authorise`](mod@authorise);
 //! - [`mango_check`]: "Check connection" and "Load from Mango", throttled.
 
 pub mod authorise;
 pub mod form;
+pub mod hours_form;
 pub mod mango_check;
 pub mod page_token;
 pub mod speed;

@@ -207,6 +207,15 @@ pub(super) fn log_row(cb: Callback, domain: &str, lang: Lang) -> LogRow {
         Status::NoPhone => (lang.t("нет телефона", "no phone"), "bad"),
         Status::Failed => (lang.t("ошибка", "failed"), "bad"),
     };
+    // A run waiting for working hours says until when (UTC, as the log's times).
+    let status = match cb.scheduled_for.filter(|_| cb.status == Status::Queued) {
+        Some(at) => format!(
+            "{} {} UTC",
+            lang.t("ждёт рабочего времени:", "waiting for working hours:"),
+            at.format("%Y-%m-%d %H:%M")
+        ),
+        None => label.to_owned(),
+    };
     let code = cb
         .mango_code
         .and_then(|c| u32::try_from(c).ok())
@@ -229,7 +238,7 @@ pub(super) fn log_row(cb: Callback, domain: &str, lang: Lang) -> LogRow {
             .map(crate::phone::mask)
             .unwrap_or_default(),
         group: cb.group_extension.unwrap_or_default(),
-        status: label.to_owned(),
+        status,
         status_class: class,
         code,
         error: cb.error.unwrap_or_default(),
