@@ -5,9 +5,13 @@
 //! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
+//! - [`outcome`]: each attempt's outcome from Mango's call events, copied onto the callback;
+//! - [`outcome_report`]: the outcome's report job and the job that closes an unanswered wait;
 //! - [`store`]: the SQL of `callbacks` and `deals`.
 
 pub mod lifecycle;
+pub mod outcome;
+pub mod outcome_report;
 pub mod place_call;
 pub mod reason;
 pub mod report;

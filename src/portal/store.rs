@@ -5,7 +5,9 @@ use diesel::prelude::*;
 
 use super::{Portal, PortalSettings};
 use crate::crypto::{Cipher, Slot};
-use crate::db::schema::{callbacks, deals, jobs, portal_settings, portals};
+use crate::db::schema::{
+    call_attempts, callbacks, deals, jobs, mango_call_events, portal_settings, portals,
+};
 use crate::db::{insert_if_absent, DbConnection};
 
 pub fn find(conn: &mut DbConnection, member_id: &str) -> QueryResult<Option<Portal>> {
@@ -386,6 +388,12 @@ pub fn delete_everything(conn: &mut DbConnection, member_id: &str) -> QueryResul
     // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite honours only with
     // foreign_keys=ON on that very connection.
     let mut n = diesel::delete(jobs::table.filter(jobs::member_id.eq(member_id))).execute(conn)?;
+    // Attempts before their callbacks (the foreign key), and the call events Mango posted.
+    n += diesel::delete(call_attempts::table.filter(call_attempts::member_id.eq(member_id)))
+        .execute(conn)?;
+    n +=
+        diesel::delete(mango_call_events::table.filter(mango_call_events::member_id.eq(member_id)))
+            .execute(conn)?;
     n += diesel::delete(callbacks::table.filter(callbacks::member_id.eq(member_id)))
         .execute(conn)?;
     n += diesel::delete(deals::table.filter(deals::member_id.eq(member_id))).execute(conn)?;

@@ -11,6 +11,7 @@ mod install;
 mod jobs;
 mod lease;
 mod limits;
+mod outcome;
 mod peer_failures;
 mod props;
 mod refresh;
