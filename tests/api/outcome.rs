@@ -139,6 +139,14 @@ on_both_backends!(a_manager_and_a_client_who_talk_end_as_answered_with_the_talk_
 async fn a_waiting_robot_gets_exactly_one_event_carrying_each_reference_outcome(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("waits").await;
+    let robots = app.b24.robots(&p.member_id);
+    let returns = &robots[0].1["RETURN_PROPERTIES"];
+    for key in ["outcome", "manager_extension", "talk_seconds"] {
+        assert!(
+            returns.get(key).is_some(),
+            "the robot declares {key}: {returns}"
+        );
+    }
     wait_for_outcome(&app, &p.member_id, 30).await;
     let manager = || "102".to_owned();
     let cases = [

@@ -16,6 +16,11 @@ pub struct SettingsInput {
     pub experienced_extension: String,
     pub duplicate_window_minutes: String,
     pub contact_wait_seconds: String,
+    /// "The robot waits for the call's outcome" (a checkbox: absent from the form when off).
+    pub wait_for_outcome: bool,
+    /// Minutes to wait for Mango's summary before the outcome is `unknown`; empty keeps the
+    /// stored value (a form from before the field existed).
+    pub outcome_wait_minutes: String,
 }
 
 impl SettingsInput {
@@ -28,6 +33,8 @@ impl SettingsInput {
             experienced_extension: s.experienced_extension.clone(),
             duplicate_window_minutes: s.duplicate_window_minutes.to_string(),
             contact_wait_seconds: s.contact_wait_seconds.to_string(),
+            wait_for_outcome: s.wait_for_outcome,
+            outcome_wait_minutes: s.outcome_wait_minutes.to_string(),
         }
     }
 
@@ -40,6 +47,8 @@ impl SettingsInput {
             experienced_extension: get("experienced_extension"),
             duplicate_window_minutes: get("duplicate_window_minutes"),
             contact_wait_seconds: get("contact_wait_seconds"),
+            wait_for_outcome: matches!(get("wait_for_outcome").as_str(), "on" | "1" | "true"),
+            outcome_wait_minutes: get("outcome_wait_minutes"),
         }
     }
 }
@@ -54,6 +63,7 @@ pub struct FieldErrors {
     pub experienced_extension: Option<String>,
     pub duplicate_window_minutes: Option<String>,
     pub contact_wait_seconds: Option<String>,
+    pub outcome_wait_minutes: Option<String>,
 }
 
 impl FieldErrors {
@@ -71,6 +81,7 @@ impl FieldErrors {
             ("experienced_extension", &self.experienced_extension),
             ("duplicate_window_minutes", &self.duplicate_window_minutes),
             ("contact_wait_seconds", &self.contact_wait_seconds),
+            ("outcome_wait_minutes", &self.outcome_wait_minutes),
         ]
         .into_iter()
         .filter(|(_, e)| e.is_some())
@@ -179,8 +190,19 @@ pub fn validate(
             "A whole number of seconds from 0 to 600",
         );
     }
-    match (window, wait) {
-        (Some(window), Some(wait)) if e.is_empty() => Ok(ValidSettings {
+    let outcome_wait = if input.outcome_wait_minutes.is_empty() {
+        Some(stored.outcome_wait_minutes)
+    } else {
+        bounded_int(&input.outcome_wait_minutes, 1440).filter(|m| *m >= 1)
+    };
+    if outcome_wait.is_none() {
+        e.outcome_wait_minutes = msg(
+            "Целое число минут от 1 до 1440",
+            "A whole number of minutes from 1 to 1440",
+        );
+    }
+    match (window, wait, outcome_wait) {
+        (Some(window), Some(wait), Some(outcome_wait)) if e.is_empty() => Ok(ValidSettings {
             mango_api_key: input.mango_api_key.clone(),
             new_salt: (!salt.is_empty()).then(|| salt.to_owned()),
             line_number: input.line_number.clone(),
@@ -188,6 +210,8 @@ pub fn validate(
             experienced_extension: input.experienced_extension.clone(),
             duplicate_window_minutes: window,
             contact_wait_seconds: wait,
+            wait_for_outcome: input.wait_for_outcome,
+            outcome_wait_minutes: outcome_wait,
         }),
         _ => Err(Box::new(e)),
     }
@@ -204,6 +228,8 @@ pub struct ValidSettings {
     pub experienced_extension: String,
     pub duplicate_window_minutes: i32,
     pub contact_wait_seconds: i32,
+    pub wait_for_outcome: bool,
+    pub outcome_wait_minutes: i32,
 }
 
 impl std::fmt::Debug for ValidSettings {
@@ -243,6 +269,8 @@ impl ValidSettings {
         stored.experienced_extension = self.experienced_extension;
         stored.duplicate_window_minutes = self.duplicate_window_minutes;
         stored.contact_wait_seconds = self.contact_wait_seconds;
+        stored.wait_for_outcome = self.wait_for_outcome;
+        stored.outcome_wait_minutes = self.outcome_wait_minutes;
         stored.updated_at = now;
         stored
     }
@@ -264,6 +292,8 @@ mod tests {
             experienced_extension: "001".into(),
             duplicate_window_minutes: "10".into(),
             contact_wait_seconds: "60".into(),
+            wait_for_outcome: true,
+            outcome_wait_minutes: "45".into(),
         }
     }
 
@@ -288,9 +318,30 @@ mod tests {
             experienced_extension: "1a".into(),
             duplicate_window_minutes: "1441".into(),
             contact_wait_seconds: "-1".into(),
+            wait_for_outcome: true,
+            outcome_wait_minutes: "0".into(),
         };
         let e = validate(&bad, "ok", &stored(), Lang::Ru).expect_err("all bad");
-        assert_eq!(e.names().len(), 6, "{e:?}");
+        assert_eq!(e.names().len(), 7, "{e:?}");
+        for (m, ok) in [
+            ("1", true),
+            ("1440", true),
+            ("1441", false),
+            ("", true),
+            ("x", false),
+        ] {
+            let mut i = good();
+            i.outcome_wait_minutes = m.into();
+            let v = validate(&i, "s", &stored(), Lang::En);
+            assert_eq!(v.is_ok(), ok, "{m}");
+            if m.is_empty() {
+                assert_eq!(
+                    v.map(|v| v.outcome_wait_minutes).ok(),
+                    Some(30),
+                    "empty keeps the stored bound"
+                );
+            }
+        }
         for (w, ok) in [("0", true), ("1440", true), ("10.5", false), ("+3", false)] {
             let mut i = good();
             i.duplicate_window_minutes = w.into();
