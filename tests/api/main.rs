@@ -12,6 +12,7 @@ mod jobs;
 mod lease;
 mod limits;
 mod outcome;
+mod outcome_edges;
 mod peer_failures;
 mod props;
 mod refresh;

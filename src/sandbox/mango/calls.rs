@@ -258,3 +258,82 @@ impl MangoSim {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mango::events::{parse_call, parse_summary, progress, Outcome};
+
+    #[test]
+    fn every_scenario_reads_as_its_outcome_in_any_delivery() {
+        let cmd = json!({"command_id":"cbk1","from":"002","to":"79001234567","line_number":"74951234567"});
+        let cases = [
+            (
+                CallScenario::Answered {
+                    manager: "101".into(),
+                    talk_seconds: 133,
+                },
+                Outcome::Answered,
+                Some("101"),
+                133,
+            ),
+            (
+                CallScenario::NobodyAnswers {
+                    managers: vec!["101".into(), "102".into()],
+                },
+                Outcome::ManagerMissed,
+                None,
+                0,
+            ),
+            (
+                CallScenario::ClientMissed {
+                    manager: "102".into(),
+                },
+                Outcome::ClientMissed,
+                Some("102"),
+                0,
+            ),
+            (
+                CallScenario::ManagerHangsUp {
+                    manager: "102".into(),
+                },
+                Outcome::ClientMissed,
+                Some("102"),
+                0,
+            ),
+        ];
+        for (scenario, outcome, manager, talk) in cases {
+            for delivery in [
+                Delivery::InOrder,
+                Delivery::SummaryFirst,
+                Delivery::Reversed,
+                Delivery::Duplicated,
+            ] {
+                let events = deliver(
+                    call_events(&cmd, &scenario, "RW50cnk=", 1_800_000_000),
+                    delivery,
+                );
+                let calls: Vec<_> = events
+                    .iter()
+                    .filter(|e| e.path == "events/call")
+                    .map(|e| parse_call(&e.json).expect("call"))
+                    .collect();
+                assert!(calls
+                    .iter()
+                    .all(|c| c.command_id.as_deref() == Some("cbk1")));
+                let summary = events
+                    .iter()
+                    .find(|e| e.path == "events/summary")
+                    .map(|e| parse_summary(&e.json).expect("summary"));
+                let p = progress(&calls, summary.as_ref(), "002");
+                assert_eq!(p.outcome, Some(outcome), "{scenario:?} {delivery:?}");
+                assert!(p.complete, "{scenario:?} {delivery:?}");
+                assert_eq!(
+                    (p.manager_extension.as_deref(), p.talk_seconds),
+                    (manager, Some(talk)),
+                    "{scenario:?}"
+                );
+            }
+        }
+    }
+}
