@@ -117,8 +117,9 @@ pub async fn receive(
         } else {
             tracing::info!(code, updated, "Mango reported the callback_group result");
         }
-        if code != 1000 {
-            // Accepted at first, then not placed: the attempt failed.
+        if code != 1000 && updated > 0 {
+            // Accepted at first, then not placed: the attempt failed. Only the first result
+            // counts: a replay with another code changes nothing.
             let now = ctx.shared.clock.now();
             let failed = ctx
                 .shared
