@@ -27,6 +27,34 @@ async fn forged_or_unreadable_events_are_refused_and_change_nothing(backend: Bac
         let status = stranger.post_event(&app.mango_url(), MANGO_KEY, e).await;
         assert_eq!(status, Ok(401), "{}", e.path);
     }
+    // Unsigned: refused.
+    let body = format!(
+        "vpbx_api_key={MANGO_KEY}&json={}",
+        url::form_urlencoded::byte_serialize(events[0].json.to_string().as_bytes())
+            .collect::<String>()
+    );
+    assert_eq!(app.post_form("/mango/events/call", body).await.0, 400);
+    // Signed events of calls we did not order (another command, or none on an unknown call):
+    // acknowledged, not stored.
+    for change in [Some("someone-else:42"), None] {
+        let mut other = events[0].clone();
+        other.json["entry_id"] = "T3RoZXI=".into();
+        match change {
+            Some(cmd) => other.json["command_id"] = cmd.into(),
+            None => drop(
+                other
+                    .json
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("command_id"),
+            ),
+        }
+        let status = app
+            .mango
+            .post_event(&app.mango_url(), MANGO_KEY, &other)
+            .await;
+        assert_eq!(status, Ok(200));
+    }
     // Signed, but without the call's id: refused with what is wrong.
     let mut unreadable = events[0].clone();
     unreadable

@@ -21,7 +21,7 @@ pub enum Incoming {
 /// What storing an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    /// Not a call of ours (a foreign `command_id`): not stored.
+    /// Not a call of ours (a foreign `command_id`, or none on a call we do not know): not stored.
     Foreign,
     /// Stored; its attempt is not known yet (a summary before the call's events).
     Waiting,
@@ -105,7 +105,13 @@ pub fn record_event(
                     // Another system's command on the same PBX.
                     None => return Ok(Recorded::Foreign),
                 },
-                None => attempt_of_entry(c, members, &e.entry_id)?,
+                // Mango puts the command's id on every event of a call it placed for a
+                // command; one without it is of a call we did not order (an incoming call on
+                // the same PBX), unless its entry is already one of ours.
+                None => match attempt_of_entry(c, members, &e.entry_id)? {
+                    Some(a) => Some(a),
+                    None => return Ok(Recorded::Foreign),
+                },
             },
             Incoming::Summary(s) => attempt_of_entry(c, members, &s.entry_id)?,
         };
