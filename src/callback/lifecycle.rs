@@ -163,6 +163,12 @@ pub fn finish(
             return Ok(false);
         }
         store::release_deal(c, cb, new_status == Status::Started, now)?;
+        if new_status == Status::Started {
+            // Events may have ended the call while Mango's answer was unknown.
+            super::outcome::settle(c, &cb.id, now)?;
+        } else {
+            super::outcome::fail_unstarted(c, &cb.id, now)?;
+        }
         let job = ReportCallback {
             callback_id: cb.id.clone(),
             reason: reason.clone(),
@@ -181,7 +187,7 @@ pub struct SendAt<'a> {
 }
 
 /// `queued → calling`, the last step before the Mango command is sent, in one transaction that
-/// also checks this worker still holds the job's lease (on the database's clock) and starts the
+/// also writes the callback's first attempt (with the job bounding the wait for its outcome) and checks this worker still holds the job's lease (on the database's clock) and starts the
 /// deal's duplicate window. `false`: no send — the lease was lost (another worker owns the job
 /// and decides) or the callback is no longer queued.
 ///
@@ -202,6 +208,7 @@ pub fn start_calling(
             return Ok(false);
         }
         store::open_duplicate_window(c, cb, now)?;
+        super::outcome::open_first_attempt(c, cb, group_extension, command_id, now)?;
         Ok(true)
     })
 }

@@ -7,6 +7,8 @@
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
 //! - [`schedule`]: working hours applied to a run (placed at the next opening); [`announce`]:
 //!   the [`AnnounceSchedule`] job (`result=scheduled` and the timeline comment);
+//! - [`outcome`]: each attempt's outcome from Mango's call events, copied onto the callback;
+//! - [`outcome_report`]: the outcome's report job and the job that closes an unanswered wait;
 //! - [`store`]: the SQL of `callbacks` and `deals`;
 //! - [`history`]: the attempts of callbacks, for the call log (read only);
 //! - [`speed`]: speed to lead and answer rates for the settings page (read only).
@@ -14,6 +16,8 @@
 pub mod announce;
 pub mod history;
 pub mod lifecycle;
+pub mod outcome;
+pub mod outcome_report;
 pub mod place_call;
 pub mod reason;
 pub mod report;

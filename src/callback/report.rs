@@ -85,26 +85,32 @@ impl Job for ReportCallback {
 
     async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
-        let id = self.callback_id.clone();
+        let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
         let found = db
             .run(move |c| -> QueryResult<_> {
                 let Some(cb) = store::find(c, &id)? else {
                     return Ok(None);
                 };
                 let portal = portal_store::find(c, &cb.member_id)?;
-                Ok(portal.map(|p| (cb, p)))
+                let waits =
+                    portal_store::settings_or_default(c, &cb.member_id, now)?.wait_for_outcome;
+                Ok(portal.map(|p| (cb, p, waits)))
             })
             .await?;
-        let Some((cb, portal)) = found.filter(|(_, p)| p.is_active()) else {
+        let Some((cb, portal, waits)) = found.filter(|(_, p, _)| p.is_active()) else {
             return Ok(());
         };
-        if cb.event_sent_at.is_none() {
+        // A robot that waits for the call's outcome gets its one event from the outcome's
+        // report (`outcome_report`), when the call has ended.
+        let held_for_outcome = waits && cb.status == Status::Started;
+        if cb.event_sent_at.is_none() && !held_for_outcome {
             if let Some(token) = &cb.event_token {
                 let values = json!({
                     "result": cb.status.as_str(),
                     "group_extension": cb.group_extension.clone().unwrap_or_default(),
                     "command_id": cb.command_id.clone().unwrap_or_default(),
                     "error": cb.error.clone().unwrap_or_default(),
+                    "outcome": cb.call_outcome.clone().unwrap_or_default(),
                 });
                 let params = json!({ "EVENT_TOKEN": token, "RETURN_VALUES": values, "LOG_MESSAGE": format!("mango-callback: {}", cb.status) });
                 match ctx

@@ -460,3 +460,21 @@ pub fn mark_comment_added(
         .set(callbacks::comment_added_at.eq(now))
         .execute(conn)
 }
+
+/// When the call's outcome was reported (comment and the waiting robot's event); set once.
+pub fn mark_outcome_reported(
+    conn: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        callbacks::table
+            .find(id)
+            .filter(callbacks::outcome_reported_at.is_null()),
+    )
+    .set((
+        callbacks::outcome_reported_at.eq(now),
+        callbacks::updated_at.eq(now),
+    ))
+    .execute(conn)
+}

@@ -1,8 +1,8 @@
 //! `POST /mango/...`: what Mango Office posts to the "external system" URL shown on the settings
 //! page. Every request is verified (key + SHA-256 signature over the `json` field as received)
 //! against the portals that use that key; the asynchronous `result/callback_group` is recorded on
-//! its callback. Call events (`events/call`, `events/summary`) are verified and acknowledged; the
-//! call-outcome loop that reads them is a later capability.
+//! its callback; call events (`events/call`, `events/summary`) are stored and applied to their
+//! attempt's outcome (`callback::outcome`).
 
 use std::collections::HashMap;
 
@@ -92,6 +92,7 @@ pub async fn receive(
             return Err(AppError::BadRequest("result is missing".into()));
         };
         let now = ctx.shared.clock.now();
+        let (members, cmd) = (verified.clone(), command_id.clone());
         let updated = ctx
             .shared
             .db
@@ -116,10 +117,64 @@ pub async fn receive(
         } else {
             tracing::info!(code, updated, "Mango reported the callback_group result");
         }
+        if code != 1000 && updated > 0 {
+            // Accepted at first, then not placed: the attempt failed. Only the first result
+            // counts: a replay with another code changes nothing.
+            let now = ctx.shared.clock.now();
+            let failed = ctx
+                .shared
+                .db
+                .run(move |c| crate::callback::outcome::fail_by_result(c, &members, &cmd, now))
+                .await?;
+            if failed {
+                ctx.shared.notify.notify_one();
+            }
+        }
+    } else if tail == "events/call" || tail == "events/summary" {
+        record_call_event(&ctx, &tail, verified, &payload, json).await?;
     } else {
         tracing::debug!("Mango notification verified and acknowledged");
     }
     Ok(ok())
+}
+
+/// `events/call` or `events/summary`: stored and applied to its attempt (see
+/// `callback::outcome`). A body that cannot be read is refused with what is wrong, and nothing
+/// is stored.
+async fn record_call_event(
+    ctx: &Context,
+    tail: &str,
+    verified: Vec<String>,
+    payload: &serde_json::Value,
+    json: &str,
+) -> Result<(), AppError> {
+    use crate::callback::outcome::{record_event, Incoming, Recorded};
+    use crate::mango::events;
+    let incoming = if tail == "events/call" {
+        events::parse_call(payload).map(Incoming::Call)
+    } else {
+        events::parse_summary(payload).map(Incoming::Summary)
+    }
+    .map_err(|e| {
+        tracing::warn!(error = %e, "unreadable Mango call event refused");
+        AppError::BadRequest(format!("{tail}: {e}"))
+    })?;
+    let (now, body) = (ctx.shared.clock.now(), json.to_owned());
+    let recorded = ctx
+        .shared
+        .db
+        .run(move |c| record_event(c, &verified, &incoming, &body, now))
+        .await?;
+    match recorded {
+        Recorded::Foreign => tracing::debug!("call event of a command not ours; ignored"),
+        Recorded::Waiting => tracing::info!("call event stored; its call is not known yet"),
+        Recorded::Applied { ended: true } => {
+            tracing::info!("Mango's summary ended the call's attempt");
+            ctx.shared.notify.notify_one();
+        }
+        Recorded::Applied { ended: false } => tracing::debug!("call event applied"),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //!   Mango's signed callbacks).
 //! - [`client`]: the awc-based HTTP client.
 //! - [`answer`]: the pure (status, body) → outcome classification, with [`MangoError`].
+//! - [`events`]: Mango's call events read leniently, and the rule giving a call's outcome.
 //! - [`codes`]: human descriptions of Mango's hierarchical result codes.
 //! - [`rate`]: the per-account limit of callback commands, shared by all instances.
 //!
@@ -14,6 +15,7 @@
 pub mod answer;
 pub mod client;
 pub mod codes;
+pub mod events;
 pub mod rate;
 pub mod sign;
 

@@ -116,11 +116,15 @@ pub fn take_or_queue(
                 .get_result::<i64>(c)?
                 > 0;
         if room && !someone_waits {
+            // SQLite's clock moves in milliseconds: sends within one get the next free µs.
+            let slot_us = recent
+                .first()
+                .map_or(now_us, |newest| now_us.max(newest + 1));
             let taken = insert_if_absent(c, |c| {
                 diesel::insert_into(rate_slots::table)
                     .values((
                         rate_slots::bucket.eq(bucket),
-                        rate_slots::slot.eq(now_us),
+                        rate_slots::slot.eq(slot_us),
                         rate_slots::used.eq(1),
                     ))
                     .execute(c)

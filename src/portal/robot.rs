@@ -47,7 +47,12 @@ pub fn robot_fields(public_url: &str) -> Value {
             "result": { "Name": { "ru": "Результат", "en": "Result" }, "Type": "string" },
             "group_extension": { "Name": { "ru": "Номер группы", "en": "Group extension" }, "Type": "string" },
             "command_id": { "Name": { "ru": "ID команды Mango", "en": "Mango command ID" }, "Type": "string" },
-            "error": { "Name": { "ru": "Ошибка", "en": "Error" }, "Type": "string" }
+            "error": { "Name": { "ru": "Ошибка", "en": "Error" }, "Type": "string" },
+            // How the call ended (answered, manager_missed, client_missed, failed, unknown):
+            // filled when the robot waits for the outcome, empty otherwise.
+            "outcome": { "Name": { "ru": "Итог звонка", "en": "Call outcome" }, "Type": "string" },
+            "manager_extension": { "Name": { "ru": "Ответивший менеджер", "en": "Manager who answered" }, "Type": "string" },
+            "talk_seconds": { "Name": { "ru": "Разговор, секунд", "en": "Talk time, seconds" }, "Type": "int" }
         }
     })
 }

@@ -389,6 +389,7 @@ pub fn delete_everything(conn: &mut DbConnection, member_id: &str) -> QueryResul
     // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite honours only with
     // foreign_keys=ON on that very connection.
     let mut n = diesel::delete(jobs::table.filter(jobs::member_id.eq(member_id))).execute(conn)?;
+    // Attempts before their callbacks (the foreign key), and the call events Mango posted.
     n += diesel::delete(call_attempts::table.filter(call_attempts::member_id.eq(member_id)))
         .execute(conn)?;
     n +=

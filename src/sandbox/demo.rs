@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::bitrix::{BitrixSim, BitrixSimOptions, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
-use super::mango::{MangoSim, MangoSimOptions};
+use super::mango::{CallScenario, Delivery, MangoSim, MangoSimOptions};
 use super::seed::{seed_mango, MangoAccount};
 use crate::callback::{store as callback_store, Callback, Reason, ReportCallback, Status};
 use crate::config::{Settings, SettingsArgs};
@@ -115,6 +115,27 @@ pub async fn run(
     })
     .await?;
     println!("-- settings saved: trainees 002, experienced 001, line {LINE}");
+    // How the simulated calls go: a trainee who answers and talks, experienced managers who
+    // do not answer, and one client who does not pick up.
+    mango.set_scenario(
+        ACCOUNT.trainees,
+        CallScenario::Answered {
+            manager: "101".into(),
+            talk_seconds: 133,
+        },
+    );
+    mango.set_scenario(
+        ACCOUNT.experienced,
+        CallScenario::NobodyAnswers {
+            managers: vec!["201".into(), "202".into()],
+        },
+    );
+    mango.set_scenario(
+        "79120001122",
+        CallScenario::ClientMissed {
+            manager: "102".into(),
+        },
+    );
 
     let m = &portal.member_id;
     let client = b24.add_contact(
@@ -151,6 +172,17 @@ pub async fn run(
         .await
         .map_err(anyhow::Error::msg)?;
     wait_until_reported(&shared, m, 5).await?;
+
+    println!("\n-- Mango plays the calls: signed events/call and events/summary to {base}/mango");
+    for i in 0..mango.callbacks().len() {
+        if let Err(e) = mango
+            .play(&format!("{base}/mango"), ACCOUNT.key, i, Delivery::InOrder)
+            .await
+        {
+            println!("   call {i}: events not delivered ({e})");
+        }
+    }
+    wait_for_outcomes(&shared, m, mango.callbacks().len()).await?;
 
     let mid = m.clone();
     let mut log = shared
@@ -223,6 +255,31 @@ async fn wait_until_reported(
     }
 }
 
+/// Waits (at most 20 s: injected faults may lose events) until `n` outcomes are reported.
+async fn wait_for_outcomes(
+    shared: &crate::context::Shared,
+    member_id: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let mid = member_id.to_owned();
+        let log = shared
+            .db
+            .run(move |c| callback_store::latest(c, &mid, 50))
+            .await?;
+        let done = log
+            .iter()
+            .filter(|c| c.outcome_reported_at.is_some())
+            .count();
+        if done >= n || started.elapsed() > Duration::from_secs(20) {
+            println!("   {done} of {n} call outcome(s) reported");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn print_trace(cb: &Callback, reason: Option<&Reason>, b24: &BitrixSim, mango: &MangoSim) {
     let deal: u64 = cb.deal_id.parse().unwrap_or(0);
     println!("\n   deal {} · callback {}", cb.deal_id, cb.id);
@@ -253,6 +310,18 @@ fn print_trace(cb: &Callback, reason: Option<&Reason>, b24: &BitrixSim, mango: &
     if let Some(e) = &cb.error {
         if cb.status != Status::Started {
             println!("     why           {e}");
+        }
+    }
+    if let Some(o) = &cb.call_outcome {
+        println!(
+            "     outcome       {o} · manager {} · talk {} s",
+            cb.manager_extension.as_deref().unwrap_or("-"),
+            cb.talk_seconds.unwrap_or(0)
+        );
+        let text =
+            crate::callback::outcome_report::outcome_text(cb, None, 30, crate::portal::Lang::Ru);
+        if b24.timeline_comments(&cb.member_id, deal).contains(&text) {
+            println!("     outcome note  {text}");
         }
     }
     // The comment this callback wrote, if the simulated portal has it.

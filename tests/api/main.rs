@@ -17,6 +17,8 @@ mod jobs;
 mod lease;
 mod limits;
 mod ops;
+mod outcome;
+mod outcome_edges;
 mod peer_failures;
 mod props;
 mod refresh;

@@ -508,3 +508,58 @@ async fn the_call_log_shows_the_robots_callbacks_newest_first_and_saved_settings
 on_both_backends!(
     the_call_log_shows_the_robots_callbacks_newest_first_and_saved_settings_apply_next_run
 );
+
+async fn the_wait_for_the_outcome_is_saved_and_a_bound_out_of_range_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = bare_portal(&app, "outcome").await;
+    let page = open_app(&app, &p, 1, "ru").await;
+    assert!(
+        page.body.contains("Робот ждёт итога звонка"),
+        "{}",
+        page.body
+    );
+    let en = open_app(&app, &p, 1, "en").await;
+    assert!(
+        en.body.contains("The robot waits for the call"),
+        "{}",
+        en.body
+    );
+    let token = page_token(&en.body);
+
+    for bad in ["0", "1441", "ten", "99999999999"] {
+        let mut form = good_form(&token, "002");
+        form.extend([("wait_for_outcome", "on"), ("outcome_wait_minutes", bad)]);
+        let r = post(&app, "/b24/app/settings?LANG=en", None, enc(&form)).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(
+            r.body.contains("id=\"error-outcome_wait_minutes\""),
+            "{bad}"
+        );
+        assert!(
+            stored_settings(&app, &p.member_id).await.is_none(),
+            "{bad}: nothing stored"
+        );
+    }
+    let mut form = good_form(&token, "002");
+    form.extend([("wait_for_outcome", "on"), ("outcome_wait_minutes", "45")]);
+    let r = post(&app, "/b24/app/settings?LANG=en", None, enc(&form)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = stored_settings(&app, &p.member_id).await.expect("saved");
+    assert_eq!((s.wait_for_outcome, s.outcome_wait_minutes), (true, 45));
+    assert!(r
+        .body
+        .contains("id=\"wait_for_outcome\" name=\"wait_for_outcome\" value=\"on\" checked"));
+
+    // An unticked box is absent from the form: the robot no longer waits.
+    let r = post(
+        &app,
+        "/b24/app/settings?LANG=en",
+        None,
+        enc(&good_form(&token, "002")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = stored_settings(&app, &p.member_id).await.expect("saved");
+    assert_eq!((s.wait_for_outcome, s.outcome_wait_minutes), (false, 45));
+}
+on_both_backends!(the_wait_for_the_outcome_is_saved_and_a_bound_out_of_range_is_refused);

@@ -18,6 +18,11 @@ pub struct SettingsInput {
     pub duplicate_window_minutes: String,
     pub contact_wait_seconds: String,
     pub hours: HoursInput,
+    /// "The robot waits for the call's outcome" (a checkbox: absent from the form when off).
+    pub wait_for_outcome: bool,
+    /// Minutes to wait for Mango's summary before the outcome is `unknown`; empty keeps the
+    /// stored value (a form from before the field existed).
+    pub outcome_wait_minutes: String,
 }
 
 impl SettingsInput {
@@ -31,6 +36,8 @@ impl SettingsInput {
             duplicate_window_minutes: s.duplicate_window_minutes.to_string(),
             contact_wait_seconds: s.contact_wait_seconds.to_string(),
             hours: HoursInput::from_settings(s),
+            wait_for_outcome: s.wait_for_outcome,
+            outcome_wait_minutes: s.outcome_wait_minutes.to_string(),
         }
     }
 
@@ -44,6 +51,8 @@ impl SettingsInput {
             duplicate_window_minutes: get("duplicate_window_minutes"),
             contact_wait_seconds: get("contact_wait_seconds"),
             hours: HoursInput::from_form(form),
+            wait_for_outcome: matches!(get("wait_for_outcome").as_str(), "on" | "1" | "true"),
+            outcome_wait_minutes: get("outcome_wait_minutes"),
         }
     }
 }
@@ -59,6 +68,7 @@ pub struct FieldErrors {
     pub duplicate_window_minutes: Option<String>,
     pub contact_wait_seconds: Option<String>,
     pub hours: HoursErrors,
+    pub outcome_wait_minutes: Option<String>,
 }
 
 impl FieldErrors {
@@ -76,6 +86,7 @@ impl FieldErrors {
             ("experienced_extension", &self.experienced_extension),
             ("duplicate_window_minutes", &self.duplicate_window_minutes),
             ("contact_wait_seconds", &self.contact_wait_seconds),
+            ("outcome_wait_minutes", &self.outcome_wait_minutes),
         ]
         .into_iter()
         .filter(|(_, e)| e.is_some())
@@ -185,18 +196,33 @@ pub fn validate(
             "A whole number of seconds from 0 to 600",
         );
     }
+    let outcome_wait = if input.outcome_wait_minutes.is_empty() {
+        Some(stored.outcome_wait_minutes)
+    } else {
+        bounded_int(&input.outcome_wait_minutes, 1440).filter(|m| *m >= 1)
+    };
+    if outcome_wait.is_none() {
+        e.outcome_wait_minutes = msg(
+            "Целое число минут от 1 до 1440",
+            "A whole number of minutes from 1 to 1440",
+        );
+    }
     let hours = validate_hours(&input.hours, lang).map_err(|h| e.hours = h);
-    match (window, wait, hours) {
-        (Some(window), Some(wait), Ok(hours)) if e.is_empty() => Ok(ValidSettings {
-            mango_api_key: input.mango_api_key.clone(),
-            new_salt: (!salt.is_empty()).then(|| salt.to_owned()),
-            line_number: input.line_number.clone(),
-            trainee_extension: input.trainee_extension.clone(),
-            experienced_extension: input.experienced_extension.clone(),
-            duplicate_window_minutes: window,
-            contact_wait_seconds: wait,
-            hours,
-        }),
+    match (window, wait, outcome_wait, hours) {
+        (Some(window), Some(wait), Some(outcome_wait), Ok(hours)) if e.is_empty() => {
+            Ok(ValidSettings {
+                mango_api_key: input.mango_api_key.clone(),
+                new_salt: (!salt.is_empty()).then(|| salt.to_owned()),
+                line_number: input.line_number.clone(),
+                trainee_extension: input.trainee_extension.clone(),
+                experienced_extension: input.experienced_extension.clone(),
+                duplicate_window_minutes: window,
+                contact_wait_seconds: wait,
+                hours,
+                wait_for_outcome: input.wait_for_outcome,
+                outcome_wait_minutes: outcome_wait,
+            })
+        }
         _ => Err(Box::new(e)),
     }
 }
@@ -214,6 +240,8 @@ pub struct ValidSettings {
     pub contact_wait_seconds: i32,
     /// `None` keeps the stored working hours (a form without their section).
     pub hours: Option<ValidHours>,
+    pub wait_for_outcome: bool,
+    pub outcome_wait_minutes: i32,
 }
 
 impl std::fmt::Debug for ValidSettings {
@@ -256,6 +284,8 @@ impl ValidSettings {
         if let Some(hours) = self.hours {
             hours.apply(&mut stored);
         }
+        stored.wait_for_outcome = self.wait_for_outcome;
+        stored.outcome_wait_minutes = self.outcome_wait_minutes;
         stored.updated_at = now;
         stored
     }
@@ -278,6 +308,8 @@ mod tests {
             duplicate_window_minutes: "10".into(),
             contact_wait_seconds: "60".into(),
             hours: HoursInput::default(),
+            wait_for_outcome: true,
+            outcome_wait_minutes: "45".into(),
         }
     }
 
@@ -303,9 +335,30 @@ mod tests {
             duplicate_window_minutes: "1441".into(),
             contact_wait_seconds: "-1".into(),
             hours: HoursInput::default(),
+            wait_for_outcome: true,
+            outcome_wait_minutes: "0".into(),
         };
         let e = validate(&bad, "ok", &stored(), Lang::Ru).expect_err("all bad");
-        assert_eq!(e.names().len(), 6, "{e:?}");
+        assert_eq!(e.names().len(), 7, "{e:?}");
+        for (m, ok) in [
+            ("1", true),
+            ("1440", true),
+            ("1441", false),
+            ("", true),
+            ("x", false),
+        ] {
+            let mut i = good();
+            i.outcome_wait_minutes = m.into();
+            let v = validate(&i, "s", &stored(), Lang::En);
+            assert_eq!(v.is_ok(), ok, "{m}");
+            if m.is_empty() {
+                assert_eq!(
+                    v.map(|v| v.outcome_wait_minutes).ok(),
+                    Some(30),
+                    "empty keeps the stored bound"
+                );
+            }
+        }
         for (w, ok) in [("0", true), ("1440", true), ("10.5", false), ("+3", false)] {
             let mut i = good();
             i.duplicate_window_minutes = w.into();

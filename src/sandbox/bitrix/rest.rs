@@ -469,9 +469,25 @@ impl State {
                 if self.event_tokens.get(&token).map(String::as_str) != Some(member_id) {
                     return Err(api_err(403, "ACCESS_DENIED", "Access denied!"));
                 }
-                self.portal_mut(member_id)
-                    .event_sends
-                    .push(Value::Object(p.clone()));
+                // As on a real portal, only return values the robot declared in its
+                // RETURN_PROPERTIES reach the business process; the rest are dropped.
+                let portal = self.portal_mut(member_id);
+                let declared: Vec<String> = portal
+                    .robots
+                    .iter()
+                    .filter_map(|r| r.fields.get("RETURN_PROPERTIES")?.as_object())
+                    .flat_map(|m| m.keys().cloned())
+                    .collect();
+                let mut send = p.clone();
+                if let Some(Value::Object(values)) = get_ci(p, "RETURN_VALUES") {
+                    let kept: serde_json::Map<String, Value> = values
+                        .iter()
+                        .filter(|(k, _)| declared.iter().any(|d| d.eq_ignore_ascii_case(k)))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    send.insert("RETURN_VALUES".into(), Value::Object(kept));
+                }
+                portal.event_sends.push(Value::Object(send));
                 Ok(Value::Bool(true))
             }
             _ => Err(api_err(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")),

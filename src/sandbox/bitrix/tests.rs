@@ -615,7 +615,7 @@ async fn a_robot_call_reaches_the_handler_and_only_its_event_token_is_accepted()
         .robot_call_body(&p.member_id, "nope", deal, &[], style)
         .is_none());
 
-    let send = json!({"EVENT_TOKEN": fired.event_token, "RETURN_VALUES": {"call_status": "ok"}});
+    let send = json!({"EVENT_TOKEN": fired.event_token, "RETURN_VALUES": {"call_status": "ok", "undeclared": 1}});
     let (status, body) = rest(&p, "bizproc.event.send", &robot_token, send.clone()).await;
     assert_eq!((status, body["result"].clone()), (200, json!(true)));
     // answering twice is still "true" (the core drops it silently)
@@ -631,6 +631,11 @@ async fn a_robot_call_reaches_the_handler_and_only_its_event_token_is_accepted()
     let sends = sim.event_sends(&p.member_id);
     assert_eq!(sends.len(), 2);
     assert_eq!(sends[0]["RETURN_VALUES"]["call_status"], json!("ok"));
+    assert_eq!(
+        sends[0]["RETURN_VALUES"].get("undeclared"),
+        None,
+        "a value the robot did not declare never reaches the business process"
+    );
 }
 
 #[actix_web::test]

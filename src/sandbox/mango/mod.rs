@@ -18,9 +18,12 @@
 //! answers can be scripted per account ([`MangoSim::push_reply`]). State sits in one
 //! `Arc<std::sync::Mutex<_>>` that is never held across an `.await`.
 
+mod calls;
 mod server;
 #[cfg(test)]
 mod tests;
+
+pub use calls::{call_events, deliver, CallScenario, Delivery, SimEvent};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
@@ -348,6 +351,10 @@ struct State {
     accounts: HashMap<String, Account>,
     requests: Vec<MangoRequest>,
     callbacks: Vec<Value>,
+    /// How calls go, by client number or group ([`MangoSim::set_scenario`]).
+    scenarios: HashMap<String, CallScenario>,
+    /// The last `entry_id` number handed out.
+    next_entry: u64,
 }
 
 /// One simulated PBX.

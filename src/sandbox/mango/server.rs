@@ -92,6 +92,8 @@ impl State {
             accounts: HashMap::new(),
             requests: Vec::new(),
             callbacks: Vec::new(),
+            scenarios: HashMap::new(),
+            next_entry: 0,
         }
     }
 
