@@ -173,7 +173,8 @@ pub async fn drain(ctx: &Context, worker: &str) -> usize {
 }
 
 /// Schedules keep-alive refreshes for idle portals a few times a day (never on a tight loop:
-/// Bitrix24 may block apps that refresh on a schedule without need).
+/// Bitrix24 may block apps that refresh on a schedule without need), and deletes Mango's call
+/// events that can no longer change an outcome.
 async fn keep_alive_loop(ctx: Rc<Context>) {
     loop {
         match crate::portal::upkeep::schedule_keep_alive(&ctx).await {
@@ -186,6 +187,17 @@ async fn keep_alive_loop(ctx: Rc<Context>) {
                 ctx.shared.notify.notify_one();
             }
             Err(e) => tracing::error!(error = %e, "scheduling keep-alive refreshes failed"),
+        }
+        let now = ctx.shared.clock.now();
+        match ctx
+            .shared
+            .db
+            .run(move |c| crate::callback::outcome::record::purge_old_events(c, now))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "deleted Mango call events older than two days"),
+            Err(e) => tracing::error!(error = %e, "deleting old Mango call events failed"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(6 * 3600)).await;
     }

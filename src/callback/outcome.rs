@@ -17,7 +17,7 @@ use crate::db::{insert_if_absent, write_tx, DbConnection, DbError};
 use crate::jobs::{queue, Job};
 use crate::mango::events::Outcome;
 
-mod record;
+pub mod record;
 pub use record::{record_event, settle_late, Incoming, Recorded};
 
 /// One Mango command of a callback (`n` = 1 the first call).

@@ -270,3 +270,28 @@ async fn a_summary_whose_call_events_do_not_all_come_is_applied_after_a_grace_pe
     assert_eq!(app.b24.timeline_comments(&p.member_id, deal).len(), 2);
 }
 on_both_backends!(a_summary_whose_call_events_do_not_all_come_is_applied_after_a_grace_period);
+
+async fn call_events_older_than_two_days_are_deleted_and_the_outcome_stays(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("purge").await;
+    app.mango.set_scenario(TRAINEES, answered(40));
+    let deal = call_and_play(&app, &p, "89001234567", Delivery::InOrder).await;
+    assert!(stored_events(&app).await > 0);
+    app.advance(Duration::from_secs(24 * 3600));
+    assert_eq!(purge(&app).await, 0, "a day old: kept");
+    app.advance(Duration::from_secs(25 * 3600));
+    assert!(purge(&app).await > 0);
+    assert_eq!(stored_events(&app).await, 0);
+    let cb = callback_of(&app, &p.member_id, deal).await;
+    assert_eq!(cb.call_outcome.as_deref(), Some("answered"));
+}
+on_both_backends!(call_events_older_than_two_days_are_deleted_and_the_outcome_stays);
+
+async fn purge(app: &crate::helpers::TestApp) -> usize {
+    let now = app.clock.now();
+    app.shared
+        .db
+        .run(move |c| mango_callback::callback::outcome::record::purge_old_events(c, now))
+        .await
+        .expect("db")
+}

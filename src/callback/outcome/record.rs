@@ -88,6 +88,20 @@ fn store_event(
     })
 }
 
+/// How long Mango's call events are kept. Mango posts a summary for every call on the PBX, not
+/// only ours, and such a summary waits here for call events that never come; an attempt ends
+/// within the portal's outcome bound (at most a day) after its send, so after two days no event
+/// can still change an outcome.
+pub const EVENTS_KEPT: chrono::Duration = chrono::Duration::days(2);
+
+/// Deletes the call events received more than [`EVENTS_KEPT`] before `now`.
+pub fn purge_old_events(c: &mut DbConnection, now: NaiveDateTime) -> QueryResult<usize> {
+    diesel::delete(
+        mango_call_events::table.filter(mango_call_events::received_at.lt(now - EVENTS_KEPT)),
+    )
+    .execute(c)
+}
+
 /// Stores a verified event for the portals `members` (those whose salt verified it) and
 /// recomputes its attempt, in one transaction.
 pub fn record_event(
