@@ -2,6 +2,7 @@
 //! demo built on them. Behind the `sandbox` cargo feature (on by default): nothing outside this
 //! folder imports it, so `cargo build --no-default-features` builds the server without it.
 
+pub mod bench;
 pub mod bitrix;
 pub mod demo;
 pub mod faults;
