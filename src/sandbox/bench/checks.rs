@@ -4,8 +4,18 @@
 
 use std::collections::HashMap;
 
-use super::figures::{Check, Observed};
+use serde::Serialize;
+
+use super::figures::{limited, Observed};
 use crate::callback::Status;
+
+/// One correctness check: its name, whether it held, and what was found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
 
 fn check(name: &'static str, problems: Vec<String>, counted: String) -> Check {
     let ok = problems.is_empty();
@@ -18,8 +28,10 @@ fn check(name: &'static str, problems: Vec<String>, counted: String) -> Check {
     Check { name, ok, detail }
 }
 
-/// Every check of the run; `limited` is the count of 503/429 answers the peers gave.
-pub(super) fn all(o: &Observed<'_>, limited: usize) -> Vec<Check> {
+/// Every check of the run.
+pub(super) fn all(o: &Observed<'_>) -> Vec<Check> {
+    let tripped = o.rest_calls.iter().filter(|c| limited(c.status)).count()
+        + o.mango_statuses.iter().filter(|s| limited(**s)).count();
     let robot_calls: Vec<&super::fire::Ack> =
         o.fired.acks.iter().chain(o.fired.lone.as_ref()).collect();
     let expected = o.opts.calls as usize + usize::from(o.opts.lone);
@@ -133,10 +145,10 @@ pub(super) fn all(o: &Observed<'_>, limited: usize) -> Vec<Check> {
         format!("{comments} comments"),
     ));
 
-    let problems = if limited == 0 {
+    let problems = if tripped == 0 {
         Vec::new()
     } else {
-        vec![format!("{limited} answers 503/429")]
+        vec![format!("{tripped} answers 503/429")]
     };
     out.push(check(
         "no limit tripped",

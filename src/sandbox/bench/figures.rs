@@ -1,8 +1,7 @@
-//! From what a bench run observed (acks, callback rows, what the simulators received) to its
-//! figures and its exactly-once checks, and the one table (or JSON object) that shows them.
+//! What a bench run observed (acks, callback rows, what the simulators received), and the
+//! figures made from it: latencies, rates, requests per callback, drain time and its bound.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,9 +12,14 @@ use super::{BenchOptions, BenchPortal};
 use crate::callback::Callback;
 use crate::sandbox::bitrix::{BitrixSim, RecordedCall, BATCH_MAX};
 
+/// Whether a peer's answer says a limit was tripped.
+pub(super) fn limited(status: u16) -> bool {
+    status == 503 || status == 429
+}
+
 /// Bitrix24 commands one callback's work needs: the phone lookup's batch, `bizproc.event.send`
 /// and the timeline comment. Batched 50 to a request they set the portal's REST bound.
-const COMMANDS_PER_CALLBACK: usize = 3 + 2;
+pub(super) const COMMANDS_PER_CALLBACK: usize = 3 + 2;
 /// Mango's limit: callback commands per second per account.
 const MANGO_PER_SEC: f64 = 4.0;
 /// Bitrix24's limit: a leaky bucket of 50 draining 2 requests per second, per portal.
@@ -23,7 +27,7 @@ const B24_BURST: f64 = 50.0;
 const B24_PER_SEC: f64 = 2.0;
 /// Simulated round trips on the path from a robot call to the Mango command (the phone batch,
 /// then Mango's own answer delay, which comes before it records the command).
-const ROUND_TRIPS_TO_COMMAND: u32 = 2;
+pub(super) const ROUND_TRIPS_TO_COMMAND: u32 = 2;
 
 /// Everything a run observed, gathered after the last callback was reported.
 pub(super) struct Observed<'a> {
@@ -79,101 +83,6 @@ pub struct Figures {
     pub cpu_s: f64,
 }
 
-/// One correctness check: its name, whether it held, and what was found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    pub figures: Figures,
-    pub checks: Vec<Check>,
-}
-
-impl BenchReport {
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
-    }
-
-    pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    }
-
-    /// The one table.
-    pub fn table(&self) -> String {
-        let f = &self.figures;
-        let mut t = String::new();
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(t, "  {k:<38} {v}");
-        };
-        row(
-            "run",
-            format!(
-                "{} · {} portals · {} robot calls · {} · latency {} ms · set-up {:.1} s",
-                f.backend, f.portals, f.calls, f.mode, f.latency_ms, f.setup_s
-            ),
-        );
-        row(
-            "ack latency p50/p95/p99/max",
-            format!(
-                "{:.1} / {:.1} / {:.1} / {:.1} ms",
-                f.ack_p50, f.ack_p95, f.ack_p99, f.ack_max
-            ),
-        );
-        row("ack rate achieved", format!("{:.0} /s", f.ack_rate));
-        row(
-            "robot call → Mango command p50/p99",
-            format!("{:.0} / {:.0} ms", f.e2e_p50, f.e2e_p99),
-        );
-        row(
-            "  app's own share p50/p99",
-            format!(
-                "{:.0} / {:.0} ms (minus {ROUND_TRIPS_TO_COMMAND} × latency)",
-                f.own_p50, f.own_p99
-            ),
-        );
-        row(
-            "REST requests per callback",
-            format!(
-                "{:.2} ({} in all; {} more for upkeep)",
-                f.rest_per_callback, f.rest_requests, f.upkeep_requests
-            ),
-        );
-        row(
-            "503/429 answers (must be 0)",
-            format!("Bitrix24 {} · Mango {}", f.b24_limited, f.mango_limited),
-        );
-        row("drain time", format!("{:.1} s", f.drain_s));
-        row(
-            "limit bound",
-            format!(
-                "{:.1} s (Mango 4/s per account {:.1} s; Bitrix24 2/s burst 50, {COMMANDS_PER_CALLBACK} commands per callback in batches of {BATCH_MAX}: {:.1} s)",
-                f.bound_s, f.mango_bound_s, f.b24_bound_s
-            ),
-        );
-        row("drain / bound", format!("{:.2}×", f.drain_to_bound));
-        row(
-            "lone portal: robot call → Mango command",
-            f.lone_e2e
-                .map_or_else(|| "- (no --lone)".to_owned(), |ms| format!("{ms:.0} ms")),
-        );
-        row(
-            "RSS before firing / peak",
-            format!("{:.1} MB / {:.1} MB", f.rss_before_mb, f.peak_rss_mb),
-        );
-        row("CPU time of the process", format!("{:.2} s", f.cpu_s));
-        for c in &self.checks {
-            let mark = if c.ok { "ok  " } else { "FAIL" };
-            row(&format!("check {mark} {}", c.name), c.detail.clone());
-        }
-        let rule = "-".repeat(100);
-        format!("mango-callback bench\n{rule}\n{t}{rule}\n")
-    }
-}
-
 /// The process's resident memory now and at its peak, and its CPU time (user + system).
 pub(super) struct ProcStats {
     pub rss_kb: u64,
@@ -226,7 +135,7 @@ fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
     v
 }
 
-pub(super) fn compute(o: &Observed<'_>) -> BenchReport {
+pub(super) fn compute(o: &Observed<'_>) -> Figures {
     let acks = &o.fired.acks;
     let latency = o.opts.latency;
     let ack_times = sorted(acks.iter().map(|a| a.acked - a.sent).collect());
@@ -282,7 +191,6 @@ pub(super) fn compute(o: &Observed<'_>) -> BenchReport {
         .filter(|c| on_callback_path(&c.method))
         .collect();
     let upkeep_requests = portal_calls().count() - rest.len();
-    let limited = |s: u16| s == 503 || s == 429;
     let b24_limited = o.rest_calls.iter().filter(|c| limited(c.status)).count();
     let mango_limited = o.mango_statuses.iter().filter(|s| limited(**s)).count();
     let finished = o.callbacks.len().max(1);
@@ -351,8 +259,5 @@ pub(super) fn compute(o: &Observed<'_>) -> BenchReport {
         peak_rss_mb: now.peak_rss_kb as f64 / 1024.0,
         cpu_s: now.cpu_s,
     };
-    BenchReport {
-        checks: super::checks::all(o, b24_limited + mango_limited),
-        figures,
-    }
+    figures
 }

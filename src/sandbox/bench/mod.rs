@@ -8,6 +8,7 @@ mod checks;
 mod database;
 mod figures;
 mod fire;
+mod report;
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,9 @@ use super::LocalSettings;
 use crate::config::{BenchArgs, Settings};
 use crate::startup::{Application, RunOptions};
 
-pub use figures::{BenchReport, Check, Figures};
+pub use checks::Check;
+pub use figures::Figures;
+pub use report::BenchReport;
 
 /// The robot code our installer registers.
 const ROBOT: &str = crate::portal::robot::ROBOT_CODE;
@@ -195,7 +198,10 @@ async fn measure(
         setup,
         rss_before_kb,
     };
-    Ok(figures::compute(&observed))
+    Ok(BenchReport {
+        figures: figures::compute(&observed),
+        checks: checks::all(&observed),
+    })
 }
 
 /// Creates `count` portals, installs the app into each the way an administrator does (installer
