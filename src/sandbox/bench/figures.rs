@@ -206,14 +206,26 @@ pub(super) fn compute(o: &Observed<'_>) -> Figures {
     let drain_s = last_report.map_or(0.0, |t| {
         (t - o.fired.started_wall).num_microseconds().unwrap_or(0) as f64 / 1e6
     });
-    let mut per_portal = vec![0usize; o.opts.portals as usize];
+    // Mango's bound per account: each call can go no earlier than it arrived, nor sooner than
+    // 1/4 s after the account's previous one (a burst: n/4 s; an open-loop rate: at least the
+    // firing time). The busiest account sets the run's bound.
+    let mut sent_by_portal: Vec<Vec<Instant>> = vec![Vec::new(); o.opts.portals as usize];
     for a in acks {
-        if let Some(n) = per_portal.get_mut(a.portal) {
-            *n += 1;
+        if let Some(v) = sent_by_portal.get_mut(a.portal) {
+            v.push(a.sent);
         }
     }
-    let busiest = per_portal.iter().copied().max().unwrap_or(0);
-    let mango_bound_s = busiest as f64 / MANGO_PER_SEC;
+    let mut mango_bound_s: f64 = 0.0;
+    for sent in &mut sent_by_portal {
+        sent.sort_unstable();
+        let mut free_at = 0.0_f64;
+        for at in sent.iter() {
+            let arrived = (*at - o.fired.started).as_secs_f64();
+            free_at = free_at.max(arrived) + 1.0 / MANGO_PER_SEC;
+        }
+        mango_bound_s = mango_bound_s.max(free_at);
+    }
+    let busiest = sent_by_portal.iter().map(Vec::len).max().unwrap_or(0);
     let requests = (busiest * COMMANDS_PER_CALLBACK).div_ceil(BATCH_MAX) as f64;
     let b24_bound_s = (requests - B24_BURST).max(0.0) / B24_PER_SEC;
     let bound_s = mango_bound_s.max(b24_bound_s);
