@@ -73,3 +73,37 @@ async fn a_bench_run_whose_mango_performs_each_command_twice_fails_its_check() {
     let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON output");
     assert_eq!(json["figures"]["calls"], 6);
 }
+
+#[test]
+fn bench_options_out_of_range_are_refused_naming_the_flag() {
+    let args = |f: &dyn Fn(&mut mango_callback::config::BenchArgs)| {
+        let mut a = mango_callback::config::BenchArgs {
+            database_url: None,
+            portals: 10,
+            calls: 300,
+            rate: None,
+            burst: false,
+            concurrency: 64,
+            latency_ms: 50,
+            lone: false,
+            timeout_secs: None,
+            json: false,
+        };
+        f(&mut a);
+        BenchOptions::from_args(&a)
+    };
+    let ok = args(&|_| {}).expect("the defaults are in range");
+    assert_eq!((ok.portals, ok.calls, ok.rate), (10, 300, None));
+    for (flag, result) in [
+        ("--portals", args(&|a| a.portals = 0)),
+        ("--calls", args(&|a| a.calls = 100_001)),
+        ("--rate", args(&|a| a.rate = Some(f64::NAN))),
+        ("--rate", args(&|a| a.rate = Some(0.0))),
+        ("--concurrency", args(&|a| a.concurrency = 0)),
+        ("--latency-ms", args(&|a| a.latency_ms = 10_001)),
+        ("--timeout-secs", args(&|a| a.timeout_secs = Some(0))),
+    ] {
+        let e = result.expect_err("out of range");
+        assert!(e.starts_with(flag), "{flag}: {e}");
+    }
+}

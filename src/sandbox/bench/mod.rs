@@ -139,7 +139,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     .context("cannot start the simulated Mango")?;
     mango.record_commands_twice(opts.mango_doubles_commands);
     // The production defaults, pointed at the simulators: the bench measures the app as shipped.
-    let settings = Settings::for_local(&db_url, &b24.url(), &mango.api_url());
+    let mut settings = Settings::for_local(&db_url, &b24.url(), &mango.api_url());
+    // The installs are many administrators' browsers, all from the bench's one address: the
+    // per-address limit of browser POSTs would refuse them (robot calls are not under it).
+    settings.address_burst = settings
+        .address_burst
+        .max(opts.portals.saturating_add(u32::from(opts.lone)));
     let app = Application::build(settings, RunOptions::default()).await?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let shared = app.shared().clone();
