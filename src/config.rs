@@ -47,6 +47,9 @@ pub enum Command {
         #[arg(long)]
         exit: bool,
     },
+    /// Measure the app against simulated portals and Mango: install P portals, fire N robot
+    /// calls open-loop, wait for every callback, check exactly-once, print one table.
+    Bench(BenchArgs),
     /// Re-seal every stored secret under a new key, in one transaction: stop every instance,
     /// set APP_SECRET_KEY to the new key, give the old one, run this, start with the new key.
     RotateKey {
@@ -55,6 +58,44 @@ pub enum Command {
         #[arg(long, env = "APP_OLD_SECRET_KEY", hide_env_values = true)]
         old_key: Option<SecretArg>,
     },
+}
+
+/// `mango-callback bench`: what to run. Kept here (not in `sandbox`) so that the configuration
+/// never depends on the simulators; `sandbox::bench` reads it.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Database of the measured app: a fresh temp SQLite file when unset; with a postgres:// URL
+    /// a throwaway database is created on that server for the run and dropped after it.
+    #[arg(long = "database-url", id = "bench_database_url")]
+    pub database_url: Option<String>,
+    /// Portals installed and fired at (1–1000).
+    #[arg(long, default_value_t = 10)]
+    pub portals: u32,
+    /// Robot calls fired, spread round-robin over the portals (1–100000).
+    #[arg(long, default_value_t = 300)]
+    pub calls: u32,
+    /// Open-loop robot calls per second (0.1–100000); the default is one burst.
+    #[arg(long, conflicts_with = "burst")]
+    pub rate: Option<f64>,
+    /// Fire every robot call at once (the default when no --rate is given).
+    #[arg(long)]
+    pub burst: bool,
+    /// Robot calls in flight at most (1–1024): the open loop's bound on HTTP concurrency.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u32,
+    /// Simulated latency of every Bitrix24 and Mango answer, in milliseconds (0–10000).
+    #[arg(long, default_value_t = 50)]
+    pub latency_ms: u64,
+    /// Also fire one robot call on an extra, idle portal 2 s into the run, and time it.
+    #[arg(long)]
+    pub lone: bool,
+    /// Give up waiting for the callbacks after this many seconds (1–86400); default from the
+    /// size of the run.
+    #[arg(long)]
+    pub timeout_secs: Option<u64>,
+    /// Print the figures as one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A secret given on the command line or in the environment: `Debug` never shows it.

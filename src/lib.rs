@@ -32,7 +32,7 @@
 //!   (`GET /health`).
 //! - [`telemetry`]: logging, and panics logged once and caught at handlers, jobs and database tasks.
 //! - `sandbox` (cargo feature `sandbox`, on by default): simulated Bitrix24 and Mango servers for
-//!   the tests and the demo; nothing else imports it.
+//!   the tests, the demo and `mango-callback bench` (`sandbox::bench`); nothing else imports it.
 
 pub mod bitrix;
 pub mod callback;

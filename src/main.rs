@@ -9,7 +9,10 @@ async fn main() -> std::process::ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     // The sandbox prints its own trace; only warnings from the app would interrupt it.
-    let default_filter = if matches!(cli.command, Some(Command::Sandbox { .. })) {
+    let default_filter = if matches!(
+        cli.command,
+        Some(Command::Sandbox { .. } | Command::Bench(_))
+    ) {
         "warn"
     } else {
         "info"
@@ -24,10 +27,12 @@ async fn main() -> std::process::ExitCode {
             mango_port,
             exit,
         } => mango_callback::sandbox::demo::run(cli.settings, bitrix_port, mango_port, exit).await,
+        #[cfg(feature = "sandbox")]
+        Command::Bench(args) => mango_callback::sandbox::bench::command(args).await,
         #[cfg(not(feature = "sandbox"))]
-        Command::Sandbox { .. } => Err(anyhow::anyhow!(
+        Command::Sandbox { .. } | Command::Bench(_) => Err(anyhow::anyhow!(
             "this build has no sandbox: it was built without the `sandbox` feature \
-             (build with the default features to run the demo)"
+             (build with the default features to run the demo or the bench)"
         )),
         Command::RotateKey { old_key } => rotate_key(cli.settings, old_key).await,
     };

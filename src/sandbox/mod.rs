@@ -1,7 +1,8 @@
 //! Simulated peers (Bitrix24, Mango), the settings that point the app at them, and the sandbox
-//! demo built on them. Behind the `sandbox` cargo feature (on by default): nothing outside this
+//! demo and the benchmark (`bench`) built on them. Behind the `sandbox` cargo feature (on by default): nothing outside this
 //! folder imports it, so `cargo build --no-default-features` builds the server without it.
 
+pub mod bench;
 pub mod bitrix;
 pub mod demo;
 pub mod faults;

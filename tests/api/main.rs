@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bench;
 mod browser;
 mod browser_speed;
 mod budget;

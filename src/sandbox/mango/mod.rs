@@ -254,6 +254,23 @@ impl MangoSim {
         self.lock().callbacks.clone()
     }
 
+    /// [`MangoSim::callbacks`] with the instant each arrived (after the simulated latency):
+    /// the end of a robot call's end-to-end path, for `mango-callback bench`.
+    pub fn callbacks_timed(&self) -> Vec<(Instant, Value)> {
+        let st = self.lock();
+        st.accepted_at
+            .iter()
+            .copied()
+            .zip(st.callbacks.iter().cloned())
+            .collect()
+    }
+
+    /// While `true`, every accepted command is recorded twice, as if Mango had placed the call
+    /// twice: a broken run the bench's exactly-once check must catch (its own test).
+    pub fn record_commands_twice(&self, on: bool) {
+        self.lock().record_twice = on;
+    }
+
     /// Lifts an account's bad-request lockout and forgets its last invalid request.
     pub fn reset_lockout(&self, api_key: &str) {
         if let Some(account) = self.lock().accounts.get_mut(api_key) {
@@ -355,6 +372,10 @@ struct State {
     scenarios: HashMap<String, CallScenario>,
     /// The last `entry_id` number handed out.
     next_entry: u64,
+    /// When each of `callbacks` arrived, index for index (after the simulated latency).
+    accepted_at: Vec<Instant>,
+    /// Records every accepted command twice ([`MangoSim::record_commands_twice`]).
+    record_twice: bool,
 }
 
 /// One simulated PBX.

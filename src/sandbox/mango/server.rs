@@ -94,6 +94,8 @@ impl State {
             callbacks: Vec::new(),
             scenarios: HashMap::new(),
             next_entry: 0,
+            accepted_at: Vec::new(),
+            record_twice: false,
         }
     }
 
@@ -169,7 +171,13 @@ impl State {
         match account.handle(endpoint, request) {
             Ok(Handled::Answer(answer)) => answer,
             Ok(Handled::Accepted { command, delay }) => {
-                self.callbacks.push(command);
+                // A broken peer that performs every command twice (`record_twice`, for the
+                // bench's own test): recorded as two accepted commands.
+                let times = if self.record_twice { 2 } else { 1 };
+                for _ in 0..times {
+                    self.callbacks.push(command.clone());
+                    self.accepted_at.push(now);
+                }
                 let mut answer = Answer::ok(json!({ "result": 1000 }));
                 answer.delay = delay;
                 answer
