@@ -4,6 +4,7 @@
 mod helpers;
 
 mod browser;
+mod browser_driver;
 mod browser_speed;
 mod budget;
 mod callback;
