@@ -1,177 +1,18 @@
-//! The browser test: Debian's `chromium` driven through `chromedriver` (WebDriver) by fantoccini,
-//! on the settings page as an administrator uses it.
+//! The browser test: real Chromium (the driver and helpers of `browser_driver.rs`) on the
+//! settings page as an administrator uses it, and as a user who may only read it, in Russian and
+//! English, with screenshots in `test-output/`.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine as _;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use mango_callback::db::Backend;
 use mango_callback::sandbox::bitrix::SimPortal;
 
+use crate::browser_driver::{
+    browser, fill, launcher, screenshot, shot, start_driver, value_of, wait_for, wait_text,
+};
 use crate::helpers::{spawn_app, TestApp, LINE, MANGO_ACCOUNT, MANGO_KEY, MANGO_SALT};
-use crate::settings::{bare_portal, ROBOT};
-
-/// chromedriver on a free port, killed (by its own handle) when the test ends.
-pub(crate) struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-pub(crate) fn start_driver() -> Driver {
-    // `helpers::can_run_browser` has found it (or failed the test under CI=true).
-    let driver = std::env::var_os("CHROMEDRIVER")
-        .map(PathBuf::from)
-        .or_else(|| find_in_path("chromedriver"))
-        .unwrap_or_else(|| {
-            panic!(
-                "chromedriver not found: install Debian's `chromium` and `chromium-driver` \
-                 (apt-get install -y chromium chromium-driver) or set CHROMEDRIVER"
-            )
-        });
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let child = Command::new(&driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver.display()));
-    let d = Driver { child, port };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not listen on port {port} within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    d
-}
-
-pub(crate) async fn browser(driver: &Driver, profile: &Path) -> Client {
-    let binary = find_in_path("chromium").map(|p| p.display().to_string());
-    let mut opts = serde_json::json!({
-        "args": [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-            "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1200,1700",
-            format!("--user-data-dir={}", profile.display()),
-        ]
-    });
-    if let Some(b) = binary {
-        opts["binary"] = serde_json::Value::String(b);
-    }
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), "chrome".into());
-    caps.insert("goog:chromeOptions".into(), opts);
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .unwrap_or_else(|e| panic!("chromium did not start through chromedriver: {e}"))
-}
-
-fn attr_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A `data:` page whose form auto-submits the iframe fields to the app, as Bitrix24 does.
-pub(crate) fn launcher(app: &TestApp, portal: &SimPortal, user: u64, lang: &str) -> String {
-    let req = app
-        .b24
-        .iframe_request(&portal.member_id, user, "DEFAULT", lang);
-    let mut html = format!(
-        "<!doctype html><form id=\"f\" method=\"post\" action=\"{}\">",
-        attr_escape(&format!("{}/b24/app?{}", app.base, req.query_string()))
-    );
-    for (k, v) in &req.form {
-        html.push_str(&format!(
-            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-            attr_escape(k),
-            attr_escape(v)
-        ));
-    }
-    html.push_str("</form><script>document.getElementById('f').submit()</script>");
-    format!(
-        "data:text/html;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(html)
-    )
-}
-
-async fn fill(c: &Client, id: &str, value: &str) {
-    let e = c
-        .find(Locator::Id(id))
-        .await
-        .unwrap_or_else(|e| panic!("#{id}: {e}"));
-    e.clear().await.expect("clear");
-    if !value.is_empty() {
-        e.send_keys(value).await.expect("type");
-    }
-}
-
-async fn value_of(c: &Client, id: &str) -> String {
-    c.find(Locator::Id(id))
-        .await
-        .unwrap_or_else(|e| panic!("#{id}: {e}"))
-        .prop("value")
-        .await
-        .expect("value")
-        .unwrap_or_default()
-}
-
-pub(crate) async fn wait_for(c: &Client, id: &str) -> fantoccini::elements::Element {
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id(id))
-        .await
-        .unwrap_or_else(|e| panic!("#{id} did not appear: {e}"))
-}
-
-/// Waits until an element's text contains `needle` (for answers filled in by the script).
-async fn wait_text(c: &Client, id: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = wait_for(c, id).await.text().await.unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "#{id} never said {needle:?}; it says {text:?}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub(crate) async fn screenshot(c: &Client, name: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-output");
-    std::fs::create_dir_all(&dir).expect("test-output dir");
-    let png = c.screenshot().await.expect("screenshot");
-    std::fs::write(dir.join(name), png).expect("screenshot written");
-}
+use crate::settings::{bare_portal, stored_settings, ROBOT};
 
 async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
     // Russian: fill the keys, load the pickers from Mango, then save with a bad extension.
@@ -305,6 +146,137 @@ async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
     let body = c.source().await.expect("source");
     assert!(!body.contains(MANGO_SALT), "no salt in the page");
     screenshot(c, "settings-en.png").await;
+
+    outcome_settings(c, app, p).await;
+}
+
+/// Whether a checkbox is ticked.
+async fn ticked(c: &Client, id: &str) -> bool {
+    let checked = c
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .prop("checked")
+        .await
+        .expect("checked");
+    checked.as_deref() == Some("true")
+}
+
+async fn click(c: &Client, id: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+/// The section of the form that holds `id` (for a screenshot of just that part).
+async fn section_of(c: &Client, id: &str) -> fantoccini::elements::Element {
+    c.find(Locator::XPath(&format!("//section[.//*[@id='{id}']]")))
+        .await
+        .unwrap_or_else(|e| panic!("the section of #{id}: {e}"))
+}
+
+/// Issue #11's settings, after the calls above (so the robot's wait does not change them): a
+/// bound outside 1–1440 is refused next to its field with nothing stored, then 45 minutes with
+/// the robot waiting is saved and shown back, in the form and in the read-only summary, in
+/// Russian and English.
+async fn outcome_settings(c: &Client, app: &TestApp, p: &SimPortal) {
+    for bad in ["0", "2000"] {
+        c.goto(&launcher(app, p, 1, "ru")).await.expect("open");
+        wait_for(c, "settings").await;
+        assert!(!ticked(c, "wait_for_outcome").await, "off until ticked");
+        let before = app.snapshot().await;
+        click(c, "wait_for_outcome").await;
+        fill(c, "outcome_wait_minutes", bad).await;
+        click(c, "save").await;
+        let err = wait_for(c, "error-outcome_wait_minutes").await;
+        let text = err.text().await.expect("text");
+        assert!(text.contains("от 1 до 1440"), "{bad}: {text}");
+        // Next to its field (in the same marked box), and the only complaint.
+        let placed = c
+            .execute(
+                "const e = document.getElementById('error-outcome_wait_minutes').parentElement; \
+                 return [e.contains(document.getElementById('outcome_wait_minutes')), \
+                 e.classList.contains('invalid'), document.querySelectorAll('.error').length];",
+                vec![],
+            )
+            .await
+            .expect("script");
+        assert_eq!(placed, serde_json::json!([true, true, 1]), "{bad}");
+        // What was typed is echoed back for fixing; nothing was stored.
+        assert_eq!(value_of(c, "outcome_wait_minutes").await, bad);
+        assert!(ticked(c, "wait_for_outcome").await, "{bad}");
+        assert_eq!(app.snapshot().await, before, "{bad} changed what is stored");
+    }
+    shot(
+        c,
+        &section_of(c, "outcome_wait_minutes").await,
+        "outcome-settings-ru-validation.png",
+    )
+    .await;
+
+    // Fixed on the refused form (the box is still ticked): saved.
+    fill(c, "outcome_wait_minutes", "45").await;
+    click(c, "save").await;
+    wait_text(c, "notice", "Настройки сохранены").await;
+    let s = stored_settings(app, &p.member_id).await.expect("settings");
+    assert_eq!((s.wait_for_outcome, s.outcome_wait_minutes), (true, 45));
+
+    // Reopened: the form as the administrator, the summary as a user who only reads it.
+    app.b24.add_user(&p.member_id, 5, false);
+    for (lang, yes) in [
+        ("ru", "Робот ждёт итога звонка\nда"),
+        ("en", "Robot waits for the outcome\nyes"),
+    ] {
+        c.goto(&launcher(app, p, 1, lang)).await.expect("reopen");
+        wait_for(c, "settings").await;
+        assert_eq!(value_of(c, "outcome_wait_minutes").await, "45", "{lang}");
+        assert!(ticked(c, "wait_for_outcome").await, "{lang}");
+        let section = section_of(c, "outcome_wait_minutes").await;
+        let label = section.text().await.expect("text");
+        let wanted = if lang == "ru" {
+            "Ждать итога звонка от Mango, минут"
+        } else {
+            "Wait for the call's outcome from Mango, minutes"
+        };
+        assert!(label.contains(wanted), "{lang}: {label}");
+        // The box sits on its label's line, box-sized (not stretched like the text inputs).
+        let layout = c
+            .execute(
+                "const b = document.getElementById('wait_for_outcome').getBoundingClientRect(); \
+                 const l = document.querySelector('label[for=wait_for_outcome]').getBoundingClientRect(); \
+                 return [b.width < 30, l.height < 2 * b.height + 4];",
+                vec![],
+            )
+            .await
+            .expect("script");
+        assert_eq!(
+            layout,
+            serde_json::json!([true, true]),
+            "{lang}: the checkbox"
+        );
+        shot(c, &section, &format!("outcome-settings-{lang}.png")).await;
+
+        c.goto(&launcher(app, p, 5, lang))
+            .await
+            .expect("open as a user");
+        let summary = wait_for(c, "readonly").await;
+        assert!(
+            c.find(Locator::Id("settings")).await.is_err(),
+            "{lang}: no form"
+        );
+        let text = summary.text().await.expect("text");
+        assert!(text.contains(yes), "{lang}: {text}");
+        let minutes = if lang == "ru" {
+            "Ждать итога, минут\n45"
+        } else {
+            "Outcome wait, minutes\n45"
+        };
+        assert!(text.contains(minutes), "{lang}: {text}");
+        shot(c, &summary, &format!("outcome-summary-{lang}.png")).await;
+    }
 }
 
 #[actix_web::test]

@@ -1,15 +1,13 @@
 //! The browser test of the speed-to-lead panel and the call log's attempts: real Chromium (the
-//! driver and helpers of `browser.rs`) on a portal with a month of seeded callbacks, in Russian
+//! driver and helpers of `browser_driver.rs`) on a portal with a month of seeded callbacks, in Russian
 //! and English, with screenshots of the panel and the log in `test-output/`.
-
-use std::path::Path;
 
 use chrono::Duration;
 use fantoccini::{Client, Locator};
 use mango_callback::db::Backend;
 use mango_callback::sandbox::bitrix::SimPortal;
 
-use crate::browser::{browser, launcher, start_driver, wait_for};
+use crate::browser_driver::{browser, launcher, shot, start_driver, wait_for};
 use crate::helpers::{spawn_app, TestApp};
 use crate::speed::{seed, seed_attempt, to_next_nine_utc};
 
@@ -52,20 +50,6 @@ async fn seed_month(app: &TestApp, p: &SimPortal) -> usize {
     let retry = created + Duration::minutes(5);
     seed_attempt(app, p, &id, 2, ("experienced", "001"), retry, "answered").await;
     days_with_bars
-}
-
-/// A screenshot of one element, scrolled into view first (Chromium crops it to the viewport).
-async fn shot(c: &Client, el: &fantoccini::elements::Element, name: &str) {
-    c.execute(
-        "arguments[0].scrollIntoView({block: 'start'})",
-        vec![serde_json::to_value(el).expect("element reference")],
-    )
-    .await
-    .expect("scrolled");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-output");
-    std::fs::create_dir_all(&dir).expect("test-output dir");
-    let png = el.screenshot().await.expect("screenshot");
-    std::fs::write(dir.join(name), png).expect("screenshot written");
 }
 
 async fn bars_shown(c: &Client) -> serde_json::Value {

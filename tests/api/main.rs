@@ -5,6 +5,7 @@ mod helpers;
 
 mod bench;
 mod browser;
+mod browser_driver;
 mod browser_speed;
 mod budget;
 mod callback;
