@@ -174,7 +174,19 @@ pub fn finish(
             reason: reason.clone(),
         }
         .to_new_job(Some(&cb.member_id), Some(format!("report:{}", cb.id)), now);
-        queue::enqueue(c, &job, now)?;
+        if !queue::enqueue(c, &job, now)? && new_status != Status::Started {
+            // A retry that could not be placed: the callback's own report went out with its
+            // first attempt, so the outcome's report tells the deal (and a waiting robot).
+            let job = super::outcome::ReportOutcome {
+                callback_id: cb.id.clone(),
+            }
+            .to_new_job(
+                Some(&cb.member_id),
+                Some(format!("report_outcome:{}", cb.id)),
+                now,
+            );
+            queue::enqueue(c, &job, now)?;
+        }
         Ok(true)
     })
 }

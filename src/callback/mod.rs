@@ -9,6 +9,7 @@
 //!   the [`AnnounceSchedule`] job (`result=scheduled` and the timeline comment);
 //! - [`outcome`]: each attempt's outcome from Mango's call events, copied onto the callback;
 //! - [`outcome_report`]: the outcome's report job and the job that closes an unanswered wait;
+//! - [`retry`]: retries and escalation after an attempt nobody or the client did not answer;
 //! - [`store`]: the SQL of `callbacks` and `deals`;
 //! - [`history`]: the attempts of callbacks, for the call log (read only);
 //! - [`speed`]: speed to lead and answer rates for the settings page (read only).
@@ -22,6 +23,7 @@ pub mod place_call;
 pub mod reason;
 pub mod report;
 pub mod resend;
+pub mod retry;
 pub mod schedule;
 pub mod send;
 pub mod speed;

@@ -64,9 +64,10 @@ pub struct ReportOutcome {
     pub callback_id: String,
 }
 
-/// The first attempt's row and the job that bounds the wait for its summary, written in the
-/// transaction of `queued → calling`. A second `calling` of the same attempt (the command was
-/// refused for sure and is sent again) keeps both.
+/// The attempt's row and the job that bounds the wait for its summary, written in the
+/// transaction of `queued → calling`: attempt 1 for the first command, the next number for a
+/// retry (a new command id, see [`super::retry`]). A second `calling` of the same attempt (the
+/// command was refused for sure and is sent again under the same id) keeps both.
 pub fn open_first_attempt(
     c: &mut DbConnection,
     cb: &Callback,
@@ -74,11 +75,16 @@ pub fn open_first_attempt(
     command_id: &str,
     now: NaiveDateTime,
 ) -> QueryResult<()> {
+    let n = match last_attempt(c, &cb.id)? {
+        None => 1,
+        Some(a) if a.command_id == command_id => return Ok(()),
+        Some(a) => a.n + 1,
+    };
     let inserted = insert_if_absent(c, |c| {
         diesel::insert_into(call_attempts::table)
             .values((
                 call_attempts::callback_id.eq(&cb.id),
-                call_attempts::n.eq(1),
+                call_attempts::n.eq(n),
                 call_attempts::member_id.eq(&cb.member_id),
                 call_attempts::command_id.eq(command_id),
                 call_attempts::group_kind.eq(cb.group_kind.map_or("trainee", |g| g.as_str())),
@@ -93,11 +99,11 @@ pub fn open_first_attempt(
             .clamp(1, 1440);
         let mut job = CloseUnknown {
             callback_id: cb.id.clone(),
-            n: 1,
+            n,
         }
         .to_new_job(
             Some(&cb.member_id),
-            Some(format!("close_unknown:{}:1", cb.id)),
+            Some(format!("close_unknown:{}:{n}", cb.id)),
             now,
         );
         job.run_at = now + chrono::Duration::minutes(i64::from(minutes));
@@ -147,6 +153,10 @@ pub fn settle(c: &mut DbConnection, callback_id: &str, now: NaiveDateTime) -> Qu
     let (Some(outcome), Some(ended)) = (a.outcome.clone(), a.ended_at) else {
         return Ok(false);
     };
+    // The portal's rules may call again instead: the callback then goes on, unsettled.
+    if super::retry::plan(c, callback_id, &a, now)? {
+        return Ok(false);
+    }
     let changed = diesel::update(
         callbacks::table
             .find(callback_id)

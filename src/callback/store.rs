@@ -80,10 +80,12 @@ pub fn claim_deal(
 /// queued or running (buried after a bug, cancelled). Such a run must not block its deal
 /// forever, so the cut-off treats it as ended. A callback whose job is alive keeps the deal,
 /// however long it waits (a contact not linked yet, Mango retries). The job's dedup key is
-/// `place_call:<callback id>` (see `lifecycle::accept`).
+/// `place_call:<callback id>` (see `lifecycle::accept`), and `place_call:<callback id>:<n>` for
+/// the job of a retry's attempt `n` (see `retry::plan`).
 fn active_run_is_dead() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql::<diesel::sql_types::Bool>(
-        "NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.dedup_key = 'place_call:' || deals.active_callback_id \
+        "NOT EXISTS (SELECT 1 FROM jobs WHERE (jobs.dedup_key = 'place_call:' || deals.active_callback_id \
+         OR jobs.dedup_key LIKE 'place_call:' || deals.active_callback_id || ':%') \
          AND jobs.status IN ('queued', 'running'))",
     )
 }

@@ -26,6 +26,7 @@ mod props;
 mod refresh;
 mod report_once;
 mod resend;
+mod retry;
 mod secrets;
 mod security;
 mod self_check;

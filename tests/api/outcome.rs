@@ -38,6 +38,23 @@ pub(crate) async fn wait_for_outcome(app: &TestApp, member_id: &str, minutes: i3
         .expect("db");
 }
 
+/// The portal calls once whatever the outcome: these tests are about one attempt's outcome.
+pub(crate) async fn no_retries(app: &TestApp, member_id: &str) {
+    let mid = member_id.to_owned();
+    app.shared
+        .db
+        .run(move |c| {
+            diesel::update(portal_settings::table.find(mid))
+                .set((
+                    portal_settings::retry_no_answer_times.eq(0),
+                    portal_settings::retry_client_times.eq(0),
+                ))
+                .execute(c)
+        })
+        .await
+        .expect("db");
+}
+
 pub(crate) async fn callback_of(app: &TestApp, member_id: &str, deal: u64) -> Callback {
     let mid = member_id.to_owned();
     app.shared
@@ -142,6 +159,7 @@ on_both_backends!(a_manager_and_a_client_who_talk_end_as_answered_with_the_talk_
 async fn a_waiting_robot_gets_exactly_one_event_carrying_each_reference_outcome(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("waits").await;
+    no_retries(&app, &p.member_id).await;
     let robots = app.b24.robots(&p.member_id);
     let returns = &robots[0].1["RETURN_PROPERTIES"];
     for key in ["outcome", "manager_extension", "talk_seconds"] {

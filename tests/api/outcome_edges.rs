@@ -245,6 +245,7 @@ async fn a_summary_whose_call_events_do_not_all_come_is_applied_after_a_grace_pe
 ) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("grace").await;
+    crate::outcome::no_retries(&app, &p.member_id).await;
     app.mango.set_scenario(TRAINEES, answered(30));
     let deal = app.robot_call_with_phone(&p.member_id, "89001234567").await;
     let events = app.mango.events_of(0, 1_800_000_000).expect("scenario");

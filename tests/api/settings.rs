@@ -563,3 +563,72 @@ async fn the_wait_for_the_outcome_is_saved_and_a_bound_out_of_range_is_refused(b
     assert_eq!((s.wait_for_outcome, s.outcome_wait_minutes), (false, 45));
 }
 on_both_backends!(the_wait_for_the_outcome_is_saved_and_a_bound_out_of_range_is_refused);
+
+async fn retry_rules_are_saved_and_numbers_out_of_range_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let p = bare_portal(&app, "retries").await;
+    let page = open_app(&app, &p, 1, "ru").await;
+    assert!(page.body.contains("Повторные звонки"), "{}", page.body);
+    let token = page_token(&page.body);
+    for (field, bad) in [
+        ("retry_no_answer_times", "6"),
+        ("retry_no_answer_times", "-1"),
+        ("retry_no_answer_minutes", "0"),
+        ("retry_client_times", "1.5"),
+        ("retry_client_minutes", "1441"),
+    ] {
+        let mut form = good_form(&token, "002");
+        form.push(("retry_form", "1"));
+        for (k, v) in [
+            ("retry_no_answer_times", "2"),
+            ("retry_no_answer_minutes", "5"),
+            ("retry_client_times", "1"),
+            ("retry_client_minutes", "10"),
+        ] {
+            form.push((k, if k == field { bad } else { v }));
+        }
+        let r = post(&app, "/b24/app/settings?LANG=ru", None, enc(&form)).await;
+        assert_eq!(r.status, 400, "{field}={bad}");
+        assert!(
+            r.body.contains(&format!("id=\"error-{field}\"")),
+            "{field}={bad}"
+        );
+        assert!(
+            stored_settings(&app, &p.member_id).await.is_none(),
+            "{field}={bad}: nothing stored"
+        );
+    }
+    let mut form = good_form(&token, "002");
+    form.extend([
+        ("retry_form", "1"),
+        ("retry_no_answer_times", "3"),
+        ("retry_no_answer_minutes", "15"),
+        ("retry_escalate", "on"),
+        ("retry_client_times", "0"),
+        ("retry_client_minutes", "10"),
+    ]);
+    let r = post(&app, "/b24/app/settings?LANG=en", None, enc(&form)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = stored_settings(&app, &p.member_id).await.expect("saved");
+    assert_eq!(
+        (
+            s.retry_no_answer_times,
+            s.retry_no_answer_minutes,
+            s.retry_escalate,
+            s.retry_client_times
+        ),
+        (3, 15, true, 0)
+    );
+    // A form without the section (a page from before it existed) keeps the stored rules.
+    let r = post(
+        &app,
+        "/b24/app/settings?LANG=en",
+        None,
+        enc(&good_form(&token, "002")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = stored_settings(&app, &p.member_id).await.expect("saved");
+    assert_eq!((s.retry_no_answer_times, s.retry_escalate), (3, true));
+}
+on_both_backends!(retry_rules_are_saved_and_numbers_out_of_range_are_refused);

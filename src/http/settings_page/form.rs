@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::hours_form::{validate_hours, HoursErrors, HoursInput, ValidHours};
+use super::retry_form::{validate_retry, RetryErrors, RetryInput, ValidRetry};
 use crate::crypto::Cipher;
 use crate::portal::{Lang, PortalSettings};
 
@@ -18,6 +19,7 @@ pub struct SettingsInput {
     pub duplicate_window_minutes: String,
     pub contact_wait_seconds: String,
     pub hours: HoursInput,
+    pub retry: RetryInput,
     /// "The robot waits for the call's outcome" (a checkbox: absent from the form when off).
     pub wait_for_outcome: bool,
     /// Minutes to wait for Mango's summary before the outcome is `unknown`; empty keeps the
@@ -36,6 +38,7 @@ impl SettingsInput {
             duplicate_window_minutes: s.duplicate_window_minutes.to_string(),
             contact_wait_seconds: s.contact_wait_seconds.to_string(),
             hours: HoursInput::from_settings(s),
+            retry: RetryInput::from_settings(s),
             wait_for_outcome: s.wait_for_outcome,
             outcome_wait_minutes: s.outcome_wait_minutes.to_string(),
         }
@@ -51,6 +54,7 @@ impl SettingsInput {
             duplicate_window_minutes: get("duplicate_window_minutes"),
             contact_wait_seconds: get("contact_wait_seconds"),
             hours: HoursInput::from_form(form),
+            retry: RetryInput::from_form(form),
             wait_for_outcome: matches!(get("wait_for_outcome").as_str(), "on" | "1" | "true"),
             outcome_wait_minutes: get("outcome_wait_minutes"),
         }
@@ -68,6 +72,7 @@ pub struct FieldErrors {
     pub duplicate_window_minutes: Option<String>,
     pub contact_wait_seconds: Option<String>,
     pub hours: HoursErrors,
+    pub retry: RetryErrors,
     pub outcome_wait_minutes: Option<String>,
 }
 
@@ -92,6 +97,7 @@ impl FieldErrors {
         .filter(|(_, e)| e.is_some())
         .map(|(n, _)| n)
         .chain(self.hours.names())
+        .chain(self.retry.names())
         .collect()
     }
 }
@@ -208,8 +214,9 @@ pub fn validate(
         );
     }
     let hours = validate_hours(&input.hours, lang).map_err(|h| e.hours = h);
-    match (window, wait, outcome_wait, hours) {
-        (Some(window), Some(wait), Some(outcome_wait), Ok(hours)) if e.is_empty() => {
+    let retry = validate_retry(&input.retry, lang).map_err(|r| e.retry = r);
+    match (window, wait, outcome_wait, hours, retry) {
+        (Some(window), Some(wait), Some(outcome_wait), Ok(hours), Ok(retry)) if e.is_empty() => {
             Ok(ValidSettings {
                 mango_api_key: input.mango_api_key.clone(),
                 new_salt: (!salt.is_empty()).then(|| salt.to_owned()),
@@ -219,6 +226,7 @@ pub fn validate(
                 duplicate_window_minutes: window,
                 contact_wait_seconds: wait,
                 hours,
+                retry,
                 wait_for_outcome: input.wait_for_outcome,
                 outcome_wait_minutes: outcome_wait,
             })
@@ -240,6 +248,8 @@ pub struct ValidSettings {
     pub contact_wait_seconds: i32,
     /// `None` keeps the stored working hours (a form without their section).
     pub hours: Option<ValidHours>,
+    /// `None` keeps the stored retry rules (a form without their section).
+    pub retry: Option<ValidRetry>,
     pub wait_for_outcome: bool,
     pub outcome_wait_minutes: i32,
 }
@@ -284,6 +294,9 @@ impl ValidSettings {
         if let Some(hours) = self.hours {
             hours.apply(&mut stored);
         }
+        if let Some(retry) = self.retry {
+            retry.apply(&mut stored);
+        }
         stored.wait_for_outcome = self.wait_for_outcome;
         stored.outcome_wait_minutes = self.outcome_wait_minutes;
         stored.updated_at = now;
@@ -308,6 +321,7 @@ mod tests {
             duplicate_window_minutes: "10".into(),
             contact_wait_seconds: "60".into(),
             hours: HoursInput::default(),
+            retry: RetryInput::default(),
             wait_for_outcome: true,
             outcome_wait_minutes: "45".into(),
         }
@@ -335,6 +349,7 @@ mod tests {
             duplicate_window_minutes: "1441".into(),
             contact_wait_seconds: "-1".into(),
             hours: HoursInput::default(),
+            retry: RetryInput::default(),
             wait_for_outcome: true,
             outcome_wait_minutes: "0".into(),
         };

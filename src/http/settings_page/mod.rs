@@ -25,6 +25,7 @@ pub mod form;
 pub mod hours_form;
 pub mod mango_check;
 pub mod page_token;
+pub mod retry_form;
 pub mod speed;
 pub mod view;
 
