@@ -154,7 +154,12 @@ pub fn settle(c: &mut DbConnection, callback_id: &str, now: NaiveDateTime) -> Qu
         return Ok(false);
     };
     // The portal's rules may call again instead: the callback then goes on, unsettled.
-    if super::retry::plan(c, callback_id, &a, now)? {
+    let this = super::retry::Ended {
+        n: a.n,
+        outcome: &outcome,
+        group_kind: &a.group_kind,
+    };
+    if super::retry::plan(c, callback_id, this, now)? {
         return Ok(false);
     }
     let changed = diesel::update(

@@ -7,7 +7,6 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::outcome::Attempt;
 use super::{Callback, Group, PlaceCall, Status};
 use crate::db::schema::{call_attempts, callbacks, deals};
 use crate::db::DbConnection;
@@ -76,6 +75,14 @@ pub fn next(rules: &Rules, ended: &str, group: Group, outcomes: &[&str]) -> Opti
     }
 }
 
+/// The attempt that just ended, as [`plan`] needs it (the callback's `call_attempts` row).
+#[derive(Debug, Clone, Copy)]
+pub struct Ended<'a> {
+    pub n: i32,
+    pub outcome: &'a str,
+    pub group_kind: &'a str,
+}
+
 /// In the transaction that would settle `callback_id` after its last attempt `a` ended: when the
 /// portal's rules call again, the callback goes back to `queued` with a new command id, the
 /// group of the next attempt and `scheduled_for` (the delay, moved to the next opening of the
@@ -105,7 +112,7 @@ pub fn plan(
         .select(call_attempts::outcome)
         .load(c)?;
     let outcomes: Vec<&str> = outcomes.iter().flatten().map(String::as_str).collect();
-    let group = Group::parse(&a.group_kind).unwrap_or(Group::Trainee);
+    let group = Group::parse(a.group_kind).unwrap_or(Group::Trainee);
     let Some(retry) = next(&Rules::of(&settings), ended, group, &outcomes) else {
         return Ok(false);
     };
