@@ -92,12 +92,10 @@ pub struct Ended<'a> {
 pub fn plan(
     c: &mut DbConnection,
     callback_id: &str,
-    a: &Attempt,
+    a: Ended<'_>,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    let Some(ended) = a.outcome.as_deref() else {
-        return Ok(false);
-    };
+    let ended = a.outcome;
     let cb: Callback = callbacks::table
         .find(callback_id)
         .select(Callback::as_select())
