@@ -112,9 +112,13 @@ pub async fn run(
         // gives up quickly.
         s.duplicate_window_minutes = 0;
         s.contact_wait_seconds = 6;
+        // The demo runs on the real clock: a retry minutes later would leave its calls
+        // unfinished, so each call is played once and ends in its outcome.
+        s.retry_no_answer_times = 0;
+        s.retry_client_times = 0;
     })
     .await?;
-    println!("-- settings saved: trainees 002, experienced 001, line {LINE}");
+    println!("-- settings saved: trainees 002, experienced 001, line {LINE}, no retries");
     // How the simulated calls go: a trainee who answers and talks, experienced managers who
     // do not answer, and one client who does not pick up.
     mango.set_scenario(
