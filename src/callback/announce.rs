@@ -7,7 +7,7 @@
 use diesel::QueryResult;
 use serde_json::json;
 
-use super::report::report_error;
+use super::report::{add_deal_comment, send_robot_event};
 use super::schedule::{comment_text, RESULT_SCHEDULED};
 use super::{store, AnnounceSchedule, Callback, Status};
 use crate::context::Context;
@@ -19,7 +19,7 @@ impl Job for AnnounceSchedule {
     /// As the report's: a waiting business process depends on this answer.
     const MAX_ATTEMPTS: i32 = 20;
 
-    async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+    async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
         let found = db
@@ -51,52 +51,20 @@ impl Job for AnnounceSchedule {
             return Ok(());
         }
         let text = comment_text(at, &settings.timezone, Lang::parse(&portal.lang));
-        let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
-        match ctx
-            .bitrix()
-            .call(&cb.member_id, "crm.timeline.comment.add", params)
-            .await
-        {
-            Ok(_) => Ok(()),
-            // A deleted or unwritable deal takes no comment, however often asked.
-            Err(crate::bitrix::BitrixError::Api {
-                status, ref code, ..
-            }) if matches!(status, 400 | 403 | 404) && code != "QUERY_LIMIT_EXCEEDED" => {
-                tracing::warn!(callback = %cb.id, deal = %cb.deal_id, status, code = %code, "the deal does not take the schedule comment");
-                Ok(())
-            }
-            Err(e) => Err(report_error(ctx, &cb, e)),
-        }
+        // A deal that does not take the comment is logged by `add_deal_comment`; nothing to redo.
+        add_deal_comment(ctx, &cb, &text, job.attempts > 1).await?;
+        Ok(())
     }
 }
 
 /// `bizproc.event.send` with `result=scheduled`, and `event_sent_at` set so no other report of
 /// this run answers again.
 async fn send_scheduled_event(ctx: &Context, cb: &Callback) -> Result<(), JobError> {
-    if let Some(token) = &cb.event_token {
-        let values = json!({
-            "result": RESULT_SCHEDULED,
-            "group_extension": "",
-            "command_id": "",
-            "error": "",
-        });
-        let params = json!({ "EVENT_TOKEN": token, "RETURN_VALUES": values, "LOG_MESSAGE": format!("mango-callback: {RESULT_SCHEDULED}") });
-        match ctx
-            .bitrix()
-            .call(&cb.member_id, "bizproc.event.send", params)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("ACCESS_DENIED") => {
-                tracing::error!(callback = %cb.id, error = %e, "bizproc.event.send refused the event token")
-            }
-            Err(e) => return Err(report_error(ctx, cb, e)),
-        }
-    }
-    let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
-    ctx.shared
-        .db
-        .run(move |c| store::mark_event_sent(c, &cid, now))
-        .await?;
-    Ok(())
+    let values = json!({
+        "result": RESULT_SCHEDULED,
+        "group_extension": "",
+        "command_id": "",
+        "error": "",
+    });
+    send_robot_event(ctx, cb, values, RESULT_SCHEDULED).await
 }

@@ -6,7 +6,7 @@ use diesel::QueryResult;
 use serde_json::json;
 
 use super::outcome::{self, Attempt, CloseUnknown, ReportOutcome, SettleLate};
-use super::report::report_error;
+use super::report::{add_deal_comment, send_robot_event};
 use super::{store, Callback};
 use crate::context::Context;
 use crate::jobs::{Job, JobError};
@@ -103,7 +103,7 @@ impl Job for ReportOutcome {
     /// As the callback's report: a waiting business process depends on it.
     const MAX_ATTEMPTS: i32 = 20;
 
-    async fn run(self, ctx: &Context, _job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+    async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
         let found = db
@@ -126,41 +126,13 @@ impl Job for ReportOutcome {
         // The robot's one event: still owed when the callback's report held it back for the
         // outcome (waiting mode), or this report ran first.
         if cb.event_sent_at.is_none() {
-            if let Some(token) = &cb.event_token {
-                let params = json!({ "EVENT_TOKEN": token, "RETURN_VALUES": return_values(&cb),
-                    "LOG_MESSAGE": format!("mango-callback: {}", cb.call_outcome.as_deref().unwrap_or("-")) });
-                match ctx
-                    .bitrix()
-                    .call(&cb.member_id, "bizproc.event.send", params)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some("ACCESS_DENIED") => {
-                        tracing::error!(callback = %cb.id, error = %e, "bizproc.event.send refused the event token")
-                    }
-                    Err(e) => return Err(report_error(ctx, &cb, e)),
-                }
-            }
-            let cid = cb.id.clone();
-            db.run(move |c| store::mark_event_sent(c, &cid, now))
-                .await?;
+            let log = cb.call_outcome.as_deref().unwrap_or("-");
+            send_robot_event(ctx, &cb, return_values(&cb), log).await?;
         }
         if cb.outcome_reported_at.is_none() && !cb.deal_id.is_empty() {
             let text = outcome_text(&cb, attempt.as_ref(), wait, Lang::parse(&portal.lang));
-            let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
-            match ctx
-                .bitrix()
-                .call(&cb.member_id, "crm.timeline.comment.add", params)
-                .await
-            {
-                Ok(_) => {}
-                Err(crate::bitrix::BitrixError::Api {
-                    status, ref code, ..
-                }) if matches!(status, 400 | 403 | 404) && code != "QUERY_LIMIT_EXCEEDED" => {
-                    tracing::warn!(callback = %cb.id, status, code = %code, "the deal does not take the outcome comment; reported without it");
-                }
-                Err(e) => return Err(report_error(ctx, &cb, e)),
-            }
+            // A deal that does not take it is logged there; the outcome is reported without it.
+            add_deal_comment(ctx, &cb, &text, job.attempts > 1).await?;
         }
         let cid = cb.id.clone();
         db.run(move |c| store::mark_outcome_reported(c, &cid, now))

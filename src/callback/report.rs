@@ -77,6 +77,81 @@ pub(super) fn report_error(ctx: &Context, cb: &Callback, e: BitrixError) -> JobE
     }
 }
 
+/// Answers the business process of `cb` with `values` (`bizproc.event.send`) and records that
+/// it was answered, so no other report of the run answers again. A run without an event token
+/// has nobody waiting; a refused token will never be accepted: both are recorded as answered.
+pub(super) async fn send_robot_event(
+    ctx: &Context,
+    cb: &Callback,
+    values: serde_json::Value,
+    log: &str,
+) -> Result<(), JobError> {
+    if let Some(token) = &cb.event_token {
+        let params = json!({ "EVENT_TOKEN": token, "RETURN_VALUES": values, "LOG_MESSAGE": format!("mango-callback: {log}") });
+        match ctx
+            .bitrix()
+            .call(&cb.member_id, "bizproc.event.send", params)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("ACCESS_DENIED") => {
+                tracing::error!(callback = %cb.id, error = %e, "bizproc.event.send refused the event token")
+            }
+            Err(e) => return Err(report_error(ctx, cb, e)),
+        }
+    }
+    let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
+    ctx.shared
+        .db
+        .run(move |c| store::mark_event_sent(c, &cid, now))
+        .await?;
+    Ok(())
+}
+
+/// What became of a timeline comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commented {
+    /// Added now, or found added by an earlier attempt whose answer was lost.
+    Added,
+    /// The deal was deleted or cannot be written by the app's user: no retry can add it.
+    Refused,
+}
+
+/// Adds `text` to the deal's timeline. Bitrix24 has no idempotency key for comments, so a job
+/// that runs again (`retried`: an earlier attempt may have added it and lost the answer, or been
+/// killed before recording it) looks first and does not add it a second time.
+pub(super) async fn add_deal_comment(
+    ctx: &Context,
+    cb: &Callback,
+    text: &str,
+    retried: bool,
+) -> Result<Commented, JobError> {
+    if retried
+        && already_commented(ctx, cb, text)
+            .await
+            .map_err(|e| report_error(ctx, cb, e))?
+    {
+        tracing::info!(callback = %cb.id, deal = %cb.deal_id, "the timeline comment was added by an earlier attempt whose answer was lost; not added again");
+        return Ok(Commented::Added);
+    }
+    let params =
+        json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
+    match ctx
+        .bitrix()
+        .call(&cb.member_id, "crm.timeline.comment.add", params)
+        .await
+    {
+        Ok(_) => Ok(Commented::Added),
+        Err(BitrixError::Api {
+            status, ref code, ..
+        }) if matches!(status, 400 | 403 | 404) && code != "QUERY_LIMIT_EXCEEDED" => {
+            tracing::warn!(callback = %cb.id, deal = %cb.deal_id, status, code = %code, "the deal does not take the timeline comment (deleted or not writable)");
+            Ok(Commented::Refused)
+        }
+        Err(e) => Err(report_error(ctx, cb, e)),
+    }
+}
+
 impl Job for ReportCallback {
     const KIND: &'static str = "report_callback";
     /// A waiting business process depends on this answer: with backoff capped at 10 minutes,
@@ -104,65 +179,22 @@ impl Job for ReportCallback {
         // report (`outcome_report`), when the call has ended.
         let held_for_outcome = waits && cb.status == Status::Started;
         if cb.event_sent_at.is_none() && !held_for_outcome {
-            if let Some(token) = &cb.event_token {
-                let values = json!({
-                    "result": cb.status.as_str(),
-                    "group_extension": cb.group_extension.clone().unwrap_or_default(),
-                    "command_id": cb.command_id.clone().unwrap_or_default(),
-                    "error": cb.error.clone().unwrap_or_default(),
-                    "outcome": cb.call_outcome.clone().unwrap_or_default(),
-                });
-                let params = json!({ "EVENT_TOKEN": token, "RETURN_VALUES": values, "LOG_MESSAGE": format!("mango-callback: {}", cb.status) });
-                match ctx
-                    .bitrix()
-                    .call(&cb.member_id, "bizproc.event.send", params)
-                    .await
-                {
-                    Ok(_) => {}
-                    // A refused event token will never be accepted; the comment still goes out.
-                    Err(e) if e.code() == Some("ACCESS_DENIED") => {
-                        tracing::error!(callback = %cb.id, error = %e, "bizproc.event.send refused the event token")
-                    }
-                    Err(e) => return Err(report_error(ctx, &cb, e)),
-                }
-            }
-            let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
-            db.run(move |c| store::mark_event_sent(c, &cid, now))
-                .await?;
+            let values = json!({
+                "result": cb.status.as_str(),
+                "group_extension": cb.group_extension.clone().unwrap_or_default(),
+                "command_id": cb.command_id.clone().unwrap_or_default(),
+                "error": cb.error.clone().unwrap_or_default(),
+                "outcome": cb.call_outcome.clone().unwrap_or_default(),
+            });
+            send_robot_event(ctx, &cb, values, cb.status.as_str()).await?;
         }
         // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
         if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() {
             let text = comment_text(&cb, self.reason.as_ref(), Lang::parse(&portal.lang));
-            // An earlier run of this job may have added the comment and lost the answer (or been
-            // killed before recording it): look before adding it a second time.
-            let retried = job.attempts > 1;
-            if retried
-                && already_commented(ctx, &cb, &text)
-                    .await
-                    .map_err(|e| report_error(ctx, &cb, e))?
-            {
-                tracing::info!(callback = %cb.id, deal = %cb.deal_id, "the timeline comment was added by an earlier attempt whose answer was lost; not added again");
-                let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
-                db.run(move |c| store::mark_comment_added(c, &cid, now))
-                    .await?;
+            // The deal does not take it: no retry can add it, and the business process already
+            // has its answer, so the report ends without it.
+            if add_deal_comment(ctx, &cb, &text, job.attempts > 1).await? == Commented::Refused {
                 return Ok(());
-            }
-            let params = json!({ "fields": { "ENTITY_ID": cb.deal_id, "ENTITY_TYPE": "deal", "COMMENT": text } });
-            match ctx
-                .bitrix()
-                .call(&cb.member_id, "crm.timeline.comment.add", params)
-                .await
-            {
-                Ok(_) => {}
-                // The deal was deleted or cannot be written by the app's user: no retry can add
-                // the comment, and the business process already has its answer.
-                Err(crate::bitrix::BitrixError::Api {
-                    status, ref code, ..
-                }) if matches!(status, 400 | 403 | 404) && code != "QUERY_LIMIT_EXCEEDED" => {
-                    tracing::warn!(callback = %cb.id, deal = %cb.deal_id, status, code = %code, "the deal does not take the timeline comment (deleted or not writable); the report ends without it");
-                    return Ok(());
-                }
-                Err(e) => return Err(report_error(ctx, &cb, e)),
             }
             let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
             db.run(move |c| store::mark_comment_added(c, &cid, now))
