@@ -155,7 +155,7 @@ impl Application {
 pub fn job_registry() -> Registry {
     Registry::new()
         .with::<PlaceCall>()
-        .with::<ReportCallback>()
+        .with_gathered::<ReportCallback>()
         .with::<crate::callback::AnnounceSchedule>()
         .with::<crate::callback::outcome::ReportOutcome>()
         .with::<crate::callback::outcome::CloseUnknown>()

@@ -47,6 +47,19 @@ impl RateLimiter {
             Duration::from_micros(u64::try_from(us).unwrap_or(1))
         }))
     }
+
+    /// The share of the portal's burst that is left now, from 0.0 (spent: the next request
+    /// waits) to 1.0 (full). A read only: callers use it to decide whether to send at once or
+    /// gather requests into shared batches.
+    pub async fn spare(&self, member_id: &str) -> Result<f64, DbError> {
+        let (member, offset_us) = (member_id.to_owned(), self.clock.offset_us());
+        let ahead = self
+            .db
+            .run(move |c| super::store::ahead(c, &member, offset_us))
+            .await?;
+        let burst_us = (self.tolerance_us + self.interval_us).max(1);
+        Ok((1.0 - ahead as f64 / burst_us as f64).clamp(0.0, 1.0))
+    }
 }
 
 /// One async mutex per portal: concurrent refreshes inside one process coalesce behind it

@@ -62,3 +62,15 @@ pub fn take(
     }
     Ok(Some(1))
 }
+
+/// How far the portal's schedule runs ahead of now, in microseconds (0 when its budget is full
+/// or the portal has not called yet). Reads only: nothing is taken.
+pub fn ahead(conn: &mut DbConnection, member_id: &str, offset_us: i64) -> QueryResult<i64> {
+    let now = format!("({} + {offset_us})", now_us_sql(conn));
+    let sql = format!("SELECT tat_us - {now} AS v FROM rest_budgets WHERE member_id = {{p}}");
+    Ok(query(conn, &sql, member_id)?
+        .first()
+        .copied()
+        .unwrap_or(0)
+        .max(0))
+}

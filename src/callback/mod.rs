@@ -5,6 +5,7 @@
 //! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
+//!   [`report_batch`]: its first run, which reports many callbacks of a portal in one `batch`;
 //! - [`schedule`]: working hours applied to a run (placed at the next opening); [`announce`]:
 //!   the [`AnnounceSchedule`] job (`result=scheduled` and the timeline comment);
 //! - [`outcome`]: each attempt's outcome from Mango's call events, copied onto the callback;
@@ -22,6 +23,7 @@ pub mod outcome_report;
 pub mod place_call;
 pub mod reason;
 pub mod report;
+pub mod report_batch;
 pub mod resend;
 pub mod retry;
 pub mod schedule;

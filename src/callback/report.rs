@@ -158,7 +158,23 @@ impl Job for ReportCallback {
     /// 20 attempts ride out a Bitrix24 outage of about two and a half hours.
     const MAX_ATTEMPTS: i32 = 20;
 
+    /// A first run reports together with the portal's other due reports, in one Bitrix24
+    /// `batch` ([`super::report_batch`]); a retried one runs alone, looking before it adds.
     async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+        if job.attempts <= 1 {
+            return super::report_batch::run(self, ctx, job).await;
+        }
+        self.run_alone(ctx, job).await
+    }
+}
+
+impl ReportCallback {
+    /// The report of one callback, two requests: a retry after a failed or unanswered batch.
+    pub(super) async fn run_alone(
+        self,
+        ctx: &Context,
+        job: &crate::jobs::queue::JobRow,
+    ) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
         let found = db
@@ -178,6 +194,33 @@ impl Job for ReportCallback {
         // A robot that waits for the call's outcome gets its one event from the outcome's
         // report (`outcome_report`), when the call has ended.
         let held_for_outcome = waits && cb.status == Status::Started;
+        let text = comment_text(&cb, self.reason.as_ref(), Lang::parse(&portal.lang));
+        let mut looked = false;
+        let batch_unknown = job
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(super::report_batch::ANSWER_UNKNOWN));
+        if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() && batch_unknown {
+            looked = true;
+            if already_commented(ctx, &cb, &text)
+                .await
+                .map_err(|e| report_error(ctx, &cb, e))?
+            {
+                // The earlier run sent the event and then the comment in one batch and never
+                // heard back: the comment on the deal shows the batch was carried out.
+                tracing::info!(callback = %cb.id, deal = %cb.deal_id, "the earlier report's batch was carried out though its answer was lost; nothing is sent again");
+                let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
+                let event_went = cb.event_sent_at.is_none() && !held_for_outcome;
+                db.run(move |c| {
+                    if event_went {
+                        store::mark_event_sent(c, &cid, now)?;
+                    }
+                    store::mark_comment_added(c, &cid, now)
+                })
+                .await?;
+                return Ok(());
+            }
+        }
         if cb.event_sent_at.is_none() && !held_for_outcome {
             let values = json!({
                 "result": cb.status.as_str(),
@@ -190,10 +233,10 @@ impl Job for ReportCallback {
         }
         // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
         if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() {
-            let text = comment_text(&cb, self.reason.as_ref(), Lang::parse(&portal.lang));
             // The deal does not take it: no retry can add it, and the business process already
             // has its answer, so the report ends without it.
-            if add_deal_comment(ctx, &cb, &text, job.attempts > 1).await? == Commented::Refused {
+            let retried = job.attempts > 1 && !looked;
+            if add_deal_comment(ctx, &cb, &text, retried).await? == Commented::Refused {
                 return Ok(());
             }
             let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());

@@ -19,6 +19,13 @@ use serde::Serialize;
 
 use crate::context::Context;
 
+/// How the note of a job waiting a moment to be gathered with others of its kind begins
+/// ([`Registry::with_gathered`]); [`worker::drain`] runs such jobs without waiting for them.
+pub const GATHER_NOTE: &str = "gathering:";
+
+/// The longest a job waits to be gathered.
+pub const GATHER_WINDOW: Duration = Duration::from_secs(1);
+
 /// How a job run ended, when it did not succeed. A failure keeps its source error, so the log and
 /// the stored `last_error` show the whole cause chain ([`cause_chain`]).
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +117,9 @@ pub type Runner =
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: Vec<(&'static str, Runner)>,
+    /// Kinds claimed one per portal at a time: a run gathers the portal's other due jobs of its
+    /// kind ([`queue::adopt`]) and does them together.
+    gathered: Vec<&'static str>,
 }
 
 impl Registry {
@@ -121,6 +131,18 @@ impl Registry {
     pub fn with<J: Job>(mut self) -> Registry {
         self.kinds.push((J::KIND, run_typed::<J>));
         self
+    }
+
+    /// Adds the job kind `J`, claimed one per portal at a time: its run adopts the portal's
+    /// other due jobs of the kind and finishes them ([`worker::finish`]).
+    pub fn with_gathered<J: Job>(mut self) -> Registry {
+        self.gathered.push(J::KIND);
+        self.with::<J>()
+    }
+
+    /// The kinds claimed one per portal at a time.
+    pub fn gathered(&self) -> &[&'static str] {
+        &self.gathered
     }
 
     /// The registered `KIND` equal to `kind`, or `unknown`: a label from a fixed set.

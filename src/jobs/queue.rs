@@ -73,16 +73,7 @@ pub fn enqueue(conn: &mut DbConnection, job: &NewJob, now: NaiveDateTime) -> Que
     })
 }
 
-/// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`: queued
-/// jobs whose `run_at` has come, and running jobs whose lease ran out (their worker died).
-///
-/// Fair across portals (`member_id`): the portals with due jobs take turns, oldest waiting portal
-/// first, so one portal's burst does not take every slot while another portal's lone job waits.
-/// A portal alone still gets every slot.
-///
-/// Candidates are read without locks; each is then taken by a compare-and-set that succeeds
-/// for exactly one worker even across processes (PostgreSQL re-checks the `WHERE` of a
-/// concurrent `UPDATE` after the winner commits; SQLite serialises writers).
+/// [`claim_gathering`] with no kind gathered: every due job is claimed on its own.
 pub fn claim(
     conn: &mut DbConnection,
     worker: &str,
@@ -90,15 +81,46 @@ pub fn claim(
     lease_until: NaiveDateTime,
     limit: i64,
 ) -> QueryResult<Vec<JobRow>> {
+    claim_gathering(conn, worker, now, lease_until, limit, &[])
+}
+
+/// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`: queued
+/// jobs whose `run_at` has come, and running jobs whose lease ran out (their worker died).
+///
+/// Fair across portals (`member_id`): the portals with due jobs take turns, oldest waiting portal
+/// first, so one portal's burst does not take every slot while another portal's lone job waits.
+/// A portal alone still gets every slot.
+///
+/// Of a kind in `gathered`, one job per portal is claimed: its run gathers the portal's other
+/// due jobs of that kind itself ([`adopt`]) and does them together (one Bitrix24 `batch` for
+/// many reports), which it could not if each were claimed and run on its own.
+///
+/// Candidates are read without locks; each is then taken by a compare-and-set that succeeds
+/// for exactly one worker even across processes (PostgreSQL re-checks the `WHERE` of a
+/// concurrent `UPDATE` after the winner commits; SQLite serialises writers).
+pub fn claim_gathering(
+    conn: &mut DbConnection,
+    worker: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+    limit: i64,
+    gathered: &[&str],
+) -> QueryResult<Vec<JobRow>> {
     let due = jobs::status
         .eq(QUEUED)
         .and(jobs::run_at.le(now))
         .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now)));
     let candidates = fair_candidates(conn, now, limit)?;
     let mut claimed = Vec::new();
-    for id in candidates {
+    let mut gathering: std::collections::HashSet<(Option<String>, String)> = Default::default();
+    for (id, kind, member_id) in candidates {
         if claimed.len() as i64 >= limit {
             break;
+        }
+        if gathered.contains(&kind.as_str())
+            && gathering.contains(&(member_id.clone(), kind.clone()))
+        {
+            continue;
         }
         let won = diesel::update(jobs::table.filter(jobs::id.eq(&id)).filter(due))
             .set((
@@ -114,10 +136,78 @@ pub fn claim(
                 .find(&id)
                 .select(JobRow::as_select())
                 .first(conn)?;
+            gathering.insert((member_id, kind));
             claimed.push(row);
         }
     }
     Ok(claimed)
+}
+
+/// Claims for `worker` up to `limit` more due jobs of `kind` for the portal, for a run that does
+/// them together with its own (see [`claim`] on gathered kinds). Only jobs that never failed
+/// (`attempts = 0`): a retried one runs on its own, with the care a retry needs. The adopted
+/// rows come back claimed, their attempt counted; the adopter finishes each of them.
+pub fn adopt(
+    conn: &mut DbConnection,
+    worker: &str,
+    member_id: &str,
+    kind: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Vec<JobRow>> {
+    let due = || {
+        jobs::table
+            .filter(jobs::status.eq(QUEUED))
+            .filter(jobs::kind.eq(kind))
+            .filter(jobs::member_id.eq(member_id))
+            .filter(jobs::run_at.le(now))
+            .filter(jobs::attempts.eq(0))
+    };
+    let ids: Vec<String> = due()
+        .order((jobs::run_at.asc(), jobs::id.asc()))
+        .select(jobs::id)
+        .limit(limit)
+        .load(conn)?;
+    let mut adopted = Vec::with_capacity(ids.len());
+    for id in ids {
+        let won = diesel::update(due().filter(jobs::id.eq(&id)))
+            .set((
+                jobs::status.eq(RUNNING),
+                jobs::locked_by.eq(worker),
+                jobs::locked_until.eq(lease_until),
+                jobs::attempts.eq(jobs::attempts + 1),
+                jobs::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        if won == 1 {
+            adopted.push(
+                jobs::table
+                    .find(&id)
+                    .select(JobRow::as_select())
+                    .first(conn)?,
+            );
+        }
+    }
+    Ok(adopted)
+}
+
+/// Makes the jobs waiting to be gathered ([`super::GATHER_NOTE`]) until `until` due now: the
+/// deterministic drain's way to run them without waiting out their window.
+pub fn hurry_gathering(
+    conn: &mut DbConnection,
+    until: NaiveDateTime,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        jobs::table
+            .filter(jobs::status.eq(QUEUED))
+            .filter(jobs::run_at.gt(now))
+            .filter(jobs::run_at.le(until))
+            .filter(jobs::last_error.like(format!("{}%", super::GATHER_NOTE))),
+    )
+    .set(jobs::run_at.eq(now))
+    .execute(conn)
 }
 
 /// Extends `worker`'s lease on a running job; `false` when the job is no longer its own (the
@@ -149,14 +239,14 @@ pub fn holds_lease(
     Ok(n == 1)
 }
 
-/// Due job ids in turn order: each portal's oldest, then each one's second oldest, and so on,
+/// Due jobs (id, kind, portal) in turn order: each portal's oldest, then each one's second oldest, and so on,
 /// portals ordered by their oldest due job; twice `limit` of them, since some may be lost to
 /// other workers' claims.
 fn fair_candidates(
     conn: &mut DbConnection,
     now: NaiveDateTime,
     limit: i64,
-) -> QueryResult<Vec<String>> {
+) -> QueryResult<Vec<(String, String, Option<String>)>> {
     let want = limit.saturating_mul(2).max(1);
     // Queued jobs whose time has come, and running jobs whose lease ran out (their worker died).
     let due = || {
@@ -178,17 +268,21 @@ fn fair_candidates(
         let ordered = due()
             .order((jobs::run_at.asc(), jobs::id.asc()))
             .limit(want);
-        let ids: Vec<String> = match member_id {
+        let ids: Vec<(String, String)> = match &member_id {
             Some(m) => ordered
                 .filter(jobs::member_id.eq(m))
-                .select(jobs::id)
+                .select((jobs::id, jobs::kind))
                 .load(conn)?,
             None => ordered
                 .filter(jobs::member_id.is_null())
-                .select(jobs::id)
+                .select((jobs::id, jobs::kind))
                 .load(conn)?,
         };
-        queues.push(ids.into_iter());
+        let portal = member_id.clone();
+        queues.push(
+            ids.into_iter()
+                .map(move |(id, kind)| (id, kind, portal.clone())),
+        );
     }
     let mut turns = Vec::new();
     while (turns.len() as i64) < want {

@@ -107,7 +107,7 @@ impl Worker {
             }
             let free = self.slots.available_permits();
             let claimed = if free > 0 {
-                claim_due(&self.ctx, &self.id, free).await
+                claim_due_gathering(&self.ctx, &self.id, free, self.registry.gathered()).await
             } else {
                 Vec::new()
             };
@@ -196,11 +196,22 @@ pub fn stop_switch() -> (StopWorker, watch::Receiver<bool>) {
 
 /// Claims up to `limit` due jobs (and jobs whose worker's lease ran out) for `worker`.
 pub async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::JobRow> {
+    claim_due_gathering(ctx, worker, limit, &[]).await
+}
+
+/// [`claim_due`], one job per portal of each `gathered` kind (see [`queue::claim_gathering`]).
+pub async fn claim_due_gathering(
+    ctx: &Context,
+    worker: &str,
+    limit: usize,
+    gathered: &[&'static str],
+) -> Vec<queue::JobRow> {
     let clock = ctx.shared.clock.clone();
     // Polling is the sign of life `/health` looks for (the tests' `drain` polls too).
     ctx.shared.heartbeat.beat(clock.now());
     let lease = lease_of(ctx);
     let worker = worker.to_owned();
+    let gathered = gathered.to_vec();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     match ctx
         .shared
@@ -208,7 +219,14 @@ pub async fn claim_due(ctx: &Context, worker: &str, limit: usize) -> Vec<queue::
         .run(move |c| {
             // One reading of the database's clock per claim: see [`queue`] on why.
             let now = clock.shift(crate::db::database_now(c)?);
-            Ok::<_, crate::db::DbError>(queue::claim(c, &worker, now, now + lease, limit)?)
+            Ok::<_, crate::db::DbError>(queue::claim_gathering(
+                c,
+                &worker,
+                now,
+                now + lease,
+                limit,
+                &gathered,
+            )?)
         })
         .await
     {
@@ -273,49 +291,102 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
                 return;
             }
         };
-        let now = ctx.shared.clock.now();
-        let (id, w) = (job.id.clone(), worker.to_owned());
-        let outcome = match result {
-            Ok(()) => {
-                took(JobOutcome::Done);
-                tracing::info!("job done");
-                ctx.shared.db.run(move |c| queue::complete(c, &id, &w, now)).await
-            }
-            Err(JobError::RetryAt(at, note)) => {
-                took(JobOutcome::Waits);
-                tracing::info!(until = %at, %note, "job waits");
-                ctx.shared.db.run(move |c| queue::snooze(c, &id, &w, at, &note, now)).await
-            }
-            Err(JobError::Snooze(wait)) => {
-                took(JobOutcome::Waits);
-                let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
-                let note = format!("snoozed {} ms for a rate budget", wait.as_millis());
-                tracing::debug!(wait_ms = wait.as_millis() as u64, "job snoozes for a rate budget");
-                ctx.shared.db.run(move |c| queue::snooze(c, &id, &w, at, &note, now)).await
-            }
-            Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {
-                took(JobOutcome::Retry);
-                let e = super::cause_chain(&e);
-                let delay = super::backoff(job.attempts);
-                let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "job failed, will retry");
-                ctx.shared.db.run(move |c| queue::retry(c, &id, &w, at, &e, now)).await
-            }
-            Err(JobError::Transient(e)) | Err(JobError::Permanent(e)) => {
-                took(JobOutcome::Dead);
-                let e = super::cause_chain(&e);
-                tracing::error!(error = %e, "job failed for good; buried");
-                ctx.shared.db.run(move |c| queue::bury(c, &id, &w, &e, now)).await
-            }
-        };
-        match outcome {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("job outcome not recorded: the lease was lost to another worker"),
-            Err(e) => tracing::error!(error = %e, "recording the job outcome failed; the lease will expire and it re-runs"),
-        }
+        finish(ctx, kind, worker, &job, result, started).await;
     }
     .instrument(span)
     .await
+}
+
+/// Records how a run of `job` ended (done, waiting, retried or buried) and counts it; used for
+/// each job a worker claimed and for each job a gathering run adopted ([`queue::adopt`]).
+pub async fn finish(
+    ctx: &Context,
+    kind: &'static str,
+    worker: &str,
+    job: &queue::JobRow,
+    result: Result<(), JobError>,
+    started: std::time::Instant,
+) {
+    let took = |outcome| {
+        let seconds = started.elapsed().as_secs_f64();
+        ctx.shared.metrics.job_run(kind, outcome, seconds);
+    };
+    let now = ctx.shared.clock.now();
+    let (id, w) = (job.id.clone(), worker.to_owned());
+    let outcome = match result {
+        Ok(()) => {
+            took(JobOutcome::Done);
+            tracing::info!("job done");
+            ctx.shared
+                .db
+                .run(move |c| queue::complete(c, &id, &w, now))
+                .await
+        }
+        Err(JobError::RetryAt(at, note)) => {
+            took(JobOutcome::Waits);
+            tracing::info!(until = %at, %note, "job waits");
+            ctx.shared
+                .db
+                .run(move |c| queue::snooze(c, &id, &w, at, &note, now))
+                .await
+        }
+        Err(JobError::Snooze(wait)) => {
+            took(JobOutcome::Waits);
+            let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+            let note = format!("snoozed {} ms for a rate budget", wait.as_millis());
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "job snoozes for a rate budget"
+            );
+            ctx.shared
+                .db
+                .run(move |c| queue::snooze(c, &id, &w, at, &note, now))
+                .await
+        }
+        Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {
+            took(JobOutcome::Retry);
+            let e = super::cause_chain(&e);
+            let delay = super::backoff(job.attempts);
+            let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "job failed, will retry");
+            ctx.shared
+                .db
+                .run(move |c| queue::retry(c, &id, &w, at, &e, now))
+                .await
+        }
+        Err(JobError::Transient(e)) | Err(JobError::Permanent(e)) => {
+            took(JobOutcome::Dead);
+            let e = super::cause_chain(&e);
+            tracing::error!(error = %e, "job failed for good; buried");
+            ctx.shared
+                .db
+                .run(move |c| queue::bury(c, &id, &w, &e, now))
+                .await
+        }
+    };
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("job outcome not recorded: the lease was lost to another worker")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "recording the job outcome failed; the lease will expire and it re-runs")
+        }
+    }
+}
+
+/// Makes due now the jobs waiting at most [`super::GATHER_WINDOW`] to be gathered.
+async fn hurry_gathering(ctx: &Context) -> usize {
+    let clock = ctx.shared.clock.clone();
+    let window = chrono::Duration::from_std(super::GATHER_WINDOW).unwrap_or_default();
+    let hurried = ctx.shared.db.run(move |c| {
+        let now = clock.shift(crate::db::database_now(c)?);
+        Ok::<_, crate::db::DbError>(queue::hurry_gathering(c, now + window, now)?)
+    });
+    hurried.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "hurrying the gathered jobs failed");
+        0
+    })
 }
 
 /// Runs every due job to completion, repeatedly, until none is due: the tests' and the
@@ -323,7 +394,10 @@ pub async fn run_one(ctx: &Context, registry: &Registry, worker: &str, job: queu
 pub async fn drain(ctx: &Context, registry: &Registry, worker: &str) -> usize {
     let mut runs = 0;
     loop {
-        let batch = claim_due(ctx, worker, 64).await;
+        let mut batch = claim_due_gathering(ctx, worker, 64, registry.gathered()).await;
+        if batch.is_empty() && hurry_gathering(ctx).await > 0 {
+            batch = claim_due_gathering(ctx, worker, 64, registry.gathered()).await;
+        }
         if batch.is_empty() {
             return runs;
         }

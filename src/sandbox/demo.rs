@@ -209,7 +209,7 @@ pub async fn run(
             .and_then(|r| r.reason.as_ref());
         print_trace(cb, reason, &b24, &mango);
     }
-    println!("\n   Mango received {} callback_group command(s); Bitrix24 got {} bizproc.event.send call(s).", mango.callbacks().len(), b24.calls_to("bizproc.event.send").len());
+    println!("\n   Mango received {} callback_group command(s); Bitrix24 got {} bizproc.event.send command(s).", mango.callbacks().len(), b24.event_sends(&portal.member_id).len());
     println!(
         "   Injected faults: Bitrix24 {}; Mango {}.",
         b24.fault_counts(),

@@ -573,6 +573,43 @@ impl TestApp {
         }
     }
 
+    /// The methods of each `batch` request's commands, in the order sent.
+    pub fn batch_methods(&self) -> Vec<Vec<String>> {
+        self.b24
+            .calls_to("batch")
+            .iter()
+            .map(|c| {
+                c.params["cmd"]
+                    .as_object()
+                    .map(|cmds| {
+                        cmds.values()
+                            .filter_map(serde_json::Value::as_str)
+                            .map(|c| c.split('?').next().unwrap_or_default().to_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// How many `batch` requests carried a command of `method`.
+    pub fn batches_with(&self, method: &str) -> usize {
+        self.batch_methods()
+            .iter()
+            .filter(|b| b.iter().any(|m| m == method))
+            .count()
+    }
+
+    /// How many times `method` was asked for: on its own or as a `batch` command.
+    pub fn commands_to(&self, method: &str) -> usize {
+        let inside: usize = self
+            .batch_methods()
+            .iter()
+            .map(|b| b.iter().filter(|m| *m == method).count())
+            .sum();
+        self.b24.calls_to(method).len() + inside
+    }
+
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }

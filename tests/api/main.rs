@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod batching;
 mod bench;
 mod browser;
 mod browser_driver;

@@ -325,6 +325,11 @@ impl BitrixSim {
         id
     }
 
+    /// Deletes a deal, as a user in the CRM would: reading it or commenting on it then fails.
+    pub fn delete_deal(&self, member_id: &str, deal_id: u64) {
+        self.st().portal_mut(member_id).deals.remove(&deal_id);
+    }
+
     /// Links one more contact to a deal (the first linked one is primary).
     pub fn link_contact(&self, member_id: &str, deal_id: u64, contact_id: u64) {
         let mut st = self.st();
@@ -368,7 +373,8 @@ impl BitrixSim {
         p.faults.extend(std::iter::repeat_n(fault, n));
     }
 
-    /// The next `n` calls of `method` (not inside a batch) on the portal fail with `fault`.
+    /// The next `n` calls of `method` on the portal fail with `fault`: a call on its own with that
+    /// HTTP answer, a command inside a `batch` with that error in `result_error`.
     pub fn fail_method_next(&self, member_id: &str, method: &str, n: usize, fault: Fault) {
         let mut st = self.st();
         let p = st.portal_mut(member_id);
@@ -381,6 +387,7 @@ impl BitrixSim {
     /// The next `n` successful calls of `method` on the portal are carried out (a comment is
     /// added, an event accepted) but their answers are lost: the connection is cut, as when a
     /// proxy or the network fails after Bitrix24 did the work. The app cannot know it happened.
+    /// Inside a `batch`, the whole batch's answer is lost.
     pub fn lose_answers(&self, member_id: &str, method: &str, n: usize) {
         let mut st = self.st();
         let p = st.portal_mut(member_id);

@@ -78,16 +78,7 @@ impl State {
                 .and_then(VecDeque::pop_front)
         });
         if let Some(f) = fault {
-            let e = match f {
-                Fault::QueryLimit => api_err(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"),
-                Fault::Internal => api_err(500, "INTERNAL_SERVER_ERROR", "Internal server error"),
-                Fault::OperationTimeLimit => api_err(
-                    429,
-                    "OPERATION_TIME_LIMIT",
-                    "Method is blocked due to operation time limit.",
-                ),
-            };
-            return (mid, self.error_reply(&e));
+            return (mid, self.error_reply(&fault_error(f)));
         }
         // leaky bucket
         let (drain, burst) = (self.drain_per_sec, f64::from(self.burst));
@@ -196,16 +187,33 @@ impl State {
                     "Method is not allowed for batch usage",
                 ))
             } else {
-                match parse_php(query) {
-                    Ok(mut p) => {
+                // A fault set for the method (`fail_method_next`) fails this command only, as a
+                // real portal reports one command's error in `result_error`.
+                let fault = self
+                    .portal_mut(member_id)
+                    .method_faults
+                    .get_mut(&method)
+                    .and_then(VecDeque::pop_front);
+                match (fault, parse_php(query)) {
+                    (Some(f), _) => Err(fault_error(f)),
+                    (None, Ok(mut p)) => {
                         p.remove("auth");
                         let p = match substitute_value(Value::Object(p), &done) {
                             Value::Object(m) => m,
                             _ => Map::new(),
                         };
-                        self.call_method(member_id, user_id, &method, &p)
+                        let done = self.call_method(member_id, user_id, &method, &p);
+                        // A lost answer of a method (`lose_answers`) loses the whole batch's.
+                        if done.is_ok() {
+                            let lost = self.portal_mut(member_id).lost_answers.get_mut(&method);
+                            if let Some(n) = lost.filter(|n| **n > 0) {
+                                *n -= 1;
+                                self.lose_this_answer = true;
+                            }
+                        }
+                        done
                     }
-                    Err(e) => Err(e),
+                    (None, Err(e)) => Err(e),
                 }
             };
             match outcome {
@@ -492,5 +500,18 @@ impl State {
             }
             _ => Err(api_err(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")),
         }
+    }
+}
+
+/// The answer of an injected fault.
+fn fault_error(f: Fault) -> ApiErr {
+    match f {
+        Fault::QueryLimit => api_err(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"),
+        Fault::Internal => api_err(500, "INTERNAL_SERVER_ERROR", "Internal server error"),
+        Fault::OperationTimeLimit => api_err(
+            429,
+            "OPERATION_TIME_LIMIT",
+            "Method is blocked due to operation time limit.",
+        ),
     }
 }
