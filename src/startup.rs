@@ -160,6 +160,7 @@ pub fn job_registry() -> Registry {
         .with::<crate::callback::outcome::ReportOutcome>()
         .with::<crate::callback::outcome::CloseUnknown>()
         .with::<crate::callback::outcome::SettleLate>()
+        .with::<crate::callback::retry::AnnounceRetry>()
         .with::<RegisterRobot>()
         .with::<KeepTokensAlive>()
         .with::<SelfCheck>()

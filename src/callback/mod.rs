@@ -11,6 +11,7 @@
 //! - [`outcome`]: each attempt's outcome from Mango's call events, copied onto the callback;
 //! - [`outcome_report`]: the outcome's report job and the job that closes an unanswered wait;
 //! - [`retry`]: retries and escalation after an attempt nobody or the client did not answer;
+//!   [`retry_report`]: the timeline comment saying when the next attempt rings;
 //! - [`store`]: the SQL of `callbacks` and `deals`;
 //! - [`history`]: the attempts of callbacks, for the call log (read only);
 //! - [`speed`]: speed to lead and answer rates for the settings page (read only).
@@ -26,6 +27,7 @@ pub mod report;
 pub mod report_batch;
 pub mod resend;
 pub mod retry;
+pub mod retry_report;
 pub mod schedule;
 pub mod send;
 pub mod speed;

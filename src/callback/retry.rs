@@ -2,10 +2,12 @@
 //! answering, or with the client not answering, the portal's rules may call again after a delay,
 //! as a new attempt of the same callback (its own Mango `command_id`, its own `call_attempts`
 //! row). [`next`] is the rule, pure; [`plan`] applies it in the transaction that would otherwise
-//! settle the callback.
+//! settle the callback, and queues the [`AnnounceRetry`] job that tells the deal's timeline how
+//! the attempt ended and when the next one rings (`retry_report`).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::{Callback, Group, PlaceCall, Status};
 use crate::db::schema::{call_attempts, callbacks, deals};
@@ -75,6 +77,36 @@ pub fn next(rules: &Rules, ended: &str, group: Group, outcomes: &[&str]) -> Opti
     }
 }
 
+/// How many more retries of the kind `ended` are left after the one just planned: the count
+/// shown as "attempt 2 of 3" (a later miss of the other kind may still add its own).
+pub fn remaining(rules: &Rules, ended: &str, outcomes: &[&str]) -> i32 {
+    let (times, kind) = if ended == Outcome::ManagerMissed.as_str() {
+        (rules.no_answer_times, Outcome::ManagerMissed)
+    } else {
+        (rules.client_times, Outcome::ClientMissed)
+    };
+    let missed = outcomes.iter().filter(|x| **x == kind.as_str()).count();
+    (times - i32::try_from(missed).unwrap_or(i32::MAX)).max(0)
+}
+
+/// The job that writes on the deal's timeline that attempt `ended` is over and attempt
+/// `ended + 1` will ring `next_group` at `at` ([`super::retry_report`]). Everything the text
+/// needs that may change by the time it runs (the time, the group, the count) is fixed here,
+/// when the retry is planned, so a retried job writes the same text and finds it already there.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AnnounceRetry {
+    pub callback_id: String,
+    /// The attempt that ended; its row gives the outcome, group and manager of the text.
+    pub ended: i32,
+    /// When the next attempt is placed (UTC; shown in the portal's timezone).
+    pub at: NaiveDateTime,
+    pub next_group: Group,
+    /// The next group's extension when the retry was planned.
+    pub next_extension: String,
+    /// How many attempts the callback has at most, given the misses so far of this kind.
+    pub max_attempts: i32,
+}
+
 /// The attempt that just ended, as [`plan`] needs it (the callback's `call_attempts` row).
 #[derive(Debug, Clone, Copy)]
 pub struct Ended<'a> {
@@ -111,7 +143,8 @@ pub fn plan(
         .load(c)?;
     let outcomes: Vec<&str> = outcomes.iter().flatten().map(String::as_str).collect();
     let group = Group::parse(a.group_kind).unwrap_or(Group::Trainee);
-    let Some(retry) = next(&Rules::of(&settings), ended, group, &outcomes) else {
+    let rules = Rules::of(&settings);
+    let Some(retry) = next(&rules, ended, group, &outcomes) else {
         return Ok(false);
     };
     let mut at = now + retry.after;
@@ -175,6 +208,25 @@ pub fn plan(
     );
     job.run_at = at;
     queue::enqueue(c, &job, now)?;
+    if !cb.deal_id.is_empty() {
+        let announce = AnnounceRetry {
+            callback_id: cb.id.clone(),
+            ended: a.n,
+            at,
+            next_group: retry.group,
+            next_extension: match retry.group {
+                Group::Experienced => settings.experienced_extension.clone(),
+                Group::Trainee => settings.trainee_extension.clone(),
+            },
+            max_attempts: a.n + 1 + remaining(&rules, ended, &outcomes),
+        };
+        let job = announce.to_new_job(
+            Some(&cb.member_id),
+            Some(format!("announce_retry:{}:{}", cb.id, a.n)),
+            now,
+        );
+        queue::enqueue(c, &job, now)?;
+    }
     tracing::info!(callback = %cb.id, attempt = a.n + 1, group = %retry.group, at = %at, after = %ended, "the callback will be called again");
     Ok(true)
 }
@@ -244,6 +296,18 @@ mod tests {
         assert_eq!(
             next(&off, "manager_missed", Group::Trainee, &["manager_missed"]),
             None
+        );
+    }
+
+    #[test]
+    fn the_attempts_left_count_the_misses_of_the_kind_that_ended() {
+        let r = rules();
+        assert_eq!(remaining(&r, "manager_missed", &["manager_missed"]), 1);
+        let two = ["manager_missed", "manager_missed"];
+        assert_eq!(remaining(&r, "manager_missed", &two), 0);
+        assert_eq!(
+            remaining(&r, "client_missed", &["manager_missed", "client_missed"]),
+            0
         );
     }
 

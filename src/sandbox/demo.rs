@@ -1,6 +1,11 @@
 //! `mango-callback sandbox`: the app against simulated Bitrix24 and Mango on local ports, with a
-//! scripted demo (install, settings, first and second run, a duplicate pair, a deal without a phone)
-//! and a readable trace of each callback. The same simulators serve the tests.
+//! scripted demo (install, settings, first and second run, a duplicate pair, a deal nobody in the
+//! group answers and that is called again, a deal without a phone) and a readable trace of each
+//! callback. The same simulators serve the tests.
+//!
+//! The demo runs on the real clock except once: the retry of the unanswered call is due five
+//! minutes later, so the app's clock (and the simulated Mango's, which follows it) jumps ahead
+//! instead of the demo waiting; the jump is printed.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +14,7 @@ use anyhow::Context as _;
 use super::bitrix::{BitrixSim, BitrixSimOptions, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
 use super::mango::{CallScenario, Delivery, MangoSim, MangoSimOptions};
 use super::seed::{seed_mango, MangoAccount};
+use crate::callback::history::AttemptLine;
 use crate::callback::{store as callback_store, Callback, Reason, ReportCallback, Status};
 use crate::config::{Settings, SettingsArgs};
 use crate::startup::{Application, RunOptions};
@@ -21,6 +27,11 @@ const ACCOUNT: MangoAccount = MangoAccount {
     trainees: "002",
     experienced: "001",
 };
+
+/// The client number of the deal nobody answers at first (its scenario, by number).
+const UNANSWERED: &str = "79050003344";
+/// How far the demo's clock jumps for the retry: the default delay after nobody answered.
+const RETRY_JUMP: Duration = Duration::from_secs(5 * 60);
 
 pub async fn run(
     mut args: SettingsArgs,
@@ -63,6 +74,8 @@ pub async fn run(
     let base = format!("http://127.0.0.1:{}", app.port());
     let shared = app.shared().clone();
     let handle = app.stopper();
+    // Mango's timestamps and rate limits count the demo's clock jump as time passed, as the app does.
+    mango.follow_clock(shared.clock.clone());
     actix_web::rt::spawn(app.run_until_stopped());
     println!("\n== mango-callback sandbox");
     println!("   app               {base}");
@@ -112,15 +125,18 @@ pub async fn run(
         // gives up quickly.
         s.duplicate_window_minutes = 0;
         s.contact_wait_seconds = 6;
-        // The demo runs on the real clock: a retry minutes later would leave its calls
-        // unfinished, so each call is played once and ends in its outcome.
-        s.retry_no_answer_times = 0;
+        // Nobody answering keeps the default rules (again after 5 minutes, at most twice),
+        // escalated to the experienced group: the demo plays one such retry. The client who does
+        // not pick up is not called again, so its call ends in its outcome at once.
+        s.retry_escalate = true;
         s.retry_client_times = 0;
     })
     .await?;
-    println!("-- settings saved: trainees 002, experienced 001, line {LINE}, no retries");
-    // How the simulated calls go: a trainee who answers and talks, experienced managers who
-    // do not answer, and one client who does not pick up.
+    println!("-- settings saved: trainees 002, experienced 001, line {LINE}");
+    println!("   retries: nobody answers → again after 5 min to the experienced group (at most 2); a client who does not answer → not again");
+    // How the simulated calls go: a trainee and an experienced manager who answer and talk, one
+    // client who does not pick up, and one deal whose trainees do not answer (its number wins
+    // over the group until the retry, see below).
     mango.set_scenario(
         ACCOUNT.trainees,
         CallScenario::Answered {
@@ -130,14 +146,21 @@ pub async fn run(
     );
     mango.set_scenario(
         ACCOUNT.experienced,
-        CallScenario::NobodyAnswers {
-            managers: vec!["201".into(), "202".into()],
+        CallScenario::Answered {
+            manager: "201".into(),
+            talk_seconds: 95,
         },
     );
     mango.set_scenario(
         "79120001122",
         CallScenario::ClientMissed {
             manager: "102".into(),
+        },
+    );
+    mango.set_scenario(
+        UNANSWERED,
+        CallScenario::NobodyAnswers {
+            managers: vec!["103".into(), "104".into()],
         },
     );
 
@@ -153,6 +176,8 @@ pub async fn run(
     let client_b = b24.add_contact(m, &[("MOBILE", "+7 912 000 11 22")]);
     let deal_b = b24.add_deal(m, Some(client_b));
     let deal_c = b24.add_deal(m, None);
+    let client_d = b24.add_contact(m, &[("MOBILE", "+7 905 000 33 44")]);
+    let deal_d = b24.add_deal(m, Some(client_d));
 
     println!("\n-- deal {deal_a}: first run (rings the trainees)");
     b24.fire_robot(m, "mango_callback", deal_a, &[])
@@ -171,11 +196,15 @@ pub async fn run(
     );
     x.map_err(anyhow::Error::msg)?;
     y.map_err(anyhow::Error::msg)?;
+    println!("-- deal {deal_d}: a run nobody in the trainee group will answer");
+    b24.fire_robot(m, "mango_callback", deal_d, &[])
+        .await
+        .map_err(anyhow::Error::msg)?;
     println!("-- deal {deal_c}: no contact linked (no call after the wait)");
     b24.fire_robot(m, "mango_callback", deal_c, &[])
         .await
         .map_err(anyhow::Error::msg)?;
-    wait_until_reported(&shared, m, 5).await?;
+    wait_until_reported(&shared, m, 6).await?;
 
     println!("\n-- Mango plays the calls: signed events/call and events/summary to {base}/mango");
     for i in 0..mango.callbacks().len() {
@@ -186,7 +215,32 @@ pub async fn run(
             println!("   call {i}: events not delivered ({e})");
         }
     }
-    wait_for_outcomes(&shared, m, mango.callbacks().len()).await?;
+    // Every call but the unanswered one has its outcome; that one waits for its retry.
+    let placed = mango.callbacks().len();
+    wait_for_outcomes(&shared, m, placed.saturating_sub(1)).await?;
+
+    println!("\n-- 5 minutes later (the demo's clock jumps ahead)");
+    // The experienced manager 201 takes the escalated call.
+    mango.set_scenario(
+        UNANSWERED,
+        CallScenario::Answered {
+            manager: "201".into(),
+            talk_seconds: 48,
+        },
+    );
+    shared.clock.advance(RETRY_JUMP);
+    shared.notify.notify_one();
+    wait_for_commands(&mango, placed + 1).await?;
+    for i in placed..mango.callbacks().len() {
+        println!("   Mango received the retry's command; it plays the call");
+        if let Err(e) = mango
+            .play(&format!("{base}/mango"), ACCOUNT.key, i, Delivery::InOrder)
+            .await
+        {
+            println!("   call {i}: events not delivered ({e})");
+        }
+    }
+    wait_for_outcomes(&shared, m, placed).await?;
 
     let mid = m.clone();
     let mut log = shared
@@ -201,6 +255,14 @@ pub async fn run(
         .filter(|j| j.kind == <ReportCallback as crate::jobs::Job>::KIND)
         .filter_map(|j| serde_json::from_str(&j.payload).ok())
         .collect();
+    let (mid, ids) = (
+        m.clone(),
+        log.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+    );
+    let attempts = shared
+        .db
+        .run(move |c| crate::callback::history::attempts_of(c, &mid, &ids))
+        .await?;
     println!("\n== trace");
     for cb in &log {
         let reason = reports
@@ -208,7 +270,9 @@ pub async fn run(
             .find(|r| r.callback_id == cb.id)
             .and_then(|r| r.reason.as_ref());
         print_trace(cb, reason, &b24, &mango);
+        print_attempts(cb, &attempts, &b24);
     }
+    print_speed(&shared, m).await?;
     println!("\n   Mango received {} callback_group command(s); Bitrix24 got {} bizproc.event.send command(s).", mango.callbacks().len(), b24.event_sends(&portal.member_id).len());
     println!(
         "   Injected faults: Bitrix24 {}; Mango {}.",
@@ -228,6 +292,70 @@ pub async fn run(
     println!("Ctrl+C stops.");
     let _ = tokio::signal::ctrl_c().await;
     handle.stop().await;
+    Ok(())
+}
+
+/// Waits (at most 20 s) until the simulated Mango has received `n` commands.
+async fn wait_for_commands(mango: &MangoSim, n: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while mango.callbacks().len() < n {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the retry's command did not reach Mango within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Each attempt of a callback that was called more than once, and the deal's retry notes.
+fn print_attempts(cb: &Callback, attempts: &[AttemptLine], b24: &BitrixSim) {
+    let mine: Vec<&AttemptLine> = attempts.iter().filter(|a| a.callback_id == cb.id).collect();
+    if mine.len() < 2 {
+        return;
+    }
+    for a in mine {
+        println!(
+            "     attempt {}     {} ({}) · {} · manager {} · talk {} s",
+            a.n,
+            a.group_kind,
+            a.group_extension,
+            a.outcome.as_deref().unwrap_or("under way"),
+            a.manager_extension.as_deref().unwrap_or("-"),
+            a.talk_seconds.unwrap_or(0)
+        );
+    }
+    let deal: u64 = cb.deal_id.parse().unwrap_or(0);
+    for note in b24
+        .timeline_comments(&cb.member_id, deal)
+        .into_iter()
+        .filter(|c| c.contains("Перезвоним"))
+    {
+        println!("     retry note    {note}");
+    }
+}
+
+/// The settings page's speed-to-lead numbers for today (the page draws the 30-day chart).
+async fn print_speed(shared: &crate::context::Shared, member_id: &str) -> anyhow::Result<()> {
+    let (mid, now) = (member_id.to_owned(), shared.clock.now());
+    let report = shared
+        .db
+        .run(move |c| {
+            let tz = crate::portal::store::settings_or_default(c, &mid, now)?.timezone;
+            crate::callback::speed::load(c, &mid, &tz, now)
+        })
+        .await?;
+    let t = &report.today;
+    let secs = |s: Option<i64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s} s"));
+    println!(
+        "\n   Speed to lead today: median {}, 90th percentile {} ({} of {} clients connected; managers answered {} of {} known)",
+        secs(t.median_secs),
+        secs(t.p90_secs),
+        t.connected,
+        t.callbacks,
+        t.manager_answered,
+        t.known
+    );
     Ok(())
 }
 

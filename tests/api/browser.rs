@@ -148,6 +148,7 @@ async fn run(c: &Client, app: &TestApp, p: &SimPortal) {
     screenshot(c, "settings-en.png").await;
 
     outcome_settings(c, app, p).await;
+    retry_and_hours_settings(c, app, p).await;
 }
 
 /// Whether a checkbox is ticked.
@@ -276,6 +277,122 @@ async fn outcome_settings(c: &Client, app: &TestApp, p: &SimPortal) {
         };
         assert!(text.contains(minutes), "{lang}: {text}");
         shot(c, &summary, &format!("outcome-summary-{lang}.png")).await;
+    }
+}
+
+/// Ticks or unticks a checkbox so that it ends `on`.
+async fn set_ticked(c: &Client, id: &str, on: bool) {
+    if ticked(c, id).await != on {
+        click(c, id).await;
+    }
+}
+
+/// Issue #11's retry rules and working hours: a retry count out of range is refused next to its
+/// field in Russian and English with nothing stored; then every field of both sections is filled
+/// and saved, and the reopened page shows what was stored, in both languages.
+async fn retry_and_hours_settings(c: &Client, app: &TestApp, p: &SimPortal) {
+    for (lang, wanted) in [
+        ("ru", "Целое число от 0 до 5"),
+        ("en", "A whole number from 0 to 5"),
+    ] {
+        c.goto(&launcher(app, p, 1, lang)).await.expect("open");
+        wait_for(c, "settings").await;
+        let before = app.snapshot().await;
+        fill(c, "retry_no_answer_times", "9").await;
+        click(c, "save").await;
+        let err = wait_for(c, "error-retry_no_answer_times").await;
+        let text = err.text().await.expect("text");
+        assert!(text.contains(wanted), "{lang}: {text}");
+        let placed = c
+            .execute(
+                "const e = document.getElementById('error-retry_no_answer_times').parentElement; \
+                 return [e.contains(document.getElementById('retry_no_answer_times')), \
+                 e.classList.contains('invalid'), document.querySelectorAll('.error').length];",
+                vec![],
+            )
+            .await
+            .expect("script");
+        assert_eq!(placed, serde_json::json!([true, true, 1]), "{lang}");
+        assert_eq!(value_of(c, "retry_no_answer_times").await, "9", "{lang}");
+        assert_eq!(app.snapshot().await, before, "{lang}: nothing stored");
+        shot(
+            c,
+            &section_of(c, "retry_no_answer_times").await,
+            &format!("retry-settings-{lang}-validation.png"),
+        )
+        .await;
+    }
+
+    // Fixed on the refused (English) form, with every other field of both sections filled.
+    fill(c, "retry_no_answer_times", "3").await;
+    fill(c, "retry_no_answer_minutes", "15").await;
+    set_ticked(c, "retry_escalate", true).await;
+    fill(c, "retry_client_times", "2").await;
+    fill(c, "retry_client_minutes", "30").await;
+    set_ticked(c, "hours_enabled", true).await;
+    fill(c, "timezone", "Asia/Yekaterinburg").await;
+    fill(c, "work_start", "10:00").await;
+    fill(c, "work_end", "19:30").await;
+    // Monday to Thursday and Saturday.
+    for day in 1..=7 {
+        set_ticked(c, &format!("work_day_{day}"), matches!(day, 1..=4 | 6)).await;
+    }
+    fill(c, "holidays", "2027-01-07\n2027-01-01").await;
+    click(c, "save").await;
+    wait_text(c, "notice", "Settings saved").await;
+    let s = stored_settings(app, &p.member_id).await.expect("settings");
+    assert_eq!(
+        (
+            s.retry_no_answer_times,
+            s.retry_no_answer_minutes,
+            s.retry_escalate,
+            s.retry_client_times,
+            s.retry_client_minutes
+        ),
+        (3, 15, true, 2, 30)
+    );
+    assert!(s.hours_enabled);
+    assert_eq!(s.timezone, "Asia/Yekaterinburg");
+    assert_eq!(s.work_days, "1,2,3,4,6");
+    assert_eq!((s.work_start_minute, s.work_end_minute), (600, 1170));
+    assert_eq!(s.holidays, "2027-01-01,2027-01-07");
+
+    for lang in ["ru", "en"] {
+        c.goto(&launcher(app, p, 1, lang)).await.expect("reopen");
+        wait_for(c, "settings").await;
+        for (id, want) in [
+            ("retry_no_answer_times", "3"),
+            ("retry_no_answer_minutes", "15"),
+            ("retry_client_times", "2"),
+            ("retry_client_minutes", "30"),
+            ("timezone", "Asia/Yekaterinburg"),
+            ("work_start", "10:00"),
+            ("work_end", "19:30"),
+            ("holidays", "2027-01-01\n2027-01-07"),
+        ] {
+            assert_eq!(value_of(c, id).await, want, "{lang}: #{id}");
+        }
+        assert!(ticked(c, "retry_escalate").await, "{lang}");
+        assert!(ticked(c, "hours_enabled").await, "{lang}");
+        for day in 1..=7 {
+            let on = ticked(c, &format!("work_day_{day}")).await;
+            assert_eq!(on, matches!(day, 1..=4 | 6), "{lang}: day {day}");
+        }
+        let retries = section_of(c, "retry_no_answer_times").await;
+        let heading = retries.text().await.expect("text");
+        let wanted = if lang == "ru" {
+            "Повторные звонки"
+        } else {
+            "Retries"
+        };
+        assert!(heading.starts_with(wanted), "{lang}: {heading}");
+        shot(c, &retries, &format!("retry-settings-{lang}.png")).await;
+        shot(
+            c,
+            &section_of(c, "timezone").await,
+            &format!("hours-settings-{lang}.png"),
+        )
+        .await;
     }
 }
 

@@ -10,6 +10,7 @@ mod browser_driver;
 mod browser_speed;
 mod budget;
 mod callback;
+mod demo;
 mod exposition;
 mod group_commit;
 mod hostile;

@@ -215,3 +215,88 @@ async fn a_new_robot_run_while_a_retry_waits_is_cut_off_as_a_duplicate(backend: 
     assert_eq!(commands(&app), 2, "no command for the duplicate");
 }
 on_both_backends!(a_new_robot_run_while_a_retry_waits_is_cut_off_as_a_duplicate);
+
+/// The comments on the deal that announce a retry.
+fn retry_comments(app: &TestApp, member_id: &str, deal: u64) -> Vec<String> {
+    app.b24
+        .timeline_comments(member_id, deal)
+        .into_iter()
+        .filter(|c| c.contains("Перезвоним"))
+        .collect()
+}
+
+/// `scheduled_for` of the callback as the deal's timeline shows it (Moscow, the default zone).
+async fn retry_time_shown(app: &TestApp, member_id: &str, deal: u64) -> String {
+    let cb = callback_of(app, member_id, deal).await;
+    let at = cb.scheduled_for.expect("a retry is planned");
+    let tz: chrono_tz::Tz = "Europe/Moscow".parse().expect("zone");
+    chrono::TimeZone::from_utc_datetime(&tz, &at)
+        .format("%H:%M")
+        .to_string()
+}
+
+async fn each_retry_is_announced_on_the_deal_once_and_the_last_attempt_ends_in_the_outcome_comment(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("retry-comment").await;
+    escalate(&app, &p.member_id).await;
+    app.mango.set_scenario(TRAINEES, nobody());
+    app.mango.set_scenario(EXPERIENCED, nobody());
+    let deal = a_robot_call(&app, &p).await;
+    // Bitrix24 adds the first retry's comment but its answer is lost: the retried job looks first.
+    app.b24
+        .lose_answers(&p.member_id, "crm.timeline.comment.add", 1);
+    play(&app, 0).await;
+    let first = retry_comments(&app, &p.member_id, deal);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let at = retry_time_shown(&app, &p.member_id, deal).await;
+    assert!(
+        first[0].starts_with("Mango Office: Никто в группе 002 не ответил. Перезвоним в "),
+        "{first:?}"
+    );
+    assert!(
+        first[0].ends_with(&format!(
+            "{at} (попытка 2 из 3), группе опытных менеджеров 001"
+        )),
+        "{first:?} at {at}"
+    );
+    app.advance(Duration::from_secs(5 * 60));
+    app.drain().await;
+    assert_eq!(commands(&app), 2);
+    play(&app, 1).await;
+    let at = retry_time_shown(&app, &p.member_id, deal).await;
+    let comments = retry_comments(&app, &p.member_id, deal);
+    assert_eq!(
+        comments.len(),
+        2,
+        "the lost answer did not double it: {comments:?}"
+    );
+    assert_eq!(
+        comments[1],
+        format!(
+            "Mango Office: Никто в группе 001 не ответил. Перезвоним в {at} (попытка 3 из 3), группе опытных менеджеров 001"
+        )
+    );
+    app.advance(Duration::from_secs(5 * 60));
+    app.drain().await;
+    play(&app, 2).await;
+    app.drain_over_time(Duration::from_secs(600), 6).await;
+    assert_eq!(commands(&app), 3);
+    let all = app.b24.timeline_comments(&p.member_id, deal);
+    let last = "Mango Office: Никто в группе 001 не ответил";
+    assert_eq!(
+        all.iter().filter(|c| c.as_str() == last).count(),
+        1,
+        "the final outcome, once: {all:?}"
+    );
+    assert_eq!(all.last().map(String::as_str), Some(last), "{all:?}");
+    assert_eq!(retry_comments(&app, &p.member_id, deal).len(), 2, "{all:?}");
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "no comment twice: {all:?}");
+}
+on_both_backends!(
+    each_retry_is_announced_on_the_deal_once_and_the_last_attempt_ends_in_the_outcome_comment
+);

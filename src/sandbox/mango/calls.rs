@@ -238,7 +238,10 @@ impl MangoSim {
         i: usize,
         delivery: Delivery,
     ) -> Result<Vec<u16>, String> {
-        let start = chrono::Utc::now().timestamp();
+        // The call happens "now" as the followed clock counts it, so a test or the demo that
+        // moved the app's clock on gets events stamped in the app's time.
+        let ahead = self.lock().clock.as_ref().map(crate::clock::Clock::offset);
+        let start = (chrono::Utc::now() + ahead.unwrap_or_default()).timestamp();
         let events = self.events_of(i, start).unwrap_or_default();
         let mut statuses = Vec::new();
         for e in deliver(events, delivery) {
