@@ -162,8 +162,9 @@ pub struct SettingsArgs {
     /// (`openssl rand -hex 32`); generated into the data folder when unset on SQLite.
     #[arg(long, env = "APP_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<SecretArg>,
-    /// How many jobs one instance runs at once.
-    #[arg(long, env = "APP_JOB_CONCURRENCY", default_value_t = 4)]
+    /// How many jobs one instance runs at once. Jobs mostly wait on Bitrix24 and Mango, and a
+    /// job waiting for a rate limit gives its slot back, so slots are cheap.
+    #[arg(long, env = "APP_JOB_CONCURRENCY", default_value_t = 32)]
     pub job_concurrency: usize,
     /// How long a running job's lease lasts; its worker renews it every third of that, so a
     /// crashed instance's jobs are taken over this long after its last renewal.
