@@ -27,6 +27,9 @@ pub struct Shared {
     pub cipher: Cipher,
     /// Signalled after a job is committed, so the worker starts it at once.
     pub notify: Arc<Notify>,
+    /// Signalled when a run that adopted other callbacks' phone lookups has stored what it found
+    /// (`callback::lookup`), so the jobs waiting for those phones in this process look at once.
+    pub lookups: Arc<Notify>,
     pub limiter: Arc<RateLimiter>,
     pub refresh_gates: Arc<RefreshGates>,
     /// Names this process in refresh leases and job claims.
@@ -59,6 +62,7 @@ impl Shared {
             db,
             cipher,
             notify: Arc::new(Notify::new()),
+            lookups: Arc::new(Notify::new()),
             limiter: Arc::new(limiter),
             refresh_gates: Arc::new(RefreshGates::default()),
             instance_id: format!("instance-{}", uuid::Uuid::new_v4()),

@@ -4,6 +4,7 @@
 //! - this file: the callback's types and its two job payloads;
 //! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
+//! - [`lookup`]: the phone lookup, batched across the portal's waiting callbacks;
 //! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
 //!   [`report_batch`]: its first run, which reports many callbacks of a portal in one `batch`;
 //! - [`schedule`]: working hours applied to a run (placed at the next opening); [`announce`]:
@@ -19,6 +20,7 @@
 pub mod announce;
 pub mod history;
 pub mod lifecycle;
+pub mod lookup;
 pub mod outcome;
 pub mod outcome_report;
 pub mod place_call;

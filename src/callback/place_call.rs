@@ -1,15 +1,13 @@
 //! The [`PlaceCall`] job: find the client's phone (the robot's override, else the deal's primary
-//! contact, possibly linked late), take a slot of Mango's per-account rate, order
+//! contact, possibly linked late, looked up with the portal's other waiting callbacks: [`super::lookup`]), take a slot of Mango's per-account rate, order
 //! `callback_group`, and finish the callback with its report queued.
 
 use secrecy::ExposeSecret;
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::send::{credentials, end_without_call, send_command};
 use super::{lifecycle, store, Group, PlaceCall, Reason, Status};
-use crate::bitrix::crm::{self, DealContact, PhoneLookup};
+use crate::bitrix::crm::PhoneLookup;
 use crate::bitrix::BitrixError;
 use crate::context::Context;
 use crate::jobs::{cause_chain, Job, JobError};
@@ -28,31 +26,6 @@ pub(super) fn bitrix_error(e: BitrixError) -> JobError {
         JobError::Transient(e.into())
     } else {
         JobError::Permanent(e.into())
-    }
-}
-
-impl PlaceCall {
-    /// Deal → primary contact → phone, in one batch call.
-    async fn lookup_phone(
-        ctx: &Context,
-        member_id: &str,
-        deal_id: &str,
-    ) -> Result<PhoneLookup, BitrixError> {
-        let batch = ctx
-            .bitrix()
-            .batch(member_id, &crm::phone_batch(deal_id))
-            .await?;
-        let contact = match crm::read_phone_batch(&batch) {
-            DealContact::NoContact => return Ok(PhoneLookup::NoContact),
-            DealContact::Unreadable(e) => return Ok(PhoneLookup::Unreadable(e)),
-            DealContact::Fetched(c) => c,
-            DealContact::Other(contact_id) => {
-                ctx.bitrix()
-                    .call(member_id, "crm.contact.get", json!({ "id": contact_id }))
-                    .await?
-            }
-        };
-        Ok(PhoneLookup::of_contact(&contact))
     }
 }
 
@@ -126,10 +99,7 @@ impl PlaceCall {
         });
         let raw_phone = match known {
             Some(p) => p,
-            None => match PlaceCall::lookup_phone(ctx, &cb.member_id, &cb.deal_id)
-                .await
-                .map_err(bitrix_error)?
-            {
+            None => match super::lookup::phone_of(ctx, &cb, &job.id).await? {
                 PhoneLookup::Found(p) => p,
                 PhoneLookup::NoContact => {
                     let waited = (now - cb.created_at).num_seconds();

@@ -480,3 +480,195 @@ pub fn mark_outcome_reported(
     ))
     .execute(conn)
 }
+
+/// Where a queued callback's phone lookup stands (see the `phone_lookup_leases` migration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupState {
+    /// A phone is known (an adoption stored it, or an earlier run of its own job).
+    Known(String),
+    /// A live lease: run `by` is looking the phone up right now, until `until`.
+    Adopted { by: String, until: NaiveDateTime },
+    /// An adoption looked and found no phone: the callback's own job looks it up alone.
+    Tried,
+    /// Nobody has looked yet (or an adopter's lease expired): free to take.
+    Free,
+}
+
+/// The lookup state of callback `id` at `now`.
+pub fn lookup_state(
+    c: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<LookupState> {
+    let row: Option<(Option<String>, Option<String>, Option<NaiveDateTime>)> = callbacks::table
+        .find(id)
+        .select((
+            callbacks::phone,
+            callbacks::phone_lookup_by,
+            callbacks::phone_lookup_until,
+        ))
+        .first(c)
+        .optional()?;
+    Ok(match row {
+        Some((Some(phone), _, _)) => LookupState::Known(phone),
+        Some((None, Some(by), Some(until))) if until > now => LookupState::Adopted { by, until },
+        Some((None, None, Some(_))) => LookupState::Tried,
+        _ => LookupState::Free,
+    })
+}
+
+/// Adoptable by another callback's job: queued, no phone yet, none given by the robot, never found without a contact (a callback that
+/// waits for its contact to be linked looks alone, as it always did), not scheduled for later,
+/// and neither leased by a live adopter nor tried by an earlier adoption.
+fn adoptable(
+    now: NaiveDateTime,
+) -> Box<
+    dyn diesel::BoxableExpression<
+        callbacks::table,
+        crate::db::MultiBackend,
+        SqlType = diesel::sql_types::Nullable<diesel::sql_types::Bool>,
+    >,
+> {
+    Box::new(
+        callbacks::status
+            .eq(Status::Queued)
+            .and(callbacks::phone.is_null())
+            .and(
+                callbacks::phone_override
+                    .is_null()
+                    .or(callbacks::phone_override.eq("")),
+            )
+            .and(callbacks::contact_checks.eq(0))
+            .and(
+                callbacks::scheduled_for
+                    .is_null()
+                    .or(callbacks::scheduled_for.le(now)),
+            )
+            .and(lookup_free(now)),
+    )
+}
+
+type LeaseExpired = diesel::dsl::And<
+    diesel::dsl::IsNotNull<callbacks::phone_lookup_by>,
+    diesel::dsl::Lt<callbacks::phone_lookup_until, NaiveDateTime>,
+>;
+type LookupFree = diesel::dsl::Or<diesel::dsl::IsNull<callbacks::phone_lookup_until>, LeaseExpired>;
+
+/// Neither leased by a live adopter nor tried by an earlier adoption (an expired lease is free).
+fn lookup_free(now: NaiveDateTime) -> LookupFree {
+    callbacks::phone_lookup_until
+        .is_null()
+        .or(callbacks::phone_lookup_by
+            .is_not_null()
+            .and(callbacks::phone_lookup_until.lt(now)))
+}
+
+/// Takes the lookup lease of callback `own` for run `holder` until `until`, and with it that of
+/// up to `others` more adoptable callbacks of the portal, oldest first; returns the callbacks
+/// taken as `(id, deal_id)`, `own` first, or nothing when `own` itself is not free.
+///
+/// Each update is a compare-and-set on the adoptable condition, so no callback is ever adopted
+/// by two runs. Adoptions of one portal run one after another (on PostgreSQL too, see
+/// [`crate::db::serialise_on`]): otherwise jobs of a burst starting together would each take
+/// their own callback before any could take the others, and the batching would be lost.
+#[allow(clippy::too_many_arguments)]
+pub fn take_lookup_leases(
+    c: &mut DbConnection,
+    member_id: &str,
+    own: &str,
+    holder: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+    others: i64,
+) -> QueryResult<Vec<(String, String)>> {
+    crate::db::write_tx(c, |c| {
+        crate::db::serialise_on(c, &format!("phone_lookup:{member_id}"))?;
+        let lease = (
+            callbacks::phone_lookup_by.eq(holder),
+            callbacks::phone_lookup_until.eq(until),
+        );
+        // The job's own callback only needs to be queued, without a phone and free: the job
+        // has already decided it must look (a blank override, say, counts as none).
+        let mine = diesel::update(
+            callbacks::table
+                .find(own)
+                .filter(callbacks::member_id.eq(member_id))
+                .filter(callbacks::status.eq(Status::Queued))
+                .filter(callbacks::phone.is_null())
+                .filter(lookup_free(now)),
+        )
+        .set(lease)
+        .execute(c)?;
+        if mine == 0 {
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<String> = callbacks::table
+            .filter(callbacks::member_id.eq(member_id))
+            .filter(callbacks::id.ne(own))
+            .filter(adoptable(now))
+            .order((callbacks::created_at.asc(), callbacks::id.asc()))
+            .limit(others)
+            .select(callbacks::id)
+            .load(c)?;
+        if !candidates.is_empty() {
+            diesel::update(
+                callbacks::table
+                    .filter(callbacks::id.eq_any(&candidates))
+                    .filter(adoptable(now)),
+            )
+            .set(lease)
+            .execute(c)?;
+        }
+        let mut taken: Vec<(String, String)> = callbacks::table
+            .filter(callbacks::member_id.eq(member_id))
+            .filter(callbacks::phone_lookup_by.eq(holder))
+            .order((callbacks::created_at.asc(), callbacks::id.asc()))
+            .select((callbacks::id, callbacks::deal_id))
+            .load(c)?;
+        taken.sort_by_key(|(id, _)| id != own);
+        Ok(taken)
+    })
+}
+
+/// Stores the phone that `holder`'s adoption found for callback `id` (still queued and under its
+/// lease) and ends the lease; `false` when the lease was lost meanwhile.
+pub fn store_adopted_phone(
+    c: &mut DbConnection,
+    id: &str,
+    holder: &str,
+    phone: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        callbacks::table
+            .find(id)
+            .filter(callbacks::phone_lookup_by.eq(holder))
+            .filter(callbacks::status.eq(Status::Queued))
+            .filter(callbacks::phone.is_null()),
+    )
+    .set((
+        callbacks::phone.eq(phone),
+        callbacks::phone_lookup_by.eq(None::<String>),
+        callbacks::phone_lookup_until.eq(now),
+        callbacks::updated_at.eq(now),
+    ))
+    .execute(c)?;
+    Ok(n == 1)
+}
+
+/// Ends every lease `holder` still has. `answered`: the adoption's requests were answered, so
+/// those callbacks become [`LookupState::Tried`] and their own jobs look them up alone; otherwise
+/// (an error, a budget wait) nothing was learnt and they are free for the next adoption.
+pub fn end_lookup_leases(
+    c: &mut DbConnection,
+    holder: &str,
+    answered: bool,
+    now: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(callbacks::table.filter(callbacks::phone_lookup_by.eq(holder)))
+        .set((
+            callbacks::phone_lookup_by.eq(None::<String>),
+            callbacks::phone_lookup_until.eq(answered.then_some(now)),
+        ))
+        .execute(c)
+}

@@ -277,6 +277,19 @@ where
     })
 }
 
+/// Makes the write transactions that name the same `key` run one after another: on PostgreSQL a
+/// transaction-scoped advisory lock (released at commit or rollback); SQLite needs nothing, as
+/// [`write_tx`] already serialises every writer. Unlike a no-op update of a shared row, it takes no
+/// row lock, so it cannot deadlock with transactions that lock rows in another order.
+pub fn serialise_on(conn: &mut DbConnection, key: &str) -> QueryResult<()> {
+    if let DbConnection::Postgres(pg) = conn {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind::<diesel::sql_types::Text, _>(key)
+            .execute(pg)?;
+    }
+    Ok(())
+}
+
 /// The database clock in microseconds since the Unix epoch, as an SQL expression of `conn`'s
 /// backend. Shared budgets and windows count in it, so that instances whose host clocks disagree
 /// still agree on one time. Stable within one statement on both backends (SQLite's `'now'` is

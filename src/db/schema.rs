@@ -101,6 +101,8 @@ diesel::table! {
         call_ended_at -> Nullable<Timestamp>,
         scheduled_for -> Nullable<Timestamp>,
         outcome_reported_at -> Nullable<Timestamp>,
+        phone_lookup_by -> Nullable<Text>,
+        phone_lookup_until -> Nullable<Timestamp>,
     }
 }
 

@@ -20,6 +20,7 @@ mod install;
 mod jobs;
 mod lease;
 mod limits;
+mod lookup;
 mod ops;
 mod outcome;
 mod outcome_edges;

@@ -1,0 +1,2 @@
+ALTER TABLE callbacks DROP COLUMN phone_lookup_by;
+ALTER TABLE callbacks DROP COLUMN phone_lookup_until;
