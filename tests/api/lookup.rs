@@ -121,7 +121,7 @@ async fn a_burst_of_fifty_callbacks_on_one_portal_looks_up_every_phone_in_two_re
 }
 on_both_backends!(a_burst_of_fifty_callbacks_on_one_portal_looks_up_every_phone_in_two_requests);
 
-async fn in_a_burst_deals_without_a_phone_end_as_alone_and_the_others_are_rung_once(
+async fn in_a_burst_the_deals_without_a_phone_end_by_the_usual_rules_and_the_others_are_rung_once(
     backend: Backend,
 ) {
     let app = spawn_app(backend).await;
@@ -186,7 +186,9 @@ async fn in_a_burst_deals_without_a_phone_end_as_alone_and_the_others_are_rung_o
         );
     }
 }
-on_both_backends!(in_a_burst_deals_without_a_phone_end_as_alone_and_the_others_are_rung_once);
+on_both_backends!(
+    in_a_burst_the_deals_without_a_phone_end_by_the_usual_rules_and_the_others_are_rung_once
+);
 
 async fn a_lone_robot_call_looks_up_its_phone_in_one_request(backend: Backend) {
     let app = spawn_app(backend).await;
