@@ -29,8 +29,9 @@ pub const PACED: &str = "gathering: reports wait for the portal's next shared ba
 /// In the error of a run whose batch went out and never got an answer: its retry looks for the
 /// comment before sending anything again ([`ReportCallback`]'s lone run).
 pub const ANSWER_UNKNOWN: &str = "the report batch was sent and its answer was lost";
-/// While more than this share of the portal's burst is left, a report goes at once.
-const SEND_AT_ONCE_SPARE: f64 = 0.75;
+/// While more than this share of the portal's burst is left, a report goes at once: a lone
+/// callback on a quiet portal (its lookup took one request) is reported without waiting.
+const SEND_AT_ONCE_SPARE: f64 = 0.9;
 /// Two commands per report, 50 per `batch`.
 const REPORTS_PER_BATCH: i64 = 25;
 

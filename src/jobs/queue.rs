@@ -87,8 +87,9 @@ pub fn claim(
 /// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`: queued
 /// jobs whose `run_at` has come, and running jobs whose lease ran out (their worker died).
 ///
-/// Fair across portals (`member_id`): the portals with due jobs take turns, oldest waiting portal
-/// first, so one portal's burst does not take every slot while another portal's lone job waits.
+/// Fair across portals (`member_id`): the portals with due jobs take turns, those running the
+/// fewest jobs first, so one portal's burst does not take every slot while another portal's lone
+/// job waits.
 /// A portal alone still gets every slot.
 ///
 /// Of a kind in `gathered`, one job per portal is claimed: its run gathers the portal's other
@@ -239,9 +240,13 @@ pub fn holds_lease(
     Ok(n == 1)
 }
 
-/// Due jobs (id, kind, portal) in turn order: each portal's oldest, then each one's second oldest, and so on,
-/// portals ordered by their oldest due job; twice `limit` of them, since some may be lost to
-/// other workers' claims.
+/// How many portals with due jobs one claim looks at, oldest first: far more than a deployment's
+/// busy portals at any moment, and a bound on the claim's work.
+const MAX_PORTALS_PER_CLAIM: i64 = 1_000;
+
+/// Due jobs (id, kind, portal) in turn order: each portal's oldest, then each one's second
+/// oldest, and so on, portals ordered by how many jobs they are running now, then by their
+/// oldest due job; twice `limit` of them, since some may be lost to other workers' claims.
 fn fair_candidates(
     conn: &mut DbConnection,
     now: NaiveDateTime,
@@ -257,12 +262,25 @@ fn fair_candidates(
                 .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now))),
         )
     };
-    let portals: Vec<(Option<String>, Option<NaiveDateTime>)> = due()
+    let mut portals: Vec<(Option<String>, Option<NaiveDateTime>)> = due()
         .group_by(jobs::member_id)
         .select((jobs::member_id, diesel::dsl::min(jobs::run_at)))
         .order_by(diesel::dsl::min(jobs::run_at).asc())
-        .limit(want)
+        .limit(MAX_PORTALS_PER_CLAIM)
         .load(conn)?;
+    // Portals with the fewest jobs running go first: a lone callback's portal is served before
+    // the next job of a portal in the middle of a burst, though the burst's jobs are older.
+    let running: std::collections::HashMap<Option<String>, i64> = jobs::table
+        .filter(jobs::status.eq(RUNNING))
+        .filter(jobs::locked_until.ge(now))
+        .group_by(jobs::member_id)
+        .select((jobs::member_id, diesel::dsl::count_star()))
+        .load::<(Option<String>, i64)>(conn)?
+        .into_iter()
+        .collect();
+    // A stable sort: among portals running as many jobs, the oldest due job still goes first.
+    portals.sort_by_key(|(m, _)| running.get(m).copied().unwrap_or(0));
+    portals.truncate(usize::try_from(want).unwrap_or(usize::MAX));
     let mut queues = Vec::with_capacity(portals.len());
     for (member_id, _) in portals {
         let ordered = due()
@@ -481,6 +499,15 @@ pub fn count_pending_of_kind(conn: &mut DbConnection, kind: &str) -> QueryResult
         .filter(jobs::status.eq_any([QUEUED, RUNNING]))
         .count()
         .get_result(conn)
+}
+
+/// When the earliest queued job comes due (`None`: nothing queued): the worker sleeps until
+/// then rather than a whole poll, so a job snoozed for a rate limit runs when its slot comes.
+pub fn next_due(conn: &mut DbConnection) -> QueryResult<Option<NaiveDateTime>> {
+    jobs::table
+        .filter(jobs::status.eq(QUEUED))
+        .select(diesel::dsl::min(jobs::run_at))
+        .first(conn)
 }
 
 /// Per status other than done: how many jobs and the earliest `run_at` (`GET /metrics`). One

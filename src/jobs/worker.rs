@@ -20,6 +20,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(20);
 /// Poll fallback when no wake-up arrives (another instance enqueued, or a retry came due). It
 /// also bounds how late an expired lease is noticed: [`queue::claim`] takes those jobs over.
 const POLL: Duration = Duration::from_secs(2);
+/// The shortest sleep between two claims: a job due in a millisecond waits this long, so that a
+/// clock at odds with the database's cannot spin the loop.
+const MIN_IDLE: Duration = Duration::from_millis(5);
 const REAP_EVERY: Duration = Duration::from_secs(30);
 /// Finished jobs are kept this long for debugging, then deleted.
 const DONE_JOBS_KEPT_DAYS: i64 = 7;
@@ -135,9 +138,10 @@ impl Worker {
             if full_batch {
                 continue;
             }
+            let idle = self.until_next_due().await;
             tokio::select! {
                 _ = self.ctx.shared.notify.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(idle) => {}
                 changed = stop.changed() => {
                     // A dropped switch counts as a stop too.
                     if changed.is_err() {
@@ -147,6 +151,28 @@ impl Worker {
             }
         }
         self.stop_gracefully().await;
+    }
+
+    /// How long to sleep before claiming again: until the earliest queued job comes due, at
+    /// most [`POLL`] (another instance may enqueue, a lease may run out) and at least
+    /// [`MIN_IDLE`]. With every slot busy, a freed slot's wake-up comes first anyway.
+    async fn until_next_due(&self) -> Duration {
+        if self.slots.available_permits() == 0 {
+            return POLL;
+        }
+        let clock = self.ctx.shared.clock.clone();
+        let next = self.ctx.shared.db.run(move |c| {
+            let now = clock.shift(crate::db::database_now(c)?);
+            Ok::<_, crate::db::DbError>(queue::next_due(c)?.map(|at| at - now))
+        });
+        match next.await {
+            Ok(Some(wait)) => wait.to_std().unwrap_or(MIN_IDLE).clamp(MIN_IDLE, POLL),
+            Ok(None) => POLL,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading when the next job is due failed");
+                POLL
+            }
+        }
     }
 
     async fn stop_gracefully(self) {

@@ -58,6 +58,8 @@ async fn fire(app: &TestApp, member_id: &str) -> u64 {
 async fn a_lone_report_is_one_request_sent_at_once(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("lone-report").await;
+    // Idle: the budget the installation spent has come back.
+    app.advance(Duration::from_secs(60));
     let before = requests_to(&app, &p.member_id);
     let deal = app.b24.add_deal(&p.member_id, None);
     let contact = app.b24.add_contact(&p.member_id, &[("MOBILE", PHONE)]);

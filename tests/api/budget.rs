@@ -226,6 +226,46 @@ async fn a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a
 }
 on_both_backends!(a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a_burst);
 
+async fn a_lone_robot_call_is_claimed_before_the_next_job_of_a_portal_running_a_burst(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let busy = app.installed_portal("busy").await;
+    let lone = app.installed_portal("lone").await;
+    for _ in 0..6 {
+        fire(&app, &busy.member_id, "89001234567").await;
+    }
+    // The burst is being worked on: two of its jobs run.
+    let now = app.clock.now();
+    let lease = now + chrono::Duration::seconds(300);
+    let running = app
+        .shared
+        .db
+        .run(move |c| queue::claim(c, "worker-1", now, lease, 2))
+        .await
+        .expect("claim");
+    assert_eq!(running.len(), 2);
+    app.advance(Duration::from_secs(1));
+    fire(&app, &lone.member_id, "89007654321").await;
+
+    // The next free slot goes to the portal that runs nothing, though four older jobs wait.
+    let now = app.clock.now();
+    let lease = now + chrono::Duration::seconds(300);
+    let next = app
+        .shared
+        .db
+        .run(move |c| queue::claim(c, "worker-2", now, lease, 1))
+        .await
+        .expect("claim");
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].member_id.as_deref(),
+        Some(lone.member_id.as_str()),
+        "{next:#?}"
+    );
+}
+on_both_backends!(a_lone_robot_call_is_claimed_before_the_next_job_of_a_portal_running_a_burst);
+
 /// `take_or_queue` for one account at `at_ms` milliseconds of test time: `None` is a slot now,
 /// `Some(ms)` the wait before coming back.
 async fn mango_slot(app: &TestApp, holder: &str, at_ms: i64) -> Option<i64> {
