@@ -17,9 +17,10 @@ pub(super) fn limited(status: u16) -> bool {
     status == 503 || status == 429
 }
 
-/// Bitrix24 commands one callback's work needs: the phone lookup's batch, `bizproc.event.send`
-/// and the timeline comment. Batched 50 to a request they set the portal's REST bound.
-pub(super) const COMMANDS_PER_CALLBACK: usize = 3 + 2;
+/// Bitrix24 commands one callback's work needs when batched across callbacks: the deal's
+/// contacts and the contact (the phone lookup's two rounds), `bizproc.event.send` and the
+/// timeline comment. Batched 50 to a request they set the portal's REST bound.
+pub(super) const COMMANDS_PER_CALLBACK: usize = 2 + 2;
 /// Mango's limit: callback commands per second per account.
 const MANGO_PER_SEC: f64 = 4.0;
 /// Bitrix24's limit: a leaky bucket of 50 draining 2 requests per second, per portal.
