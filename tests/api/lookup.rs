@@ -83,6 +83,7 @@ async fn a_burst_of_fifty_callbacks_on_one_portal_looks_up_every_phone_in_two_re
 ) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("burst").await;
+    let before = app.b24.calls().len();
     let phones = deals_with_phones(&app, &p, 0, 50);
     for deal in phones.keys() {
         fire(&app, &p, *deal).await;
@@ -118,6 +119,9 @@ async fn a_burst_of_fifty_callbacks_on_one_portal_looks_up_every_phone_in_two_re
             .all(|s| s["RETURN_VALUES"]["result"] == "started"),
         "{sends:?}"
     );
+    // Lookups, reports and comments: everything the burst asked of the portal.
+    let requests = app.b24.calls().len() - before;
+    assert!(requests <= 50, "the burst of 50 took {requests} requests");
 }
 on_both_backends!(a_burst_of_fifty_callbacks_on_one_portal_looks_up_every_phone_in_two_requests);
 
