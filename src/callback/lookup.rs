@@ -229,11 +229,14 @@ async fn look_up_several(
         .shared
         .db
         .run(move |c| {
-            let mut kept = 0;
-            for (id, phone) in &others {
-                kept += usize::from(store::store_adopted_phone(c, id, &h, phone, now)?);
-            }
-            Ok::<_, diesel::result::Error>(kept)
+            // One transaction, one disk sync, for every phone of the batch.
+            crate::db::write_tx(c, |c| {
+                let mut kept = 0;
+                for (id, phone) in &others {
+                    kept += usize::from(store::store_adopted_phone(c, id, &h, phone, now)?);
+                }
+                Ok::<_, diesel::result::Error>(kept)
+            })
         })
         .await;
     if let Err(e) = kept {

@@ -91,13 +91,62 @@ pub(super) async fn run(own: ReportCallback, ctx: &Context, job: &JobRow) -> Res
         }
     }
     let results = send(ctx, &member_id, &items).await;
+    let mut done = Vec::new();
     for (item, result) in items.into_iter().zip(results) {
-        match item.job {
-            None => own_result = Some(result),
-            Some(row) => finish_adopted(ctx, &row, result, started).await,
+        match (item.job, result) {
+            (None, result) => own_result = Some(result),
+            (Some(row), Ok(())) => done.push(row),
+            (Some(row), failed) => finish_adopted(ctx, &row, failed, started).await,
         }
     }
+    complete_adopted(ctx, done, started).await;
     own_result.unwrap_or(Ok(()))
+}
+
+/// Finishes the adopted jobs whose reports went, in one transaction (one disk sync for all).
+async fn complete_adopted(ctx: &Context, done: Vec<JobRow>, started: Instant) {
+    if done.is_empty() {
+        return;
+    }
+    let now = ctx.shared.clock.now();
+    let jobs: Vec<(String, String)> = done
+        .iter()
+        .map(|r| (r.id.clone(), r.locked_by.clone().unwrap_or_default()))
+        .collect();
+    let completed = ctx
+        .shared
+        .db
+        .run(move |c| {
+            crate::db::write_tx(c, |c| {
+                let mut n = 0;
+                for (id, worker) in &jobs {
+                    n += usize::from(queue::complete(c, id, worker, now)?);
+                }
+                Ok::<_, diesel::result::Error>(n)
+            })
+        })
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    for _ in &done {
+        ctx.shared.metrics.job_run(
+            ReportCallback::KIND,
+            crate::metrics::JobOutcome::Done,
+            seconds,
+        );
+    }
+    match completed {
+        Ok(n) if n == done.len() => {
+            tracing::info!(jobs = n, "adopted report jobs done")
+        }
+        Ok(n) => tracing::warn!(
+            jobs = done.len(),
+            recorded = n,
+            "some adopted report jobs were not recorded done: their lease was lost"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "recording adopted report jobs done failed; their leases expire and they re-run")
+        }
+    }
 }
 
 /// The next whole window after `now`.
@@ -235,11 +284,47 @@ async fn send(ctx: &Context, member_id: &str, items: &[Item]) -> Vec<Result<(), 
     );
     match answer {
         Ok(batch) => {
-            let mut results = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                results.push(apply(ctx, i, item, &batch).await);
+            let read: Vec<Read> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| read(i, item, &batch))
+                .collect();
+            // What went, recorded for every report in one transaction.
+            let marks: Vec<(String, bool, bool)> = items
+                .iter()
+                .zip(&read)
+                .map(|(item, r)| (item.cb.id.clone(), r.event_sent, r.comment_added))
+                .collect();
+            let now = ctx.shared.clock.now();
+            let recorded = ctx
+                .shared
+                .db
+                .run(move |c| {
+                    crate::db::write_tx(c, |c| {
+                        for (cid, event_sent, comment_added) in &marks {
+                            if *event_sent {
+                                store::mark_event_sent(c, cid, now)?;
+                            }
+                            if *comment_added {
+                                store::mark_comment_added(c, cid, now)?;
+                            }
+                        }
+                        Ok::<_, diesel::result::Error>(())
+                    })
+                })
+                .await;
+            match recorded {
+                Ok(()) => read.into_iter().map(|r| r.outcome).collect(),
+                Err(e) => {
+                    // The batch went but is not recorded: each report's retry looks before
+                    // sending again (its comment is there).
+                    let e = JobError::Transient(anyhow::Error::new(e).context(ANSWER_UNKNOWN));
+                    let mut results: Vec<Result<(), JobError>> =
+                        items[1..].iter().map(|_| Err(copy(&e))).collect();
+                    results.insert(0, Err(e));
+                    results
+                }
             }
-            results
         }
         Err(e) => {
             let unknown = matches!(e, BitrixError::Transport { .. });
@@ -277,8 +362,15 @@ fn copy(e: &JobError) -> JobError {
     }
 }
 
-/// Reads item `i`'s commands in the batch's answer and records what went.
-async fn apply(ctx: &Context, i: usize, item: &Item, batch: &BatchResult) -> Result<(), JobError> {
+/// What a batch's answer says of one report.
+struct Read {
+    event_sent: bool,
+    comment_added: bool,
+    outcome: Result<(), JobError>,
+}
+
+/// Reads item `i`'s commands in the batch's answer.
+fn read(i: usize, item: &Item, batch: &BatchResult) -> Read {
     let cb = &item.cb;
     let error_of = |key: &str| {
         batch.errors.get(key).map(|e| {
@@ -337,20 +429,11 @@ async fn apply(ctx: &Context, i: usize, item: &Item, batch: &BatchResult) -> Res
             }
         }
     }
-    let (cid, now) = (cb.id.clone(), ctx.shared.clock.now());
-    ctx.shared
-        .db
-        .run(move |c| {
-            if event_sent {
-                store::mark_event_sent(c, &cid, now)?;
-            }
-            if comment_added {
-                store::mark_comment_added(c, &cid, now)?;
-            }
-            Ok::<_, diesel::result::Error>(())
-        })
-        .await?;
-    outcome
+    Read {
+        event_sent,
+        comment_added,
+        outcome,
+    }
 }
 
 /// A command's error worth another try: limits and server trouble.

@@ -107,6 +107,21 @@ pub fn claim_gathering(
     limit: i64,
     gathered: &[&str],
 ) -> QueryResult<Vec<JobRow>> {
+    // One transaction for the whole claim: one durable commit (a disk sync) for all the jobs it
+    // takes, not one per job.
+    crate::db::write_tx(conn, |conn| {
+        claim_in_tx(conn, worker, now, lease_until, limit, gathered)
+    })
+}
+
+fn claim_in_tx(
+    conn: &mut DbConnection,
+    worker: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+    limit: i64,
+    gathered: &[&str],
+) -> QueryResult<Vec<JobRow>> {
     let due = jobs::status
         .eq(QUEUED)
         .and(jobs::run_at.le(now))
@@ -165,32 +180,34 @@ pub fn adopt(
             .filter(jobs::run_at.le(now))
             .filter(jobs::attempts.eq(0))
     };
-    let ids: Vec<String> = due()
-        .order((jobs::run_at.asc(), jobs::id.asc()))
-        .select(jobs::id)
-        .limit(limit)
-        .load(conn)?;
-    let mut adopted = Vec::with_capacity(ids.len());
-    for id in ids {
-        let won = diesel::update(due().filter(jobs::id.eq(&id)))
-            .set((
-                jobs::status.eq(RUNNING),
-                jobs::locked_by.eq(worker),
-                jobs::locked_until.eq(lease_until),
-                jobs::attempts.eq(jobs::attempts + 1),
-                jobs::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-        if won == 1 {
-            adopted.push(
-                jobs::table
-                    .find(&id)
-                    .select(JobRow::as_select())
-                    .first(conn)?,
-            );
+    crate::db::write_tx(conn, |conn| {
+        let ids: Vec<String> = due()
+            .order((jobs::run_at.asc(), jobs::id.asc()))
+            .select(jobs::id)
+            .limit(limit)
+            .load(conn)?;
+        let mut adopted = Vec::with_capacity(ids.len());
+        for id in ids {
+            let won = diesel::update(due().filter(jobs::id.eq(&id)))
+                .set((
+                    jobs::status.eq(RUNNING),
+                    jobs::locked_by.eq(worker),
+                    jobs::locked_until.eq(lease_until),
+                    jobs::attempts.eq(jobs::attempts + 1),
+                    jobs::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+            if won == 1 {
+                adopted.push(
+                    jobs::table
+                        .find(&id)
+                        .select(JobRow::as_select())
+                        .first(conn)?,
+                );
+            }
         }
-    }
-    Ok(adopted)
+        Ok(adopted)
+    })
 }
 
 /// Makes the jobs waiting to be gathered ([`super::GATHER_NOTE`]) until `until` due now: the
