@@ -87,8 +87,8 @@ pub fn claim(
 /// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`: queued
 /// jobs whose `run_at` has come, and running jobs whose lease ran out (their worker died).
 ///
-/// Fair across portals (`member_id`): the portals with due jobs take turns, those running the
-/// fewest jobs first, so one portal's burst does not take every slot while another portal's lone
+/// Fair across portals (`member_id`): the portals with due jobs take turns, those with the
+/// fewest jobs running and due first, so one portal's burst does not take every slot while another portal's lone
 /// job waits.
 /// A portal alone still gets every slot.
 ///
@@ -107,26 +107,29 @@ pub fn claim_gathering(
     limit: i64,
     gathered: &[&str],
 ) -> QueryResult<Vec<JobRow>> {
-    // One transaction for the whole claim: one durable commit (a disk sync) for all the jobs it
-    // takes, not one per job.
+    // The candidates are read outside the write transaction, so SQLite's single writer is not
+    // held while they are; the taking is one transaction, one durable commit (a disk sync) for
+    // all the jobs the claim takes rather than one per job.
+    let candidates = fair_candidates(conn, now, limit)?;
     crate::db::write_tx(conn, |conn| {
-        claim_in_tx(conn, worker, now, lease_until, limit, gathered)
+        take_candidates(conn, worker, now, lease_until, limit, gathered, candidates)
     })
 }
 
-fn claim_in_tx(
+/// The compare-and-set taking of [`claim_gathering`]'s candidates.
+fn take_candidates(
     conn: &mut DbConnection,
     worker: &str,
     now: NaiveDateTime,
     lease_until: NaiveDateTime,
     limit: i64,
     gathered: &[&str],
+    candidates: Vec<(String, String, Option<String>)>,
 ) -> QueryResult<Vec<JobRow>> {
     let due = jobs::status
         .eq(QUEUED)
         .and(jobs::run_at.le(now))
         .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now)));
-    let candidates = fair_candidates(conn, now, limit)?;
     let mut claimed = Vec::new();
     let mut gathering: std::collections::HashSet<(Option<String>, String)> = Default::default();
     for (id, kind, member_id) in candidates {
@@ -180,12 +183,15 @@ pub fn adopt(
             .filter(jobs::run_at.le(now))
             .filter(jobs::attempts.eq(0))
     };
+    let ids: Vec<String> = due()
+        .order((jobs::run_at.asc(), jobs::id.asc()))
+        .select(jobs::id)
+        .limit(limit)
+        .load(conn)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     crate::db::write_tx(conn, |conn| {
-        let ids: Vec<String> = due()
-            .order((jobs::run_at.asc(), jobs::id.asc()))
-            .select(jobs::id)
-            .limit(limit)
-            .load(conn)?;
         let mut adopted = Vec::with_capacity(ids.len());
         for id in ids {
             let won = diesel::update(due().filter(jobs::id.eq(&id)))
@@ -262,8 +268,8 @@ pub fn holds_lease(
 const MAX_PORTALS_PER_CLAIM: i64 = 1_000;
 
 /// Due jobs (id, kind, portal) in turn order: each portal's oldest, then each one's second
-/// oldest, and so on, portals ordered by how many jobs they are running now, then by their
-/// oldest due job; twice `limit` of them, since some may be lost to other workers' claims.
+/// oldest, and so on, portals ordered by how many jobs they are running and have due, then by
+/// their oldest due job; twice `limit` of them, since some may be lost to other workers' claims.
 fn fair_candidates(
     conn: &mut DbConnection,
     now: NaiveDateTime,
@@ -279,14 +285,19 @@ fn fair_candidates(
                 .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now))),
         )
     };
-    let mut portals: Vec<(Option<String>, Option<NaiveDateTime>)> = due()
+    let mut portals: Vec<(Option<String>, Option<NaiveDateTime>, i64)> = due()
         .group_by(jobs::member_id)
-        .select((jobs::member_id, diesel::dsl::min(jobs::run_at)))
+        .select((
+            jobs::member_id,
+            diesel::dsl::min(jobs::run_at),
+            diesel::dsl::count_star(),
+        ))
         .order_by(diesel::dsl::min(jobs::run_at).asc())
         .limit(MAX_PORTALS_PER_CLAIM)
         .load(conn)?;
-    // Portals with the fewest jobs running go first: a lone callback's portal is served before
-    // the next job of a portal in the middle of a burst, though the burst's jobs are older.
+    // Portals with the least work in hand (jobs running and due) go first: a lone callback's
+    // portal is served before the next job of a portal in the middle of a burst, though the
+    // burst's jobs are older; the burst still gets every slot the quiet portals leave.
     let running: std::collections::HashMap<Option<String>, i64> = jobs::table
         .filter(jobs::status.eq(RUNNING))
         .filter(jobs::locked_until.ge(now))
@@ -295,11 +306,11 @@ fn fair_candidates(
         .load::<(Option<String>, i64)>(conn)?
         .into_iter()
         .collect();
-    // A stable sort: among portals running as many jobs, the oldest due job still goes first.
-    portals.sort_by_key(|(m, _)| running.get(m).copied().unwrap_or(0));
+    // A stable sort: among portals with as much in hand, the oldest due job still goes first.
+    portals.sort_by_key(|(m, _, due)| running.get(m).copied().unwrap_or(0) + due);
     portals.truncate(usize::try_from(want).unwrap_or(usize::MAX));
     let mut queues = Vec::with_capacity(portals.len());
-    for (member_id, _) in portals {
+    for (member_id, _, _) in portals {
         let ordered = due()
             .order((jobs::run_at.asc(), jobs::id.asc()))
             .limit(want);
