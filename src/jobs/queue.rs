@@ -87,8 +87,8 @@ pub fn claim(
 /// Claims up to `limit` due jobs for `worker`, each with a lease until `lease_until`: queued
 /// jobs whose `run_at` has come, and running jobs whose lease ran out (their worker died).
 ///
-/// Fair across portals (`member_id`): the portals with due jobs take turns, those with the
-/// fewest jobs running and due first, so one portal's burst does not take every slot while another portal's lone
+/// Fair across portals (`member_id`): the portals with due jobs take turns, those running the
+/// fewest jobs first and, among them, those with the fewest due, so one portal's burst does not take every slot while another portal's lone
 /// job waits.
 /// A portal alone still gets every slot.
 ///
@@ -268,8 +268,8 @@ pub fn holds_lease(
 const MAX_PORTALS_PER_CLAIM: i64 = 1_000;
 
 /// Due jobs (id, kind, portal) in turn order: each portal's oldest, then each one's second
-/// oldest, and so on, portals ordered by how many jobs they are running and have due, then by
-/// their oldest due job; twice `limit` of them, since some may be lost to other workers' claims.
+/// oldest, and so on, portals ordered by how many jobs they are running, then how many they have
+/// due, then by their oldest due job; twice `limit` of them, since some may be lost to other workers' claims.
 fn fair_candidates(
     conn: &mut DbConnection,
     now: NaiveDateTime,
@@ -295,9 +295,11 @@ fn fair_candidates(
         .order_by(diesel::dsl::min(jobs::run_at).asc())
         .limit(MAX_PORTALS_PER_CLAIM)
         .load(conn)?;
-    // Portals with the least work in hand (jobs running and due) go first: a lone callback's
-    // portal is served before the next job of a portal in the middle of a burst, though the
-    // burst's jobs are older; the burst still gets every slot the quiet portals leave.
+    // Portals running the fewest jobs go first, so the slots spread over the busy portals (each
+    // is held to its own Mango and Bitrix24 pace); among those running as many, the one with the
+    // fewest due: a lone callback's portal is served before the next job of a portal in the
+    // middle of a burst, though the burst's jobs are older. The burst still gets every slot the
+    // quiet portals leave.
     let running: std::collections::HashMap<Option<String>, i64> = jobs::table
         .filter(jobs::status.eq(RUNNING))
         .filter(jobs::locked_until.ge(now))
@@ -306,8 +308,8 @@ fn fair_candidates(
         .load::<(Option<String>, i64)>(conn)?
         .into_iter()
         .collect();
-    // A stable sort: among portals with as much in hand, the oldest due job still goes first.
-    portals.sort_by_key(|(m, _, due)| running.get(m).copied().unwrap_or(0) + due);
+    // A stable sort: among portals alike in both, the oldest due job still goes first.
+    portals.sort_by_key(|(m, _, due)| (running.get(m).copied().unwrap_or(0), *due));
     portals.truncate(usize::try_from(want).unwrap_or(usize::MAX));
     let mut queues = Vec::with_capacity(portals.len());
     for (member_id, _, _) in portals {
