@@ -30,6 +30,8 @@ pub struct Shared {
     /// Signalled when a run that adopted other callbacks' phone lookups has stored what it found
     /// (`callback::lookup`), so the jobs waiting for those phones in this process look at once.
     pub lookups: Arc<Notify>,
+    /// Spaces each Mango account's sends from this process by arrival (see [`SendPace`]).
+    pub mango_pace: Arc<crate::mango::rate::SendPace>,
     pub limiter: Arc<RateLimiter>,
     pub refresh_gates: Arc<RefreshGates>,
     /// Names this process in refresh leases and job claims.
@@ -63,6 +65,7 @@ impl Shared {
             cipher,
             notify: Arc::new(Notify::new()),
             lookups: Arc::new(Notify::new()),
+            mango_pace: Arc::new(crate::mango::rate::SendPace::default()),
             limiter: Arc::new(limiter),
             refresh_gates: Arc::new(RefreshGates::default()),
             instance_id: format!("instance-{}", uuid::Uuid::new_v4()),

@@ -1,6 +1,7 @@
 //! One Mango command sent for a callback and its answer acted on, and the callback's endings:
 //! shared by the first send ([`super::place_call`]) and the resends ([`super::resend`]).
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -82,6 +83,11 @@ pub(super) async fn send_command(
 ) -> Result<(), JobError> {
     let db = &ctx.shared.db;
     let (ext, ph) = (Some(cmd.from.clone()), Some(cmd.to.clone()));
+    // The slot was taken in the database; this spaces the actual sends (see `SendPace`).
+    ctx.shared
+        .mango_pace
+        .wait_turn(&ctx.shared.clock, creds.api_key.expose_secret())
+        .await;
     let answer = ctx.mango.callback_group(creds, &cmd).await;
     count_answer(ctx, &answer);
     let mid = cb.member_id.clone();

@@ -16,6 +16,45 @@ pub const MANGO_CALLBACKS_PER_SECOND: i64 = 4;
 /// counts when the requests arrive, not when we sent them.
 const MANGO_RATE_WINDOW_US: i64 = 1_150_000;
 
+/// The last check before a command leaves this process: the slot was taken in the database
+/// some moments earlier, and a send delayed between the two (a busy database, a busy CPU) could
+/// arrive at Mango within one second of four later ones that were not. Mango counts arrivals, so
+/// this keeps each account's actual sends from this process at most 4 in any
+/// [`MANGO_RATE_WINDOW_US`], waiting the difference (a few hundred milliseconds at most).
+#[derive(Default)]
+pub struct SendPace {
+    sent: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<i64>>>,
+}
+
+impl SendPace {
+    /// Waits until `api_key`'s account may send by the account's recent sends from this process,
+    /// and counts this send. Time is the app's clock, so tests that move it move this too.
+    pub async fn wait_turn(&self, clock: &Clock, api_key: &str) {
+        let key = crate::crypto::sha256_hex(api_key.as_bytes());
+        loop {
+            let now = clock.now().and_utc().timestamp_micros();
+            let wait_us = {
+                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                // Accounts that sent nothing for a window are forgotten: the map stays small.
+                sent.retain(|_, q| q.back().is_some_and(|t| now - t < MANGO_RATE_WINDOW_US));
+                let q = sent.entry(key.clone()).or_default();
+                while q.front().is_some_and(|t| now - t >= MANGO_RATE_WINDOW_US) {
+                    q.pop_front();
+                }
+                if q.len() < MANGO_CALLBACKS_PER_SECOND as usize {
+                    q.push_back(now);
+                    return;
+                }
+                q.front().map_or(1_000, |t| t + MANGO_RATE_WINDOW_US - now)
+            };
+            tokio::time::sleep(Duration::from_micros(
+                u64::try_from(wait_us.max(1_000)).unwrap_or(1_000),
+            ))
+            .await;
+        }
+    }
+}
+
 /// What the account's budget says to a callback that wants to send now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
@@ -227,4 +266,29 @@ pub fn take_rate_slot(
         })?;
         Ok(taken)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_fifth_send_within_the_window_waits_until_the_first_has_left_it() {
+        let clock = Clock::system();
+        let pace = SendPace::default();
+        for _ in 0..4 {
+            pace.wait_turn(&clock, "key-a").await;
+        }
+        // Another account has its own four.
+        let other =
+            tokio::time::timeout(Duration::from_millis(50), pace.wait_turn(&clock, "key-b"));
+        assert!(other.await.is_ok(), "another account is not held up");
+        let fifth =
+            tokio::time::timeout(Duration::from_millis(50), pace.wait_turn(&clock, "key-a"));
+        assert!(fifth.await.is_err(), "the fifth in the window waits");
+        clock.advance(Duration::from_micros(MANGO_RATE_WINDOW_US as u64));
+        let later =
+            tokio::time::timeout(Duration::from_millis(50), pace.wait_turn(&clock, "key-a"));
+        assert!(later.await.is_ok(), "once the window has passed it goes");
+    }
 }
