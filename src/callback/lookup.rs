@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::place_call::bitrix_error;
+use super::bitrix_error;
 use super::store::{self, LookupState};
 use super::Callback;
 use crate::bitrix::crm::{self, DealContact, PhoneLookup};

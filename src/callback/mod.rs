@@ -5,8 +5,8 @@
 //! - [`lifecycle`]: accepting a run and finishing a callback, each with its job in one transaction;
 //! - [`place_call`]: the [`PlaceCall`] job (find the phone, order Mango's `callback_group`);
 //! - [`lookup`]: the phone lookup, batched across the portal's waiting callbacks;
-//! - [`report`]: the [`ReportCallback`] job (answer the business process, comment on the deal);
-//!   [`report_batch`]: its first run, which reports many callbacks of a portal in one `batch`;
+//! - [`report_batch`]: the [`ReportCallback`] job (answer the business process, comment on the
+//!   deal), many callbacks of a portal in one `batch`; [`report`]: its texts and shared steps;
 //! - [`schedule`]: working hours applied to a run (placed at the next opening); [`announce`]:
 //!   the [`AnnounceSchedule`] job (`result=scheduled` and the timeline comment);
 //! - [`outcome`]: each attempt's outcome from Mango's call events, copied onto the callback;
@@ -39,8 +39,22 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::bitrix::BitrixError;
 use crate::db::schema::callbacks;
+use crate::jobs::JobError;
 pub use reason::Reason;
+
+/// A Bitrix24 error as a job's: a wait for the portal's budget snoozes, transient ones are
+/// retried, the rest fail for good.
+pub(crate) fn bitrix_error(e: BitrixError) -> JobError {
+    if let Some(wait) = e.budget_wait() {
+        JobError::Snooze(wait)
+    } else if e.is_transient() {
+        JobError::Transient(e.into())
+    } else {
+        JobError::Permanent(e.into())
+    }
+}
 
 /// A callback's status, stored as its string code (the codes predate the enum and never change:
 /// `result` sent to Bitrix24 is one of the four terminal ones).

@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::send::{credentials, end_without_call, send_command};
 use super::{lifecycle, store, Group, PlaceCall, Reason, Status};
 use crate::bitrix::crm::PhoneLookup;
-use crate::bitrix::BitrixError;
 use crate::context::Context;
 use crate::jobs::{cause_chain, Job, JobError};
 use crate::mango::CallbackGroup;
@@ -17,17 +16,6 @@ use crate::portal::{store as portal_store, PortalSettings};
 
 /// Delay between checks for a contact that a web form links a few seconds after the deal.
 pub const CONTACT_RECHECK: Duration = Duration::from_secs(5);
-
-/// A Bitrix24 error as a job's: transient ones are retried.
-pub(super) fn bitrix_error(e: BitrixError) -> JobError {
-    if let Some(wait) = e.budget_wait() {
-        JobError::Snooze(wait)
-    } else if e.is_transient() {
-        JobError::Transient(e.into())
-    } else {
-        JobError::Permanent(e.into())
-    }
-}
 
 impl Job for PlaceCall {
     const KIND: &'static str = "place_call";

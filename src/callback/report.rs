@@ -1,14 +1,15 @@
-//! The [`ReportCallback`] job: answer the waiting business process (`bizproc.event.send`) and
-//! write the outcome on the deal's timeline, in the portal's language.
+//! Answering the waiting business process (`bizproc.event.send`) and writing the outcome on the
+//! deal's timeline, in the portal's language: the texts, the shared steps, and a retried
+//! [`ReportCallback`]'s run on its own ([`super::report_batch`] runs the job).
 
 use diesel::QueryResult;
 use serde_json::json;
 
-use super::place_call::bitrix_error;
+use super::bitrix_error;
 use super::{store, Callback, Group, Reason, ReportCallback, Status};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
-use crate::jobs::{Job, JobError};
+use crate::jobs::JobError;
 use crate::portal::{store as portal_store, Lang};
 
 /// The timeline comment for a finished callback, in the portal's language. `reason` is the one
@@ -59,6 +60,10 @@ pub async fn already_commented(
             .any(|c| c.get("COMMENT").and_then(|v| v.as_str()) == Some(text))
     }))
 }
+
+/// In the error of a run whose batch went out and never got an answer: its retry looks for the
+/// comment before sending anything again ([`ReportCallback::run_alone`]).
+pub const ANSWER_UNKNOWN: &str = "the report batch was sent and its answer was lost";
 
 /// How long a report waits for a portal to be re-authorised before it is given up.
 const REPORT_WAIT_FOR_REAUTH_DAYS: i64 = 3;
@@ -152,22 +157,6 @@ pub(super) async fn add_deal_comment(
     }
 }
 
-impl Job for ReportCallback {
-    const KIND: &'static str = "report_callback";
-    /// A waiting business process depends on this answer: with backoff capped at 10 minutes,
-    /// 20 attempts ride out a Bitrix24 outage of about two and a half hours.
-    const MAX_ATTEMPTS: i32 = 20;
-
-    /// A first run reports together with the portal's other due reports, in one Bitrix24
-    /// `batch` ([`super::report_batch`]); a retried one runs alone, looking before it adds.
-    async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
-        if job.attempts <= 1 {
-            return super::report_batch::run(self, ctx, job).await;
-        }
-        self.run_alone(ctx, job).await
-    }
-}
-
 impl ReportCallback {
     /// The report of one callback, two requests: a retry after a failed or unanswered batch.
     pub(super) async fn run_alone(
@@ -199,7 +188,7 @@ impl ReportCallback {
         let batch_unknown = job
             .last_error
             .as_deref()
-            .is_some_and(|e| e.contains(super::report_batch::ANSWER_UNKNOWN));
+            .is_some_and(|e| e.contains(ANSWER_UNKNOWN));
         if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() && batch_unknown {
             looked = true;
             if already_commented(ctx, &cb, &text)

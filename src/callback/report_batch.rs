@@ -1,5 +1,5 @@
-//! Reports of many callbacks of one portal in one Bitrix24 `batch`: a first [`ReportCallback`]
-//! run adopts the portal's other due reports ([`queue::adopt`]) and sends every
+//! The [`ReportCallback`] job, reporting many callbacks of one portal in one Bitrix24 `batch`: a
+//! first run adopts the portal's other due reports ([`queue::adopt`]) and sends every
 //! `bizproc.event.send` and timeline comment of them in one request. A lone report is one
 //! request for both, sent at once; while the portal's budget runs low, reports wait for the next
 //! whole-second window so that those arriving meanwhile share a request.
@@ -11,7 +11,7 @@ use diesel::QueryResult;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use super::report::{comment_text, report_error};
+use super::report::{comment_text, report_error, ANSWER_UNKNOWN};
 use super::{store, Callback, ReportCallback, Status};
 use crate::bitrix::client::BatchResult;
 use crate::bitrix::BitrixError;
@@ -26,9 +26,6 @@ const WINDOW_MS: i64 = crate::jobs::GATHER_WINDOW.as_millis() as i64;
 /// The note of a report waiting for its window; a run that finds it goes without looking at
 /// the budget again (else a busy portal's reports could be put off window after window).
 pub const PACED: &str = "gathering: reports wait for the portal's next shared batch";
-/// In the error of a run whose batch went out and never got an answer: its retry looks for the
-/// comment before sending anything again ([`ReportCallback`]'s lone run).
-pub const ANSWER_UNKNOWN: &str = "the report batch was sent and its answer was lost";
 /// While more than this share of the portal's burst is left, a report goes at once: a lone
 /// callback on a quiet portal (its lookup took one request) is reported without waiting.
 const SEND_AT_ONCE_SPARE: f64 = 0.9;
@@ -44,6 +41,22 @@ struct Item {
     event: Option<Value>,
     /// The timeline comment, when it is still to be added.
     comment: Option<String>,
+}
+
+impl Job for ReportCallback {
+    const KIND: &'static str = "report_callback";
+    /// A waiting business process depends on this answer: with backoff capped at 10 minutes,
+    /// 20 attempts ride out a Bitrix24 outage of about two and a half hours.
+    const MAX_ATTEMPTS: i32 = 20;
+
+    /// A first run reports together with the portal's other due reports, in one Bitrix24
+    /// `batch` (this module); a retried one runs alone, looking before it adds.
+    async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
+        if job.attempts <= 1 {
+            return run(self, ctx, job).await;
+        }
+        self.run_alone(ctx, job).await
+    }
 }
 
 /// The gathering run of a first report (see the module).
