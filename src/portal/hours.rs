@@ -288,16 +288,26 @@ impl WorkingHours {
     /// time exists; in a DST overlap (it happens twice) the earlier one.
     fn first_instant(&self, date: NaiveDate, minute: i32) -> Option<NaiveDateTime> {
         let wall = date.and_hms_opt(0, 0, 0)? + Duration::minutes(i64::from(minute));
-        // Gaps are at most a few hours; a quarter-hour scan finds the jump's end.
-        for step in 0..=16 {
-            let probe = wall + Duration::minutes(15 * step);
-            match self.tz.from_local_datetime(&probe) {
-                LocalResult::Single(t) => return Some(t.naive_utc()),
-                LocalResult::Ambiguous(early, _) => return Some(early.naive_utc()),
-                LocalResult::None => {}
+        match self.tz.from_local_datetime(&wall) {
+            LocalResult::Single(t) => Some(t.naive_utc()),
+            LocalResult::Ambiguous(early, _) => Some(early.naive_utc()),
+            // In a gap: the first instant whose local time is past `wall` is the jump itself
+            // (a quarter-hour scan would overshoot a half-hour jump such as Lord Howe's). Local
+            // time only moves forward across a gap, and every UTC offset lies within 14 hours,
+            // so a search to the second over that span finds it.
+            LocalResult::None => {
+                let (mut lo, mut hi) = (-15 * 3600_i64, 15 * 3600_i64);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if self.local(wall + Duration::seconds(mid)) >= wall {
+                        hi = mid;
+                    } else {
+                        lo = mid;
+                    }
+                }
+                Some(wall + Duration::seconds(hi))
             }
         }
-        None
     }
 
     /// When the next call may be placed at or after the UTC instant `at`: `at` itself when open,

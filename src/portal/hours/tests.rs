@@ -37,6 +37,16 @@ fn within_hours_the_opening_is_now_and_the_bounds_are_start_inclusive_end_exclus
 }
 
 #[test]
+fn an_opening_inside_a_half_hour_dst_jump_is_the_jump_itself() {
+    // Lord Howe moves its clock from 02:00 to 02:30 on 2028-10-01 (a Sunday). Open 02:01–02:32:
+    // the first open instant is 02:30 local (15:30 UTC), not half an hour past 02:01.
+    let h = WorkingHours::new("Australia/Lord_Howe", "7", 121, 152, "").expect("valid");
+    let next = h.next_opening(utc("2028-09-30 12:00"));
+    assert_eq!(next, utc("2028-09-30 15:30"));
+    assert!(!h.is_open(next - Duration::seconds(1)));
+}
+
+#[test]
 fn the_opening_follows_a_dst_change_of_the_portals_zone() {
     // Berlin: 09:00 is 08:00 UTC in winter and 07:00 UTC after 2027-03-28.
     let h = WorkingHours::new("Europe/Berlin", "1,2,3,4,5,6,7", 540, 1080, "").expect("valid");
