@@ -29,11 +29,16 @@ pub struct SubError {
 impl SubError {
     /// Limits and server trouble pass; a missing deal or a denied access does not.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self.code.as_str(),
-            "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" | "INTERNAL_SERVER_ERROR"
-        )
+        transient_code(&self.code)
     }
+}
+
+/// Whether a `batch` sub-command's error code is worth another try: limits and server trouble.
+pub fn transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" | "INTERNAL_SERVER_ERROR"
+    )
 }
 
 impl std::fmt::Display for SubError {

@@ -4,15 +4,14 @@
 //! The business process gets exactly one `bizproc.event.send` per run: this job sets
 //! `event_sent_at`, so the report of the call placed at the opening only comments on the deal.
 
-use diesel::QueryResult;
 use serde_json::json;
 
-use super::report::{add_deal_comment, send_robot_event};
+use super::report::{add_deal_comment, send_robot_event, with_portal};
 use super::schedule::{comment_text, RESULT_SCHEDULED};
-use super::{store, AnnounceSchedule, Callback, Status};
+use super::{AnnounceSchedule, Callback, Status};
 use crate::context::Context;
 use crate::jobs::{Job, JobError};
-use crate::portal::{store as portal_store, Lang};
+use crate::portal::Lang;
 
 impl Job for AnnounceSchedule {
     const KIND: &'static str = "announce_schedule";
@@ -22,19 +21,8 @@ impl Job for AnnounceSchedule {
     async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
-        let found = db
-            .run(move |c| -> QueryResult<_> {
-                let Some(cb) = store::find(c, &id)? else {
-                    return Ok(None);
-                };
-                let Some(portal) = portal_store::find(c, &cb.member_id)? else {
-                    return Ok(None);
-                };
-                let settings = portal_store::settings_or_default(c, &cb.member_id, now)?;
-                Ok(Some((cb, portal, settings)))
-            })
-            .await?;
-        let Some((cb, portal, settings)) = found.filter(|(_, p, _)| p.is_active()) else {
+        let found = db.run(move |c| with_portal(c, &id, now)).await?;
+        let Some((cb, portal, settings)) = found else {
             return Ok(());
         };
         // Once the call has gone ahead (an outage delayed this job past the opening), its own

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::bitrix_error;
 use super::store::{self, LookupState};
 use super::Callback;
 use crate::bitrix::crm::{self, DealContact, PhoneLookup};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
+use crate::jobs::bitrix_error;
 use crate::jobs::JobError;
 use crate::phone;
 

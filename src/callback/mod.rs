@@ -39,22 +39,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bitrix::BitrixError;
 use crate::db::schema::callbacks;
-use crate::jobs::JobError;
 pub use reason::Reason;
-
-/// A Bitrix24 error as a job's: a wait for the portal's budget snoozes, transient ones are
-/// retried, the rest fail for good.
-pub(crate) fn bitrix_error(e: BitrixError) -> JobError {
-    if let Some(wait) = e.budget_wait() {
-        JobError::Snooze(wait)
-    } else if e.is_transient() {
-        JobError::Transient(e.into())
-    } else {
-        JobError::Permanent(e.into())
-    }
-}
 
 /// A callback's status, stored as its string code (the codes predate the enum and never change:
 /// `result` sent to Bitrix24 is one of the four terminal ones).

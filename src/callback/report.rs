@@ -2,15 +2,17 @@
 //! deal's timeline, in the portal's language: the texts, the shared steps, and a retried
 //! [`ReportCallback`]'s run on its own ([`super::report_batch`] runs the job).
 
+use chrono::NaiveDateTime;
 use diesel::QueryResult;
 use serde_json::json;
 
-use super::bitrix_error;
 use super::{store, Callback, Group, Reason, ReportCallback, Status};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
+use crate::db::DbConnection;
+use crate::jobs::bitrix_error;
 use crate::jobs::JobError;
-use crate::portal::{store as portal_store, Lang};
+use crate::portal::{store as portal_store, Lang, Portal, PortalSettings};
 
 /// The timeline comment for a finished callback, in the portal's language. `reason` is the one
 /// decided when the callback ended; a report queued before reasons were typed has none and
@@ -59,6 +61,35 @@ pub async fn already_commented(
         list.iter()
             .any(|c| c.get("COMMENT").and_then(|v| v.as_str()) == Some(text))
     }))
+}
+
+/// The callback `id` with its portal and the portal's settings, while the portal is active:
+/// what every job that reports on a callback reads first (`None`: nothing left to report to).
+pub(super) fn with_portal(
+    c: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Option<(Callback, Portal, PortalSettings)>> {
+    let Some(cb) = store::find(c, id)? else {
+        return Ok(None);
+    };
+    let Some(portal) = portal_store::find(c, &cb.member_id)?.filter(Portal::is_active) else {
+        return Ok(None);
+    };
+    let settings = portal_store::settings_or_default(c, &cb.member_id, now)?;
+    Ok(Some((cb, portal, settings)))
+}
+
+/// The business process's return values for a finished callback (see `portal::robot`'s
+/// RETURN_PROPERTIES); the outcome's own report adds the outcome's details.
+pub(super) fn event_values(cb: &Callback) -> serde_json::Value {
+    json!({
+        "result": cb.status.as_str(),
+        "group_extension": cb.group_extension.clone().unwrap_or_default(),
+        "command_id": cb.command_id.clone().unwrap_or_default(),
+        "error": cb.error.clone().unwrap_or_default(),
+        "outcome": cb.call_outcome.clone().unwrap_or_default(),
+    })
 }
 
 /// In the error of a run whose batch went out and never got an answer: its retry looks for the
@@ -166,23 +197,12 @@ impl ReportCallback {
     ) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
-        let found = db
-            .run(move |c| -> QueryResult<_> {
-                let Some(cb) = store::find(c, &id)? else {
-                    return Ok(None);
-                };
-                let portal = portal_store::find(c, &cb.member_id)?;
-                let waits =
-                    portal_store::settings_or_default(c, &cb.member_id, now)?.wait_for_outcome;
-                Ok(portal.map(|p| (cb, p, waits)))
-            })
-            .await?;
-        let Some((cb, portal, waits)) = found.filter(|(_, p, _)| p.is_active()) else {
+        let Some((cb, portal, settings)) = db.run(move |c| with_portal(c, &id, now)).await? else {
             return Ok(());
         };
         // A robot that waits for the call's outcome gets its one event from the outcome's
         // report (`outcome_report`), when the call has ended.
-        let held_for_outcome = waits && cb.status == Status::Started;
+        let held_for_outcome = settings.wait_for_outcome && cb.status == Status::Started;
         let text = comment_text(&cb, self.reason.as_ref(), Lang::parse(&portal.lang));
         let mut looked = false;
         let batch_unknown = job
@@ -211,14 +231,7 @@ impl ReportCallback {
             }
         }
         if cb.event_sent_at.is_none() && !held_for_outcome {
-            let values = json!({
-                "result": cb.status.as_str(),
-                "group_extension": cb.group_extension.clone().unwrap_or_default(),
-                "command_id": cb.command_id.clone().unwrap_or_default(),
-                "error": cb.error.clone().unwrap_or_default(),
-                "outcome": cb.call_outcome.clone().unwrap_or_default(),
-            });
-            send_robot_event(ctx, &cb, values, cb.status.as_str()).await?;
+            send_robot_event(ctx, &cb, event_values(&cb), cb.status.as_str()).await?;
         }
         // A run recorded without a deal (the robot ran on a lead, say) has nowhere to comment.
         if cb.comment_added_at.is_none() && !cb.deal_id.is_empty() {

@@ -7,18 +7,17 @@
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
-use diesel::QueryResult;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use super::report::{comment_text, report_error, ANSWER_UNKNOWN};
+use super::report::{comment_text, event_values, report_error, with_portal, ANSWER_UNKNOWN};
 use super::{store, Callback, ReportCallback, Status};
 use crate::bitrix::client::BatchResult;
 use crate::bitrix::BitrixError;
 use crate::context::Context;
 use crate::jobs::queue::{self, JobRow};
 use crate::jobs::{cause_chain, worker, Job, JobError};
-use crate::portal::{store as portal_store, Lang};
+use crate::portal::Lang;
 
 /// Reports gathered in a low budget go out at the next multiple of this, so that all of them
 /// come due together and one run takes them.
@@ -215,34 +214,20 @@ async fn prepare(
     let found = ctx
         .shared
         .db
-        .run(move |c| -> QueryResult<_> {
-            let Some(cb) = store::find(c, &callback_id)? else {
-                return Ok(None);
-            };
-            let portal = portal_store::find(c, &cb.member_id)?;
-            let waits = portal_store::settings_or_default(c, &cb.member_id, now)?.wait_for_outcome;
-            Ok(portal.map(|p| (cb, p, waits)))
-        })
+        .run(move |c| with_portal(c, &callback_id, now))
         .await?;
-    let Some((cb, portal, waits)) = found.filter(|(_, p, _)| p.is_active()) else {
+    let Some((cb, portal, settings)) = found else {
         return Ok(None);
     };
     // A robot that waits for the call's outcome gets its one event from the outcome's report.
-    let held_for_outcome = waits && cb.status == Status::Started;
+    let held_for_outcome = settings.wait_for_outcome && cb.status == Status::Started;
     let mut event = None;
     if cb.event_sent_at.is_none() && !held_for_outcome {
         match &cb.event_token {
             Some(token) => {
-                let values = json!({
-                    "result": cb.status.as_str(),
-                    "group_extension": cb.group_extension.clone().unwrap_or_default(),
-                    "command_id": cb.command_id.clone().unwrap_or_default(),
-                    "error": cb.error.clone().unwrap_or_default(),
-                    "outcome": cb.call_outcome.clone().unwrap_or_default(),
-                });
                 event = Some(json!({
                     "EVENT_TOKEN": token,
-                    "RETURN_VALUES": values,
+                    "RETURN_VALUES": event_values(&cb),
                     "LOG_MESSAGE": format!("mango-callback: {}", cb.status.as_str()),
                 }));
             }
@@ -449,12 +434,9 @@ fn read(i: usize, item: &Item, batch: &BatchResult) -> Read {
     }
 }
 
-/// A command's error worth another try: limits and server trouble.
+/// A command's error worth another try: limits and server trouble, or no answer for it at all.
 fn transient(code: &str) -> bool {
-    matches!(
-        code,
-        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" | "INTERNAL_SERVER_ERROR" | ""
-    )
+    code.is_empty() || crate::bitrix::crm::transient_code(code)
 }
 
 /// Records how an adopted job's part went, in its own log span.

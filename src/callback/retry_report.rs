@@ -9,14 +9,14 @@ use diesel::prelude::*;
 
 use super::outcome::Attempt;
 use super::outcome_report::outcome_text;
-use super::report::add_deal_comment;
+use super::report::{add_deal_comment, with_portal};
 use super::retry::AnnounceRetry;
-use super::{store, Callback, Group};
+use super::{Callback, Group};
 use crate::context::Context;
 use crate::db::schema::call_attempts;
 use crate::jobs::{Job, JobError};
 use crate::portal::hours::parse_timezone;
-use crate::portal::{store as portal_store, Lang};
+use crate::portal::Lang;
 
 /// The timeline text for a planned retry: the ended attempt's outcome as the final outcome
 /// comment words it, then the next call's local time (with its date when that is not the day the
@@ -74,13 +74,9 @@ impl Job for AnnounceRetry {
             .shared
             .db
             .run(move |c| -> QueryResult<_> {
-                let Some(cb) = store::find(c, &id)? else {
+                let Some((cb, portal, settings)) = with_portal(c, &id, now)? else {
                     return Ok(None);
                 };
-                let Some(portal) = portal_store::find(c, &cb.member_id)? else {
-                    return Ok(None);
-                };
-                let settings = portal_store::settings_or_default(c, &cb.member_id, now)?;
                 let ended: Option<Attempt> = call_attempts::table
                     .find((&id, n))
                     .select(Attempt::as_select())
@@ -89,7 +85,7 @@ impl Job for AnnounceRetry {
                 Ok(ended.map(|a| (cb, portal, settings, a)))
             })
             .await?;
-        let Some((cb, portal, settings, ended)) = found.filter(|f| f.1.is_active()) else {
+        let Some((cb, portal, settings, ended)) = found else {
             return Ok(());
         };
         if cb.deal_id.is_empty() {

@@ -53,6 +53,18 @@ impl From<crate::db::DbError> for JobError {
     }
 }
 
+/// A Bitrix24 error as a job's: a wait for the portal's budget snoozes, transient ones are
+/// retried, the rest fail for good.
+pub fn bitrix_error(e: crate::bitrix::BitrixError) -> JobError {
+    if let Some(wait) = e.budget_wait() {
+        JobError::Snooze(wait)
+    } else if e.is_transient() {
+        JobError::Transient(e.into())
+    } else {
+        JobError::Permanent(e.into())
+    }
+}
+
 /// An error and its causes on one line, each said once: many errors already quote their source
 /// in their own message (`#[error("…: {0}")]` with `#[from]`), and saying it twice helps nobody.
 pub fn cause_chain(e: &anyhow::Error) -> String {

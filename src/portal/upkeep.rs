@@ -10,11 +10,10 @@ use chrono::NaiveDateTime;
 use super::api::ask_is_admin;
 use super::robot::{bind_event, bind_events, register_robot};
 use crate::bitrix::oauth::{self, VerifyError};
-use crate::bitrix::BitrixError;
 use crate::context::Context;
 use crate::crypto::{Cipher, Slot};
 use crate::db::{DbConnection, DbError};
-use crate::jobs::{queue, Job, JobError};
+use crate::jobs::{bitrix_error, queue, Job, JobError};
 use crate::portal::store;
 
 /// What a verified administrator's ONAPPUPDATE brings (plain text; only ever held in memory).
@@ -60,16 +59,6 @@ pub fn apply_verified_update(
     Ok(true)
 }
 
-fn job_error(e: BitrixError) -> JobError {
-    if let Some(wait) = e.budget_wait() {
-        JobError::Snooze(wait)
-    } else if e.is_transient() {
-        JobError::Transient(e.into())
-    } else {
-        JobError::Permanent(e.into())
-    }
-}
-
 /// Re-registers the robot after ONAPPUPDATE (an update removes the app's robots).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RegisterRobot {
@@ -83,10 +72,10 @@ impl Job for RegisterRobot {
         let url = &ctx.shared.settings.public_url;
         register_robot(&ctx.bitrix(), &self.member_id, url)
             .await
-            .map_err(job_error)?;
+            .map_err(bitrix_error)?;
         bind_events(&ctx.bitrix(), &self.member_id, url)
             .await
-            .map_err(job_error)?;
+            .map_err(bitrix_error)?;
         tracing::info!(portal = %self.member_id, "robot re-registered after update");
         Ok(())
     }
@@ -118,7 +107,7 @@ impl Job for KeepTokensAlive {
         ctx.bitrix()
             .refresh(&self.member_id, p.token_version)
             .await
-            .map_err(job_error)
+            .map_err(bitrix_error)
     }
 }
 
@@ -179,7 +168,7 @@ impl Job for SelfCheck {
         // Bound again each time: portals installed before the self-check existed lack it.
         bind_event(&ctx.bitrix(), &self.member_id, "ONAPPTEST", &handler)
             .await
-            .map_err(job_error)?;
+            .map_err(bitrix_error)?;
         let (id, now) = (self.member_id.clone(), ctx.shared.clock.now());
         ctx.shared
             .db
@@ -192,7 +181,7 @@ impl Job for SelfCheck {
                 json!({ "check": "mango-callback self-check" }),
             )
             .await
-            .map_err(job_error)?;
+            .map_err(bitrix_error)?;
         tracing::info!(portal = %self.member_id, "self-check sent: Bitrix24 was asked to deliver ONAPPTEST");
         Ok(())
     }
@@ -294,7 +283,7 @@ impl Job for ApplyAppUpdate {
         match ask_is_admin(ctx.bitrix().rest(), &verified, &access).await {
             Ok(true) => {}
             Ok(false) => return give_up("the user is not a portal administrator"),
-            Err(e) if e.is_transient() => return Err(job_error(e)),
+            Err(e) if e.is_transient() => return Err(bitrix_error(e)),
             Err(e) => return give_up(&e.to_string()),
         }
         let update = VerifiedUpdate {

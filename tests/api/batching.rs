@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use mango_callback::db::Backend;
 use mango_callback::jobs::{queue, worker};
-use serde_json::Value;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{batch_methods_of, spawn_app, TestApp};
 use crate::on_both_backends;
 
 const PHONE: &str = "+7 900 123-45-67";
@@ -21,17 +20,7 @@ fn report_batches(app: &TestApp, member_id: &str, skip: usize) -> Vec<Vec<String
         .filter(|c| c.member_id.as_deref() == Some(member_id))
         .skip(skip)
         .filter(|c| c.method == "batch")
-        .map(|c| {
-            c.params["cmd"]
-                .as_object()
-                .map(|cmds| {
-                    cmds.values()
-                        .filter_map(Value::as_str)
-                        .map(|c| c.split('?').next().unwrap_or_default().to_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
+        .map(|c| batch_methods_of(&c))
         .filter(|methods: &Vec<String>| methods.iter().any(|m| m == "bizproc.event.send"))
         .collect()
 }

@@ -185,6 +185,18 @@ async fn a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_att
 }
 on_both_backends!(a_job_that_waits_for_its_portals_budget_snoozes_without_spending_an_attempt);
 
+/// One claim of `slots` jobs for `worker` at the test clock's now, as a worker with that many
+/// free slots makes.
+async fn claim_now(app: &TestApp, worker: &'static str, slots: i64) -> Vec<queue::JobRow> {
+    let now = app.clock.now();
+    let lease = now + chrono::Duration::seconds(300);
+    app.shared
+        .db
+        .run(move |c| queue::claim(c, worker, now, lease, slots))
+        .await
+        .expect("claim")
+}
+
 async fn a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a_burst(
     backend: Backend,
 ) {
@@ -199,14 +211,7 @@ async fn a_lone_robot_call_on_another_portal_is_claimed_with_the_first_jobs_of_a
     fire(&app, &lone.member_id, "89007654321").await;
 
     // One claim of two slots, as a worker with two free slots makes.
-    let now = app.clock.now();
-    let lease = now + chrono::Duration::seconds(300);
-    let claimed = app
-        .shared
-        .db
-        .run(move |c| queue::claim(c, "fair-test", now, lease, 2))
-        .await
-        .expect("claim");
+    let claimed = claim_now(&app, "fair-test", 2).await;
     let registry = mango_callback::startup::job_registry();
     for job in claimed {
         mango_callback::jobs::worker::run_one(&app.worker_ctx, &registry, "fair-test", job).await;
@@ -236,27 +241,13 @@ async fn a_lone_robot_call_is_claimed_before_the_next_job_of_a_portal_running_a_
         fire(&app, &busy.member_id, "89001234567").await;
     }
     // The burst is being worked on: two of its jobs run.
-    let now = app.clock.now();
-    let lease = now + chrono::Duration::seconds(300);
-    let running = app
-        .shared
-        .db
-        .run(move |c| queue::claim(c, "worker-1", now, lease, 2))
-        .await
-        .expect("claim");
+    let running = claim_now(&app, "worker-1", 2).await;
     assert_eq!(running.len(), 2);
     app.advance(Duration::from_secs(1));
     fire(&app, &lone.member_id, "89007654321").await;
 
     // The next free slot goes to the portal that runs nothing, though four older jobs wait.
-    let now = app.clock.now();
-    let lease = now + chrono::Duration::seconds(300);
-    let next = app
-        .shared
-        .db
-        .run(move |c| queue::claim(c, "worker-2", now, lease, 1))
-        .await
-        .expect("claim");
+    let next = claim_now(&app, "worker-2", 1).await;
     assert_eq!(next.len(), 1);
     assert_eq!(
         next[0].member_id.as_deref(),

@@ -578,17 +578,7 @@ impl TestApp {
         self.b24
             .calls_to("batch")
             .iter()
-            .map(|c| {
-                c.params["cmd"]
-                    .as_object()
-                    .map(|cmds| {
-                        cmds.values()
-                            .filter_map(serde_json::Value::as_str)
-                            .map(|c| c.split('?').next().unwrap_or_default().to_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
+            .map(batch_methods_of)
             .collect()
     }
 
@@ -770,4 +760,17 @@ impl TestApp {
             .await
             .expect("snapshot")
     }
+}
+
+/// The methods of a `batch` request's commands, in the order sent.
+pub fn batch_methods_of(call: &mango_callback::sandbox::bitrix::RecordedCall) -> Vec<String> {
+    call.params["cmd"]
+        .as_object()
+        .map(|cmds| {
+            cmds.values()
+                .filter_map(serde_json::Value::as_str)
+                .map(|c| c.split('?').next().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

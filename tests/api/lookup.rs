@@ -14,25 +14,14 @@ use crate::on_both_backends;
 
 const ROBOT: &str = "mango_callback";
 
-/// The `batch` requests that looked phones up (rather than, say, reported), with their commands.
+/// The `batch` requests that looked phones up (rather than, say, reported): their commands' methods.
 fn lookup_batches(app: &TestApp) -> Vec<Vec<String>> {
-    app.b24
-        .calls_to("batch")
+    app.batch_methods()
         .into_iter()
-        .map(|call| {
-            call.params["cmd"]
-                .as_object()
-                .map(|cmd| {
-                    cmd.values()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .filter(|cmds| {
-            cmds.iter().any(|c| {
-                c.starts_with("crm.deal.contact.items.get") || c.starts_with("crm.contact.get")
-            })
+        .filter(|methods| {
+            methods
+                .iter()
+                .any(|m| m == "crm.deal.contact.items.get" || m == "crm.contact.get")
         })
         .collect()
 }
