@@ -44,6 +44,12 @@ async fn fire(app: &TestApp, member_id: &str) -> u64 {
     deal
 }
 
+/// How far the app's clock is from its next whole second (plus a millisecond).
+fn to_next_whole_second(app: &TestApp) -> Duration {
+    let ms = app.clock.now().and_utc().timestamp_subsec_millis();
+    Duration::from_millis(u64::from(1_000 - ms) + 1)
+}
+
 async fn a_lone_report_is_one_request_sent_at_once(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("lone-report").await;
@@ -149,6 +155,11 @@ async fn reports_made_while_the_budget_runs_low_wait_for_the_next_second_and_sha
         .expect("budget")
         .is_zero()
     {}
+    // The reports below each wait for the next whole second. The app's clock is moved to the
+    // start of a second, so that the three are made inside one second however slowly the
+    // machine runs them (a boundary between them would give two windows). Moving it by under a
+    // second refills under 2 requests of the spent burst.
+    app.advance(to_next_whole_second(&app));
     let before = requests_to(&app, &p.member_id);
     let registry = mango_callback::startup::job_registry();
     let mut deals = Vec::new();
@@ -218,6 +229,10 @@ async fn a_deleted_deal_in_a_shared_report_request_does_not_hold_up_the_others(b
     for job in placed {
         worker::run_one(&app.worker_ctx, &registry, "w", job).await;
     }
+    // The portal is idle long enough for its budget to refill: the first report goes at once
+    // and takes the other two with it, whatever the real time (a low budget would make each
+    // wait for a whole-second window, and a slow machine could put them in two windows).
+    app.advance(Duration::from_secs(60));
     app.b24.delete_deal(&p.member_id, deals[1]);
     app.drain().await;
 
