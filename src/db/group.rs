@@ -83,7 +83,10 @@ struct Stats {
 
 impl GroupCommit {
     /// Starts the committer thread on `pool`.
-    pub fn start(pool: DbPool) -> std::io::Result<GroupCommit> {
+    pub fn start(
+        pool: DbPool,
+        gate: Option<Arc<super::gate::WriteGate>>,
+    ) -> std::io::Result<GroupCommit> {
         let (queue, rx) = mpsc::channel::<Write>();
         let stats = Arc::new(Stats::default());
         let counted = Arc::clone(&stats);
@@ -91,6 +94,10 @@ impl GroupCommit {
             .name("group-commit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
+                    // On SQLite, after the write in progress and ahead of the job worker's
+                    // writes: an acknowledgement waits for one other commit at most. The writes
+                    // that arrive meanwhile join this batch.
+                    let _turn = gate.as_deref().map(super::gate::WriteGate::ahead);
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {

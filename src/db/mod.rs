@@ -4,6 +4,7 @@
 //! binary serves the embedded SQLite default and several instances sharing PostgreSQL. Queries are
 //! written once against [`DbConnection`]; the few backend-specific statements live in this module.
 
+pub mod gate;
 pub mod group;
 pub mod schema;
 
@@ -155,6 +156,8 @@ pub struct Db {
     backend: Backend,
     /// The committer of [`Db::run_grouped`], shared by every clone.
     group: std::sync::Arc<group::GroupCommit>,
+    /// SQLite only: the turn of this process's writers ([`gate`]).
+    gate: Option<std::sync::Arc<gate::WriteGate>>,
 }
 
 impl Db {
@@ -189,12 +192,15 @@ impl Db {
                 .context("cannot switch SQLite to WAL mode")?;
         }
         run_migrations(&mut conn).context("database migrations failed")?;
-        let group = group::GroupCommit::start(pool.clone())
+        let gate =
+            (backend == Backend::Sqlite).then(|| std::sync::Arc::new(gate::WriteGate::default()));
+        let group = group::GroupCommit::start(pool.clone(), gate.clone())
             .context("cannot start the group-commit thread")?;
         Ok(Db {
             pool,
             backend,
             group: std::sync::Arc::new(group),
+            gate,
         })
     }
 
@@ -206,7 +212,35 @@ impl Db {
     ///
     /// `f` may fail with any error that converts into [`DbError`], so a store function's
     /// `QueryResult` is passed through as is (`db.run(move |c| store::find(c, &id))`).
+    ///
+    /// On SQLite, `f` runs in its turn among this process's writers ([`gate`]): it may write.
+    /// Code that only reads says so with [`Db::read`].
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        DbError: From<E>,
+        T: Send + 'static,
+    {
+        self.spawn(self.gate.clone(), f).await
+    }
+
+    /// [`Db::run`] for `f` that only reads: on SQLite it runs beside the writers (WAL readers
+    /// never wait for the writer), not in their line. A write in `f` would still be correct,
+    /// only slower (SQLite's busy timeout instead of the line).
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        DbError: From<E>,
+        T: Send + 'static,
+    {
+        self.spawn(None, f).await
+    }
+
+    async fn spawn<T, E, F>(
+        &self,
+        gate: Option<std::sync::Arc<gate::WriteGate>>,
+        f: F,
+    ) -> Result<T, DbError>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         DbError: From<E>,
@@ -214,6 +248,9 @@ impl Db {
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
+            // The turn first, then a connection: a writer waiting for its turn holds no
+            // connection, so the one whose turn it is always finds one.
+            let _turn = gate.as_deref().map(gate::WriteGate::in_line);
             let mut conn = pool.get()?;
             Ok(f(&mut conn)?)
         })

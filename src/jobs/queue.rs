@@ -111,13 +111,39 @@ pub fn claim_gathering(
     // held while they are; the taking is one transaction, one durable commit (a disk sync) for
     // all the jobs the claim takes rather than one per job.
     let candidates = fair_candidates(conn, now, limit)?;
+    take_candidates(conn, worker, now, lease_until, limit, gathered, candidates)
+}
+
+/// [`claim_gathering`]'s first half, a read only: the due jobs in turn order.
+pub type Candidates = Vec<(String, String, Option<String>)>;
+
+/// The due jobs a claim of `limit` would try, in turn order (see [`claim_gathering`]).
+pub fn candidates(
+    conn: &mut DbConnection,
+    now: NaiveDateTime,
+    limit: i64,
+) -> QueryResult<Candidates> {
+    fair_candidates(conn, now, limit)
+}
+
+/// [`claim_gathering`]'s second half: takes what it can of `candidates` by compare-and-set, in
+/// one transaction (one durable commit for all the jobs it takes).
+pub fn take_candidates(
+    conn: &mut DbConnection,
+    worker: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+    limit: i64,
+    gathered: &[&str],
+    candidates: Candidates,
+) -> QueryResult<Vec<JobRow>> {
     crate::db::write_tx(conn, |conn| {
-        take_candidates(conn, worker, now, lease_until, limit, gathered, candidates)
+        take_each(conn, worker, now, lease_until, limit, gathered, candidates)
     })
 }
 
 /// The compare-and-set taking of [`claim_gathering`]'s candidates.
-fn take_candidates(
+fn take_each(
     conn: &mut DbConnection,
     worker: &str,
     now: NaiveDateTime,

@@ -239,23 +239,26 @@ pub async fn claim_due_gathering(
     let worker = worker.to_owned();
     let gathered = gathered.to_vec();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    match ctx
-        .shared
-        .db
-        .run(move |c| {
+    let db = &ctx.shared.db;
+    // The candidates are read beside SQLite's writers, not in their line; the taking is a write.
+    let read = db
+        .read(move |c| {
             // One reading of the database's clock per claim: see [`queue`] on why.
             let now = clock.shift(crate::db::database_now(c)?);
-            Ok::<_, crate::db::DbError>(queue::claim_gathering(
-                c,
-                &worker,
-                now,
-                now + lease,
-                limit,
-                &gathered,
-            )?)
+            Ok::<_, crate::db::DbError>((now, queue::candidates(c, now, limit)?))
         })
-        .await
-    {
+        .await;
+    let taken = match read {
+        Ok((_, candidates)) if candidates.is_empty() => Ok(Vec::new()),
+        Ok((now, candidates)) => {
+            db.run(move |c| {
+                queue::take_candidates(c, &worker, now, now + lease, limit, &gathered, candidates)
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match taken {
         Ok(jobs) => jobs,
         Err(e) => {
             tracing::error!(error = %e, "claiming jobs failed");
