@@ -31,6 +31,9 @@ pub enum DbConnection {
     Sqlite(SqliteConnection),
 }
 
+/// PostgreSQL's group committers ([`group`]), each with its own connection besides the pool.
+pub const POSTGRES_COMMIT_LANES: usize = 4;
+
 /// Which backend a `DATABASE_URL` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -194,8 +197,22 @@ impl Db {
         run_migrations(&mut conn).context("database migrations failed")?;
         let gate =
             (backend == Backend::Sqlite).then(|| std::sync::Arc::new(gate::WriteGate::default()));
-        let group = group::GroupCommit::start(pool.clone(), gate.clone())
-            .context("cannot start the group-commit thread")?;
+        let lanes = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_COMMIT_LANES,
+        };
+        // The committers' own connections, opened when first needed.
+        let commit_pool = r2d2::Pool::builder()
+            .max_size(u32::try_from(lanes).unwrap_or(1))
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(10))
+            .build(Manager {
+                url: url.to_owned(),
+                backend,
+            })
+            .context("cannot open the database for the group committer")?;
+        let group = group::GroupCommit::start(commit_pool, gate.clone(), lanes)
+            .context("cannot start the group-commit threads")?;
         Ok(Db {
             pool,
             backend,
@@ -264,12 +281,20 @@ impl Db {
     /// Runs `f` in a savepoint of a transaction shared with the writes that arrive with it, and
     /// returns once that transaction committed ([`group`]): for short, hot writes whose caller
     /// must not be answered before they are durable.
-    pub async fn run_grouped<T, F>(&self, f: F) -> Result<T, DbError>
+    ///
+    /// `key` (the portal) picks the committer: on PostgreSQL several commit at once, each for
+    /// its own portals ([`group::GroupCommit::run`]).
+    pub async fn run_grouped<T, F>(&self, key: &str, f: F) -> Result<T, DbError>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
-        self.group.run(f).await
+        self.group.run(key, f).await
+    }
+
+    /// Which committer [`Db::run_grouped`] gives `key`'s writes to.
+    pub fn commit_lane(&self, key: &str) -> usize {
+        self.group.lane_of(key)
     }
 
     /// What [`Db::run_grouped`]'s committer has done so far.

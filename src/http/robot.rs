@@ -131,7 +131,7 @@ async fn take_robot_call(
     // only once the call is durably stored.
     let verdict = shared
         .db
-        .run_grouped(move |c| -> Result<_, DbError> {
+        .run_grouped(&member_id, move |c| -> Result<_, DbError> {
             let portal = portal_store::find(c, &mid)?.filter(|p| {
                 p.is_active()
                     && application_token_matches(&cipher, p, auth.application_token.as_deref())

@@ -11,6 +11,9 @@ use mango_callback::db::{Backend, Db, DbError};
 use crate::helpers::spawn_app;
 use crate::on_both_backends;
 
+/// The portal key of the writes below: one key, one committer (PostgreSQL has several).
+const LANE: &str = "one-portal";
+
 /// One caller's write, as `Db::run_grouped` takes it.
 type WriteOf<T> =
     Box<dyn FnOnce(&mut mango_callback::db::DbConnection) -> Result<T, DbError> + Send>;
@@ -52,7 +55,7 @@ async fn in_one_batch<T: Send + 'static>(
     let blocker = {
         let db = db.clone();
         actix_web::rt::spawn(async move {
-            db.run_grouped(move |_| {
+            db.run_grouped(LANE, move |_| {
                 held.recv_timeout(Duration::from_secs(30)).ok();
                 Ok(())
             })
@@ -68,7 +71,7 @@ async fn in_one_batch<T: Send + 'static>(
         .into_iter()
         .map(|w| {
             let db = db.clone();
-            actix_web::rt::spawn(async move { db.run_grouped(w).await })
+            actix_web::rt::spawn(async move { db.run_grouped(LANE, w).await })
         })
         .collect();
     // Every task hands its write over on its first poll: yield until all did (no sleeping).
@@ -151,7 +154,7 @@ async fn a_panicking_write_fails_its_whole_batch_and_the_next_batch_works(backen
     let again = app
         .shared
         .db
-        .run_grouped(|c| mark(c, "after-panic").map_err(DbError::from))
+        .run_grouped(LANE, |c| mark(c, "after-panic").map_err(DbError::from))
         .await;
     assert!(matches!(again, Ok(1)), "{again:?}");
     assert_eq!(marks(&app.shared.db, "after-panic").await.len(), 1);
@@ -194,3 +197,48 @@ async fn concurrent_robot_calls_are_each_acknowledged_once_stored(backend: Backe
     assert_eq!(stored.len(), 30);
 }
 on_both_backends!(concurrent_robot_calls_are_each_acknowledged_once_stored);
+
+#[actix_web::test]
+async fn on_postgres_a_portals_write_does_not_wait_for_another_portals_commit() {
+    let backend = Backend::Postgres;
+    if crate::helpers::can_run_on(
+        backend,
+        "group_commit::on_postgres_a_portals_write_does_not_wait",
+    ) {
+        let app = spawn_app(backend).await;
+        let db = app.shared.db.clone();
+        let other = (0..100)
+            .map(|i| format!("portal-{i}"))
+            .find(|k| db.commit_lane(k) != db.commit_lane(LANE))
+            .expect("PostgreSQL has several committers");
+        let (release, held) = mpsc::channel::<()>();
+        let before = db.group_commit_counts();
+        let blocker = {
+            let db = db.clone();
+            actix_web::rt::spawn(async move {
+                db.run_grouped(LANE, move |c| {
+                    mark(c, "held")?;
+                    held.recv_timeout(Duration::from_secs(30)).ok();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        while db.group_commit_counts().batches == before.batches {
+            actix_web::rt::task::yield_now().await;
+        }
+        // LANE's committer is inside its transaction; the other portal's write commits anyway.
+        let answer = db
+            .run_grouped(&other, |c| mark(c, "other-portal").map_err(DbError::from))
+            .await;
+        assert!(matches!(answer, Ok(1)), "{answer:?}");
+        assert_eq!(marks(&db, "other-portal").await.len(), 1);
+        assert!(
+            marks(&db, "held").await.is_empty(),
+            "the held one is not committed yet"
+        );
+        release.send(()).expect("the blocker waits");
+        blocker.await.expect("task").expect("blocker committed");
+        assert_eq!(marks(&db, "held").await.len(), 1);
+    }
+}
