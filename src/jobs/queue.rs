@@ -337,11 +337,16 @@ fn fair_candidates(
     // A stable sort: among portals alike in both, the oldest due job still goes first.
     portals.sort_by_key(|(m, _, due)| (running.get(m).copied().unwrap_or(0), *due));
     portals.truncate(usize::try_from(want).unwrap_or(usize::MAX));
+    // Taking turns, `want` candidates need only this many of each portal: a claim of a few
+    // slots in a burst over 100 portals reads a few rows, not `want` of each (on PostgreSQL
+    // each portal's read is a round trip, and claims run many times a second).
+    let n = i64::try_from(portals.len()).unwrap_or(i64::MAX).max(1);
+    let per_portal = (want + n - 1) / n;
     let mut queues = Vec::with_capacity(portals.len());
     for (member_id, _, _) in portals {
         let ordered = due()
             .order((jobs::run_at.asc(), jobs::id.asc()))
-            .limit(want);
+            .limit(per_portal);
         let ids: Vec<(String, String)> = match &member_id {
             Some(m) => ordered
                 .filter(jobs::member_id.eq(m))
