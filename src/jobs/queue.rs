@@ -311,16 +311,40 @@ fn fair_candidates(
                 .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now))),
         )
     };
-    let mut portals: Vec<(Option<String>, Option<NaiveDateTime>, i64)> = due()
-        .group_by(jobs::member_id)
-        .select((
-            jobs::member_id,
-            diesel::dsl::min(jobs::run_at),
-            diesel::dsl::count_star(),
-        ))
-        .order_by(diesel::dsl::min(jobs::run_at).asc())
-        .limit(MAX_PORTALS_PER_CLAIM)
+    // Counted in two parts, each read from the index `jobs_portal_due` alone: the queued jobs
+    // whose time has come (a burst's thousands), and the running ones whose lease ran out (a
+    // handful). One query with the `OR` of both looked up every due job's row.
+    type PortalDue = (Option<String>, Option<NaiveDateTime>, i64);
+    let per_portal_due = |status: &'static str| {
+        jobs::table
+            .filter(jobs::status.eq(status))
+            .group_by(jobs::member_id)
+            .select((
+                jobs::member_id,
+                diesel::dsl::min(jobs::run_at),
+                diesel::dsl::count_star(),
+            ))
+    };
+    let mut portals: Vec<PortalDue> = per_portal_due(QUEUED)
+        .filter(jobs::run_at.le(now))
         .load(conn)?;
+    let expired: Vec<PortalDue> = per_portal_due(RUNNING)
+        .filter(jobs::locked_until.lt(now))
+        .load(conn)?;
+    for (member_id, oldest, n) in expired {
+        match portals.iter_mut().find(|(m, _, _)| *m == member_id) {
+            Some(p) => {
+                p.1 = match (p.1, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                p.2 += n;
+            }
+            None => portals.push((member_id, oldest, n)),
+        }
+    }
+    portals.sort_by_key(|(_, oldest, _)| *oldest);
+    portals.truncate(usize::try_from(MAX_PORTALS_PER_CLAIM).unwrap_or(usize::MAX));
     // Portals running the fewest jobs go first, so the slots spread over the busy portals (each
     // is held to its own Mango and Bitrix24 pace); among those running as many, the one with the
     // fewest due: a lone callback's portal is served before the next job of a portal in the

@@ -1,0 +1,1 @@
+DROP INDEX jobs_portal_due;
