@@ -55,7 +55,7 @@ impl RateLimiter {
         let (member, offset_us) = (member_id.to_owned(), self.clock.offset_us());
         let ahead = self
             .db
-            .run(move |c| super::store::ahead(c, &member, offset_us))
+            .read(move |c| super::store::ahead(c, &member, offset_us))
             .await?;
         let burst_us = (self.tolerance_us + self.interval_us).max(1);
         Ok((1.0 - ahead as f64 / burst_us as f64).clamp(0.0, 1.0))

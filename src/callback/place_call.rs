@@ -26,7 +26,7 @@ impl Job for PlaceCall {
     async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let id = self.callback_id.clone();
         let give_up = |e: String| async move {
-            let Some(cb) = ctx.shared.db.run(move |c| store::find(c, &id)).await? else {
+            let Some(cb) = ctx.shared.db.read(move |c| store::find(c, &id)).await? else {
                 return Ok(());
             };
             end_without_call(ctx, &cb, Reason::GaveUp { detail: e }).await
@@ -45,7 +45,7 @@ impl PlaceCall {
     async fn place(&self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let id = self.callback_id.clone();
-        let Some(cb) = db.run(move |c| store::find(c, &id)).await? else {
+        let Some(cb) = db.read(move |c| store::find(c, &id)).await? else {
             return Ok(());
         };
         // In `calling` the last command's outcome is unknown (this run's predecessor died, or

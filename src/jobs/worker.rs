@@ -161,7 +161,7 @@ impl Worker {
             return POLL;
         }
         let clock = self.ctx.shared.clock.clone();
-        let next = self.ctx.shared.db.run(move |c| {
+        let next = self.ctx.shared.db.read(move |c| {
             let now = clock.shift(crate::db::database_now(c)?);
             Ok::<_, crate::db::DbError>(queue::next_due(c)?.map(|at| at - now))
         });

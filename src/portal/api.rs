@@ -89,7 +89,7 @@ impl PortalApi {
 
     async fn load_auth(&self, member_id: &str) -> Result<Auth, BitrixError> {
         let id = member_id.to_owned();
-        let portal = self.db.run(move |c| store::find(c, &id)).await?;
+        let portal = self.db.read(move |c| store::find(c, &id)).await?;
         let Some(p) = portal.filter(|p| p.is_active()) else {
             return Err(BitrixError::NotInstalled(member_id.to_owned()));
         };
