@@ -52,7 +52,7 @@ pub async fn receive(
     let candidates = ctx
         .shared
         .db
-        .run(move |c| store::settings_by_mango_key(c, &k))
+        .read(move |c| store::settings_by_mango_key(c, &k))
         .await?;
     let verified: Vec<String> = candidates
         .into_iter()
@@ -93,11 +93,15 @@ pub async fn receive(
         };
         let now = ctx.shared.clock.now();
         let (members, cmd) = (verified.clone(), command_id.clone());
+        // Mango's notifications come several a second per account in a burst: each is stored
+        // before it is answered, in a transaction shared with those arriving meanwhile (group
+        // commit, in the lane of the portal's robot calls).
+        let lane = verified.first().cloned().unwrap_or_default();
         let updated = ctx
             .shared
             .db
-            .run(move |c| {
-                callback_store::record_mango_result(
+            .run_grouped(&lane, move |c| {
+                Ok(callback_store::record_mango_result(
                     c,
                     &verified,
                     // Any send of the callback: a late result for an earlier command counts.
@@ -105,7 +109,7 @@ pub async fn receive(
                     code,
                     &crate::callback::mango_outcome(code),
                     now,
-                )
+                )?)
             })
             .await?;
         if updated == 0 {
@@ -160,10 +164,14 @@ async fn record_call_event(
         AppError::BadRequest(format!("{tail}: {e}"))
     })?;
     let (now, body) = (ctx.shared.clock.now(), json.to_owned());
+    // Stored before it is answered, with the notifications arriving meanwhile (group commit).
+    let lane = verified.first().cloned().unwrap_or_default();
     let recorded = ctx
         .shared
         .db
-        .run(move |c| record_event(c, &verified, &incoming, &body, now))
+        .run_grouped(&lane, move |c| {
+            record_event(c, &verified, &incoming, &body, now)
+        })
         .await?;
     match recorded {
         Recorded::Foreign => tracing::debug!("call event of a command not ours; ignored"),
