@@ -87,15 +87,10 @@ pub fn outcome_text(
 /// The business process's return values with the outcome (see `portal::robot`'s
 /// RETURN_PROPERTIES).
 pub fn return_values(cb: &Callback) -> serde_json::Value {
-    json!({
-        "result": cb.status.as_str(),
-        "group_extension": cb.group_extension.clone().unwrap_or_default(),
-        "command_id": cb.command_id.clone().unwrap_or_default(),
-        "error": cb.error.clone().unwrap_or_default(),
-        "outcome": cb.call_outcome.clone().unwrap_or_default(),
-        "manager_extension": cb.manager_extension.clone().unwrap_or_default(),
-        "talk_seconds": cb.talk_seconds.unwrap_or(0),
-    })
+    let mut values = super::report::event_values(cb);
+    values["manager_extension"] = json!(cb.manager_extension.clone().unwrap_or_default());
+    values["talk_seconds"] = json!(cb.talk_seconds.unwrap_or(0));
+    values
 }
 
 impl Job for ReportOutcome {

@@ -110,21 +110,12 @@ pub fn claim_gathering(
     // The candidates are read outside the write transaction, so SQLite's single writer is not
     // held while they are; the taking is one transaction, one durable commit (a disk sync) for
     // all the jobs the claim takes rather than one per job.
-    let candidates = fair_candidates(conn, now, limit)?;
+    let candidates = candidates(conn, now, limit)?;
     take_candidates(conn, worker, now, lease_until, limit, gathered, candidates)
 }
 
 /// [`claim_gathering`]'s first half, a read only: the due jobs in turn order.
 pub type Candidates = Vec<(String, String, Option<String>)>;
-
-/// The due jobs a claim of `limit` would try, in turn order (see [`claim_gathering`]).
-pub fn candidates(
-    conn: &mut DbConnection,
-    now: NaiveDateTime,
-    limit: i64,
-) -> QueryResult<Candidates> {
-    fair_candidates(conn, now, limit)
-}
 
 /// [`claim_gathering`]'s second half: takes what it can of `candidates` by compare-and-set, in
 /// one transaction (one durable commit for all the jobs it takes).
@@ -296,7 +287,7 @@ const MAX_PORTALS_PER_CLAIM: i64 = 1_000;
 /// Due jobs (id, kind, portal) in turn order: each portal's oldest, then each one's second
 /// oldest, and so on, portals ordered by how many jobs they are running, then how many they have
 /// due, then by their oldest due job; twice `limit` of them, since some may be lost to other workers' claims.
-fn fair_candidates(
+pub fn candidates(
     conn: &mut DbConnection,
     now: NaiveDateTime,
     limit: i64,

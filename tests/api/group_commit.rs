@@ -44,28 +44,45 @@ async fn marks(db: &Db, prefix: &str) -> Vec<String> {
     v
 }
 
-/// Holds the committer in a first write until `n` more were handed to it, so that those `n`
-/// share the next transaction; returns the tasks' answers in order.
-async fn in_one_batch<T: Send + 'static>(
+/// Holds `LANE`'s committer inside a write (that first stores the `marker` row, if any) until
+/// the returned sender is used; returns once the committer has taken that write, so what comes
+/// next for `LANE` waits for the next transaction.
+async fn hold_lane(
     db: &Db,
-    writes: Vec<WriteOf<T>>,
-) -> Vec<Result<T, DbError>> {
+    marker: Option<&'static str>,
+) -> (
+    mpsc::Sender<()>,
+    actix_web::rt::task::JoinHandle<Result<(), DbError>>,
+) {
     let (release, held) = mpsc::channel::<()>();
     let before = db.group_commit_counts();
     let blocker = {
         let db = db.clone();
         actix_web::rt::spawn(async move {
-            db.run_grouped(LANE, move |_| {
+            db.run_grouped(LANE, move |c| {
+                if let Some(m) = marker {
+                    mark(c, m)?;
+                }
                 held.recv_timeout(Duration::from_secs(30)).ok();
                 Ok(())
             })
             .await
         })
     };
-    // The committer has taken the blocker's batch: what comes now waits for the next one.
     while db.group_commit_counts().batches == before.batches {
         actix_web::rt::task::yield_now().await;
     }
+    (release, blocker)
+}
+
+/// Holds the committer in a first write until `n` more were handed to it, so that those `n`
+/// share the next transaction; returns the tasks' answers in order.
+async fn in_one_batch<T: Send + 'static>(
+    db: &Db,
+    writes: Vec<WriteOf<T>>,
+) -> Vec<Result<T, DbError>> {
+    let before = db.group_commit_counts();
+    let (release, blocker) = hold_lane(db, None).await;
     let n = writes.len() as u64;
     let tasks: Vec<_> = writes
         .into_iter()
@@ -211,22 +228,7 @@ async fn on_postgres_a_portals_write_does_not_wait_for_another_portals_commit() 
             .map(|i| format!("portal-{i}"))
             .find(|k| db.commit_lane(k) != db.commit_lane(LANE))
             .expect("PostgreSQL has several committers");
-        let (release, held) = mpsc::channel::<()>();
-        let before = db.group_commit_counts();
-        let blocker = {
-            let db = db.clone();
-            actix_web::rt::spawn(async move {
-                db.run_grouped(LANE, move |c| {
-                    mark(c, "held")?;
-                    held.recv_timeout(Duration::from_secs(30)).ok();
-                    Ok(())
-                })
-                .await
-            })
-        };
-        while db.group_commit_counts().batches == before.batches {
-            actix_web::rt::task::yield_now().await;
-        }
+        let (release, blocker) = hold_lane(&db, Some("held")).await;
         // LANE's committer is inside its transaction; the other portal's write commits anyway.
         let answer = db
             .run_grouped(&other, |c| mark(c, "other-portal").map_err(DbError::from))
