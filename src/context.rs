@@ -114,10 +114,19 @@ impl Context {
     }
 }
 
+/// How long an idle kept-alive connection to a peer is reused. Below the shortest idle timeout
+/// servers commonly close on (Apache's and actix-web's 5 s, as on-premise portals and the
+/// simulators run): a request written onto a connection the server is closing at that instant
+/// fails with no answer ("connector has been disconnected"), and the app must then treat a
+/// `batch` of reports as maybe sent. awc's own default (15 s) invited exactly that.
+pub const IDLE_CONNECTION_REUSE: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// The one HTTP client configuration: no automatic redirects (a renamed portal's 302 is handled
-/// by hand, and following redirects with credentials invites SSRF), TLS via rustls.
+/// by hand, and following redirects with credentials invites SSRF), TLS via rustls, idle
+/// connections reused for [`IDLE_CONNECTION_REUSE`] only.
 pub fn http_client() -> awc::Client {
     awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(IDLE_CONNECTION_REUSE))
         .disable_redirects()
         .timeout(BITRIX_TIMEOUT)
         .add_default_header((

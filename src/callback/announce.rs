@@ -21,7 +21,7 @@ impl Job for AnnounceSchedule {
     async fn run(self, ctx: &Context, job: &crate::jobs::queue::JobRow) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
-        let found = db.run(move |c| with_portal(c, &id, now)).await?;
+        let found = db.read(move |c| with_portal(c, &id, now)).await?;
         let Some((cb, portal, settings)) = found else {
             return Ok(());
         };

@@ -58,7 +58,7 @@ impl PlaceCall {
         }
         let (mid, now) = (cb.member_id.clone(), ctx.shared.clock.now());
         let settings: PortalSettings = db
-            .run(move |c| portal_store::settings_or_default(c, &mid, now))
+            .read(move |c| portal_store::settings_or_default(c, &mid, now))
             .await?;
 
         let group_kind = cb.group_kind.unwrap_or(Group::Trainee);

@@ -197,7 +197,7 @@ impl ReportCallback {
     ) -> Result<(), JobError> {
         let db = &ctx.shared.db;
         let (id, now) = (self.callback_id.clone(), ctx.shared.clock.now());
-        let Some((cb, portal, settings)) = db.run(move |c| with_portal(c, &id, now)).await? else {
+        let Some((cb, portal, settings)) = db.read(move |c| with_portal(c, &id, now)).await? else {
             return Ok(());
         };
         // A robot that waits for the call's outcome gets its one event from the outcome's

@@ -214,7 +214,7 @@ async fn prepare(
     let found = ctx
         .shared
         .db
-        .run(move |c| with_portal(c, &callback_id, now))
+        .read(move |c| with_portal(c, &callback_id, now))
         .await?;
     let Some((cb, portal, settings)) = found else {
         return Ok(None);

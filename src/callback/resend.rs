@@ -79,7 +79,7 @@ pub async fn after_unknown_send(
                     code: u32::try_from(c).unwrap_or(0),
                 }),
             };
-            finish(ctx, cb, ext, ph, code, reason).await
+            finish(ctx, cb, ext, ph, code, reason, None).await
         }
         Next::WaitUntil(at) => Err(JobError::RetryAt(
             at,
@@ -111,7 +111,7 @@ async fn resend(ctx: &Context, job: &JobRow, cb: &Callback, n: u32) -> Result<()
     };
     let (mid, now) = (cb.member_id.clone(), ctx.shared.clock.now());
     let settings: PortalSettings = db
-        .run(move |c| portal_store::settings_or_default(c, &mid, now))
+        .read(move |c| portal_store::settings_or_default(c, &mid, now))
         .await?;
     let Some(creds) = credentials(ctx, &settings) else {
         return end_without_call(ctx, cb, Reason::MangoKeysMissing).await;

@@ -33,11 +33,12 @@ pub(super) async fn end_without_call(
     cb: &Callback,
     reason: Reason,
 ) -> Result<(), JobError> {
-    finish(ctx, cb, None, None, None, Some(reason)).await
+    finish(ctx, cb, None, None, None, Some(reason), None).await
 }
 
 /// Ends the callback with its report queued: `started` without a reason, else the reason's
-/// status.
+/// status. `mango` is Mango's answer to record on the settings page (`Some(None)`: accepted), in
+/// the same transaction: one durable commit, not two, for every command Mango answered.
 pub(super) async fn finish(
     ctx: &Context,
     cb: &Callback,
@@ -45,6 +46,7 @@ pub(super) async fn finish(
     phone: Option<String>,
     code: Option<i32>,
     reason: Option<Reason>,
+    mango: Option<Option<String>>,
 ) -> Result<(), JobError> {
     let st = reason.as_ref().map_or(Status::Started, Reason::status);
     let now = ctx.shared.clock.now();
@@ -53,7 +55,12 @@ pub(super) async fn finish(
         .shared
         .db
         .run(move |c| {
-            lifecycle::finish(c, &cb2, ext.as_deref(), phone.as_deref(), code, reason, now)
+            crate::db::write_tx(c, |c| {
+                if let Some(error) = &mango {
+                    portal_store::record_mango_status(c, &cb2.member_id, error.as_deref(), now)?;
+                }
+                lifecycle::finish(c, &cb2, ext.as_deref(), phone.as_deref(), code, reason, now)
+            })
         })
         .await?;
     if changed {
@@ -90,14 +97,8 @@ pub(super) async fn send_command(
         .await;
     let answer = ctx.mango.callback_group(creds, &cmd).await;
     count_answer(ctx, &answer);
-    let mid = cb.member_id.clone();
     match answer {
-        Ok(_) => {
-            let now = ctx.shared.clock.now();
-            db.run(move |c| portal_store::record_mango_status(c, &mid, None, now))
-                .await?;
-            finish(ctx, cb, ext, ph, Some(1000), None).await
-        }
+        Ok(_) => finish(ctx, cb, ext, ph, Some(1000), None, Some(None)).await,
         Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
             let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
             db.run(move |c| store::back_to_queued(c, &cid, &msg, now))
@@ -127,11 +128,8 @@ pub(super) async fn send_command(
                     detail: other.to_string(),
                 },
             };
-            let msg = reason.stored_error(crate::portal::Lang::En);
-            let (m, now, stored) = (mid.clone(), ctx.shared.clock.now(), msg.clone());
-            db.run(move |c| portal_store::record_mango_status(c, &m, Some(&stored), now))
-                .await?;
-            finish(ctx, cb, ext, ph, code, Some(reason)).await
+            let stored = reason.stored_error(crate::portal::Lang::En);
+            finish(ctx, cb, ext, ph, code, Some(reason), Some(Some(stored))).await
         }
     }
 }

@@ -154,6 +154,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        budget_waited -> Bool,
     }
 }
 

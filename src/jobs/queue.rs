@@ -293,15 +293,6 @@ pub fn candidates(
     limit: i64,
 ) -> QueryResult<Vec<(String, String, Option<String>)>> {
     let want = limit.saturating_mul(2).max(1);
-    // Queued jobs whose time has come, and running jobs whose lease ran out (their worker died).
-    let due = || {
-        jobs::table.filter(
-            jobs::status
-                .eq(QUEUED)
-                .and(jobs::run_at.le(now))
-                .or(jobs::status.eq(RUNNING).and(jobs::locked_until.lt(now))),
-        )
-    };
     // Counted in two parts, each read from the index `jobs_portal_due` alone: the queued jobs
     // whose time has come (a burst's thousands), and the running ones whose lease ran out (a
     // handful). One query with the `OR` of both looked up every due job's row.
@@ -322,6 +313,10 @@ pub fn candidates(
     let expired: Vec<PortalDue> = per_portal_due(RUNNING)
         .filter(jobs::locked_until.lt(now))
         .load(conn)?;
+    // Queued jobs whose time has come, and running jobs whose lease ran out (their worker died):
+    // the second are a handful, of the portals named here.
+    let with_expired: std::collections::HashSet<Option<String>> =
+        expired.iter().map(|(m, _, _)| m.clone()).collect();
     for (member_id, oldest, n) in expired {
         match portals.iter_mut().find(|(m, _, _)| *m == member_id) {
             Some(p) => {
@@ -359,23 +354,24 @@ pub fn candidates(
     let per_portal = (want + n - 1) / n;
     let mut queues = Vec::with_capacity(portals.len());
     for (member_id, _, _) in portals {
-        let ordered = due()
-            .order((jobs::run_at.asc(), jobs::id.asc()))
-            .limit(per_portal);
-        let ids: Vec<(String, String)> = match &member_id {
-            Some(m) => ordered
-                .filter(jobs::member_id.eq(m))
-                .select((jobs::id, jobs::kind))
-                .load(conn)?,
-            None => ordered
-                .filter(jobs::member_id.is_null())
-                .select((jobs::id, jobs::kind))
-                .load(conn)?,
-        };
+        // Read apart, each in the index's order: one query with the `OR` of both made
+        // PostgreSQL fetch every due row of the portal and sort them (2.3 ms a portal in a burst).
+        let mut ids = portal_due(conn, member_id.as_deref(), QUEUED, now, per_portal)?;
+        if with_expired.contains(&member_id) {
+            ids.extend(portal_due(
+                conn,
+                member_id.as_deref(),
+                RUNNING,
+                now,
+                per_portal,
+            )?);
+            ids.sort_by(|a, b| a.2.cmp(&b.2));
+            ids.truncate(usize::try_from(per_portal).unwrap_or(usize::MAX));
+        }
         let portal = member_id.clone();
         queues.push(
             ids.into_iter()
-                .map(move |(id, kind)| (id, kind, portal.clone())),
+                .map(move |(id, kind, _)| (id, kind, portal.clone())),
         );
     }
     let mut turns = Vec::new();
@@ -388,6 +384,49 @@ pub fn candidates(
     }
     turns.truncate(usize::try_from(want).unwrap_or(usize::MAX));
     Ok(turns)
+}
+
+/// A job's place in its portal's claim order: (not woken from a budget wait, run_at, id).
+type TurnKey = (bool, NaiveDateTime, String);
+
+/// A portal's first `n` due jobs of one status (id, kind, turn key) in claim order: queued ones
+/// whose time has come, or running ones whose lease ran out. Jobs woken from a wait for a rate
+/// budget go first: their turn passes if they are not claimed, and the portal's jobs that never
+/// ran would only join the line behind them.
+fn portal_due(
+    conn: &mut DbConnection,
+    member_id: Option<&str>,
+    status: &'static str,
+    now: NaiveDateTime,
+    n: i64,
+) -> QueryResult<Vec<(String, String, TurnKey)>> {
+    let mut q = jobs::table
+        .filter(jobs::status.eq(status))
+        .select((jobs::id, jobs::kind, jobs::budget_waited, jobs::run_at))
+        .order((
+            jobs::budget_waited.desc(),
+            jobs::run_at.asc(),
+            jobs::id.asc(),
+        ))
+        .limit(n)
+        .into_boxed();
+    q = match member_id {
+        Some(m) => q.filter(jobs::member_id.eq(m.to_owned())),
+        None => q.filter(jobs::member_id.is_null()),
+    };
+    q = if status == RUNNING {
+        q.filter(jobs::locked_until.lt(now))
+    } else {
+        q.filter(jobs::run_at.le(now))
+    };
+    let rows: Vec<(String, String, bool, NaiveDateTime)> = q.load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, kind, waited, run_at)| {
+            let key = (!waited, run_at, id.clone());
+            (id, kind, key)
+        })
+        .collect())
 }
 
 type Owned<'a> = diesel::dsl::Filter<
@@ -432,7 +471,7 @@ pub fn retry(
     error: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    requeue(conn, id, worker, run_at, error, false, now)
+    requeue(conn, id, worker, run_at, error, Requeue::Retry, now)
 }
 
 /// Not a failure: the job asked to run again later (e.g. waiting for a contact to be linked);
@@ -445,7 +484,31 @@ pub fn snooze(
     note: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    requeue(conn, id, worker, run_at, note, true, now)
+    requeue(conn, id, worker, run_at, note, Requeue::Waits, now)
+}
+
+/// Like [`snooze`], for a wait on a rate budget whose turn comes at `run_at`: then the job goes
+/// before its portal's jobs that never ran (see [`candidates`]).
+pub fn wait_for_budget(
+    conn: &mut DbConnection,
+    id: &str,
+    worker: &str,
+    run_at: NaiveDateTime,
+    note: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    requeue(conn, id, worker, run_at, note, Requeue::WaitsForBudget, now)
+}
+
+/// Why a job goes back to the queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Requeue {
+    /// A failed attempt, retried later: it counts.
+    Retry,
+    /// Waiting is no failure: the attempt is given back.
+    Waits,
+    /// Waiting for a rate budget: given back, and first of its portal when due.
+    WaitsForBudget,
 }
 
 fn requeue(
@@ -454,17 +517,18 @@ fn requeue(
     worker: &str,
     run_at: NaiveDateTime,
     note: &str,
-    refund_attempt: bool,
+    why: Requeue,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
     let n = diesel::update(owned(id, worker))
         .set((
             jobs::status.eq(QUEUED),
             jobs::run_at.eq(run_at),
-            jobs::attempts.eq(jobs::attempts - i32::from(refund_attempt)),
+            jobs::attempts.eq(jobs::attempts - i32::from(why != Requeue::Retry)),
             jobs::locked_by.eq(None::<String>),
             jobs::locked_until.eq(None::<NaiveDateTime>),
             jobs::last_error.eq(note),
+            jobs::budget_waited.eq(why == Requeue::WaitsForBudget),
             jobs::updated_at.eq(now),
         ))
         .execute(conn)?;
@@ -486,7 +550,7 @@ pub fn release(
         worker,
         now,
         "released: its worker shut down before it finished",
-        true,
+        Requeue::Waits,
         now,
     )
 }

@@ -369,7 +369,7 @@ pub async fn finish(
             );
             ctx.shared
                 .db
-                .run(move |c| queue::snooze(c, &id, &w, at, &note, now))
+                .run(move |c| queue::wait_for_budget(c, &id, &w, at, &note, now))
                 .await
         }
         Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {

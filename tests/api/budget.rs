@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use mango_callback::db::Backend;
 use mango_callback::jobs::queue;
+use mango_callback::mango::rate::Turn;
 use mango_callback::sandbox::bitrix::BitrixSimOptions;
 use mango_callback::sandbox::LocalSettings;
 
@@ -257,9 +258,70 @@ async fn a_lone_robot_call_is_claimed_before_the_next_job_of_a_portal_running_a_
 }
 on_both_backends!(a_lone_robot_call_is_claimed_before_the_next_job_of_a_portal_running_a_burst);
 
+async fn a_job_woken_from_a_budget_wait_is_claimed_before_its_portals_jobs_that_never_ran(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let busy = app.installed_portal("busy").await;
+    fire(&app, &busy.member_id, "89001234567").await;
+    let first = claim_now(&app, "worker-1", 1).await;
+    assert_eq!(first.len(), 1);
+    // The first robot call's job waits for Mango's budget; a burst arrives meanwhile.
+    let (id, now) = (first[0].id.clone(), app.clock.now());
+    let waits_until = now + chrono::Duration::milliseconds(500);
+    let parked = app
+        .shared
+        .db
+        .run(move |c| {
+            queue::wait_for_budget(
+                c,
+                &id,
+                "worker-1",
+                waits_until,
+                "snoozed 500 ms for a rate budget",
+                now,
+            )
+        })
+        .await
+        .expect("db");
+    assert!(parked);
+    for _ in 0..5 {
+        fire(&app, &busy.member_id, "89001234568").await;
+    }
+    // Its turn has come: it goes first, though the five have waited longer (oldest first alone
+    // would leave it for last, its slot taken meanwhile).
+    app.advance(Duration::from_secs(1));
+    let next = claim_now(&app, "worker-2", 1).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, first[0].id, "{next:#?}");
+    // A job back for a plain wait (not a budget's) has no such turn.
+    let (id, now) = (next[0].id.clone(), app.clock.now());
+    let parked = app
+        .shared
+        .db
+        .run(move |c| queue::snooze(c, &id, "worker-2", now, "waiting for a contact", now))
+        .await
+        .expect("db");
+    assert!(parked);
+    let after = claim_now(&app, "worker-3", 1).await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].id, first[0].id, "{after:#?}");
+}
+on_both_backends!(a_job_woken_from_a_budget_wait_is_claimed_before_its_portals_jobs_that_never_ran);
+
 /// `take_or_queue` for one account at `at_ms` milliseconds of test time: `None` is a slot now,
 /// `Some(ms)` the wait before coming back.
 async fn mango_slot(app: &TestApp, holder: &str, at_ms: i64) -> Option<i64> {
+    match mango_turn(app, holder, at_ms).await {
+        // SQLite's clock moves in milliseconds: sends within one are dated a µs apart.
+        Turn::Taken { in_us } if in_us < 1_000 => None,
+        Turn::Taken { in_us } => panic!("{holder}'s slot is {in_us} µs ahead, not now"),
+        Turn::Wait { us } => Some(us / 1_000),
+    }
+}
+
+/// `take_or_queue` for one account at `at_ms` milliseconds of test time.
+async fn mango_turn(app: &TestApp, holder: &str, at_ms: i64) -> Turn {
     let holder = holder.to_owned();
     // The database clock barely moves during the test; the offset stands for time passing.
     let offset_us = app.clock.offset_us() + at_ms * 1_000;
@@ -277,7 +339,6 @@ async fn mango_slot(app: &TestApp, holder: &str, at_ms: i64) -> Option<i64> {
         })
         .await
         .expect("db")
-        .map(|us| us / 1_000)
 }
 
 async fn callbacks_waiting_for_mangos_budget_keep_their_places_in_line_at_the_limits_pace(
@@ -319,3 +380,32 @@ async fn callbacks_waiting_for_mangos_budget_keep_their_places_in_line_at_the_li
     assert_eq!(mango_slot(&app, "g", at(g)).await, None);
 }
 on_both_backends!(callbacks_waiting_for_mangos_budget_keep_their_places_in_line_at_the_limits_pace);
+
+async fn a_waiter_woken_just_before_its_slot_frees_takes_it_dated_when_it_frees(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let started = Instant::now();
+    let slack = || started.elapsed().as_millis() as i64 + 5;
+    for h in ["a", "b", "c", "d"] {
+        assert_eq!(mango_slot(&app, h, 0).await, None, "{h} sends at once");
+    }
+    let e = mango_slot(&app, "e", 0).await.expect("e waits");
+    let f = mango_slot(&app, "f", 0).await.expect("f waits");
+    // Claimed 60 ms early (a late claim makes a waiter find its room a moment away): the slot
+    // is taken now instead of another snooze, dated when the first send leaves the window.
+    match mango_turn(&app, "e", e - 60).await {
+        Turn::Taken { in_us } => assert!(
+            (60 - slack()..=65).contains(&(in_us / 1_000)),
+            "{in_us} µs ahead"
+        ),
+        other => panic!("e should have taken its slot: {other:?}"),
+    }
+    // f, asking at the same moment, is further down the line: it keeps its place and its wait.
+    match mango_turn(&app, "f", e - 60).await {
+        Turn::Wait { us } => assert!(us / 1_000 >= f - e + 60 - slack(), "{us} µs"),
+        other => panic!("f must wait for its own turn: {other:?}"),
+    }
+    // More than the take-ahead before its slot, a waiter snoozes on.
+    let rest = mango_slot(&app, "f", f - 150).await.expect("f still waits");
+    assert!((150 - slack()..=155).contains(&rest), "{rest} ms");
+}
+on_both_backends!(a_waiter_woken_just_before_its_slot_frees_takes_it_dated_when_it_frees);

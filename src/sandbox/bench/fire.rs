@@ -86,6 +86,7 @@ pub(super) async fn fire(
     concurrency: usize,
 ) -> Fired {
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(crate::context::IDLE_CONNECTION_REUSE))
         .timeout(Duration::from_secs(120))
         .finish();
     let started = Instant::now();
@@ -171,23 +172,35 @@ fn count_reported(c: &mut DbConnection) -> QueryResult<(i64, i64)> {
     Ok((all, done))
 }
 
-/// Polls the database until `expected` callbacks are reported; past `deadline` fails loudly.
+/// Waits until `expected` callbacks are reported, as the simulated Bitrix24 saw it and then as
+/// the app recorded it; past `deadline` fails loudly. The database is read only once the
+/// simulator has every report: polling it ten times a second cost PostgreSQL's server several
+/// seconds of the CPU the app under test needs, and on SQLite took turns among its writers.
 pub(super) async fn wait_until_reported(
     shared: &crate::context::Shared,
+    b24: &crate::sandbox::bitrix::BitrixSim,
     expected: usize,
     deadline: Instant,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     loop {
-        let (all, done) = shared.db.run(count_reported).await?;
-        if done as usize >= expected {
-            return Ok(());
-        }
+        let (sends, comments) = b24.reports_received();
+        let detail = if sends.min(comments) >= expected {
+            let (all, done) = shared.db.read(count_reported).await?;
+            if done as usize >= expected {
+                return Ok(());
+            }
+            format!("{done} of {expected} robot calls recorded as finished and reported ({all} callbacks recorded)")
+        } else {
+            format!(
+                "the simulated Bitrix24 received {sends} bizproc.event.send and {comments} \
+                 timeline comments of {expected}"
+            )
+        };
         anyhow::ensure!(
             Instant::now() < deadline,
-            "timed out: {done} of {expected} robot calls were finished and reported {} s after \
-             the first was fired ({all} callbacks recorded); the run is stuck or slower than \
-             --timeout-secs allows",
+            "timed out {} s after the first robot call was fired: {detail}; the run is stuck or \
+             slower than --timeout-secs allows",
             timeout.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -189,7 +189,14 @@ async fn measure(
     )
     .await;
     let expected = fired.acks.len() + usize::from(fired.lone.is_some());
-    fire::wait_until_reported(shared, expected, fired.started + opts.timeout, opts.timeout).await?;
+    fire::wait_until_reported(
+        shared,
+        b24,
+        expected,
+        fired.started + opts.timeout,
+        opts.timeout,
+    )
+    .await?;
 
     let observed = figures::Observed {
         opts,

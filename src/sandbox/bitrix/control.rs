@@ -458,6 +458,15 @@ impl BitrixSim {
         self.st().portal(member_id).event_sends.clone()
     }
 
+    /// Accepted `bizproc.event.send`s and timeline comments on every portal: cheap enough to
+    /// poll many times a second (the bench waits on it instead of on the app's database).
+    pub fn reports_received(&self) -> (usize, usize) {
+        let st = self.st();
+        st.portals.values().fold((0, 0), |(sends, comments), p| {
+            (sends + p.event_sends.len(), comments + p.comments.len())
+        })
+    }
+
     /// Timeline comments added to a deal, in order.
     pub fn timeline_comments(&self, member_id: &str, deal_id: u64) -> Vec<String> {
         self.st()
