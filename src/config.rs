@@ -163,8 +163,10 @@ pub struct SettingsArgs {
     #[arg(long, env = "APP_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<SecretArg>,
     /// How many jobs one instance runs at once. Jobs mostly wait on Bitrix24 and Mango, and a
-    /// job waiting for a rate limit gives its slot back, so slots are cheap.
-    #[arg(long, env = "APP_JOB_CONCURRENCY", default_value_t = 32)]
+    /// job waiting for a rate limit gives its slot back, so slots are cheap. A callback's send
+    /// holds its slot for Mango's answer: 100 accounts at 4 a second with 50–100 ms answers
+    /// keep 40–80 slots busy (with 32, a 10,000-call burst sent at 250 a second, not 400).
+    #[arg(long, env = "APP_JOB_CONCURRENCY", default_value_t = 96)]
     pub job_concurrency: usize,
     /// How long a running job's lease lasts; its worker renews it every third of that, so a
     /// crashed instance's jobs are taken over this long after its last renewal.

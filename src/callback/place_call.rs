@@ -135,24 +135,9 @@ impl PlaceCall {
 
         // Mango allows 4 callback commands per second per account, across all our instances.
         // Waiting for a slot holds no worker: the job snoozes with its place in the account's
-        // line, and the phone it found is kept so the wake-up does not look it up again.
-        let slot = crate::mango::rate::callback_slot(
-            db,
-            &ctx.shared.clock,
-            &ctx.shared.metrics,
-            creds.api_key.expose_secret(),
-            &cb.id,
-        )
-        .await?;
-        if let crate::mango::rate::Slot::WaitFor(wait) = slot {
-            if cb.phone.as_deref() != Some(phone.as_str()) {
-                let (cid, ph) = (cb.id.clone(), phone.as_str().to_owned());
-                db.run(move |c| store::remember_phone(c, &cid, &ph, now))
-                    .await?;
-            }
-            return Err(JobError::Snooze(wait));
-        }
-
+        // line, and the phone it found is kept so the wake-up does not look it up again. A slot
+        // taken moves the callback to `calling` in the same transaction (one durable commit, not
+        // two, on the hot path of every callback).
         // A command refused for sure (429) is sent again under the same id; see `resend` for
         // the new id of a resend after an unknown outcome.
         let command_id = cb
@@ -166,16 +151,38 @@ impl PlaceCall {
         );
         let (jid, worker) = (job.id.clone(), job.locked_by.clone().unwrap_or_default());
         let (clock, deal) = (ctx.shared.clock.clone(), cb.clone());
-        // Fenced: only while this run still holds the job's lease (see `lifecycle::start_calling`).
-        let calling = db.run(move |c| {
-            let at = lifecycle::SendAt {
-                job_id: &jid,
-                worker: &worker,
-                clock: &clock,
-            };
-            lifecycle::start_calling(c, &deal, &at, (&ext, &ph, &cmd_id))
-        });
-        if !calling.await? {
+        let bucket = crate::mango::rate::bucket_of(creds.api_key.expose_secret());
+        let offset_us = ctx.shared.clock.offset_us();
+        let (turn, calling) = db
+            .run(move |c| {
+                crate::db::write_tx(c, |c| {
+                    let turn =
+                        crate::mango::rate::take_callback_turn(c, &bucket, &deal.id, offset_us)?;
+                    if let crate::mango::rate::Turn::Wait { .. } = turn {
+                        if deal.phone.as_deref() != Some(ph.as_str()) {
+                            store::remember_phone(c, &deal.id, &ph, now)?;
+                        }
+                        return Ok::<_, crate::db::DbError>((turn, false));
+                    }
+                    // Fenced: only while this run still holds the job's lease (see
+                    // `lifecycle::start_calling`).
+                    let at = lifecycle::SendAt {
+                        job_id: &jid,
+                        worker: &worker,
+                        clock: &clock,
+                    };
+                    let calling = lifecycle::start_calling(c, &deal, &at, (&ext, &ph, &cmd_id))?;
+                    Ok((turn, calling))
+                })
+            })
+            .await?;
+        // A slot dated a moment ahead is waited for here; a wait is the job's snooze.
+        if let crate::mango::rate::Slot::WaitFor(wait) =
+            crate::mango::rate::act_on(turn, &ctx.shared.metrics).await
+        {
+            return Err(JobError::Snooze(wait));
+        }
+        if !calling {
             tracing::warn!(callback.id = %cb.id, "not sent: the job's lease was lost or the callback moved on");
             return Ok(());
         }

@@ -87,7 +87,7 @@ pub async fn callback_slot(
     api_key: &str,
     holder: &str,
 ) -> Result<Slot, DbError> {
-    let bucket = format!("mango:{}", crate::crypto::sha256_hex(api_key.as_bytes()));
+    let bucket = bucket_of(api_key);
     let (offset_us, holder) = (clock.offset_us(), holder.to_owned());
     let answer = db
         .run(move |c| {
@@ -101,19 +101,49 @@ pub async fn callback_slot(
             )
         })
         .await?;
-    match answer {
+    Ok(act_on(answer, metrics).await)
+}
+
+/// [`take_or_queue`] with Mango's limit, inside a caller's transaction: for a callback that
+/// records its next step with the answer (see `callback::place_call`).
+pub fn take_callback_turn(
+    conn: &mut DbConnection,
+    bucket: &str,
+    holder: &str,
+    offset_us: i64,
+) -> Result<Turn, DbError> {
+    take_or_queue(
+        conn,
+        bucket,
+        holder,
+        offset_us,
+        MANGO_CALLBACKS_PER_SECOND,
+        MANGO_RATE_WINDOW_US,
+    )
+}
+
+/// The account's line for `api_key` in `rate_slots` and `mango_waits` (the key itself is not
+/// stored).
+pub fn bucket_of(api_key: &str) -> String {
+    format!("mango:{}", crate::crypto::sha256_hex(api_key.as_bytes()))
+}
+
+/// What a callback does with its [`Turn`]: a slot taken ahead is waited for here; a wait is
+/// counted in `metrics` and handed back.
+pub async fn act_on(turn: Turn, metrics: &Metrics) -> Slot {
+    match turn {
         Turn::Taken { in_us } => {
             // Below a millisecond it is SQLite's µs apart for sends within one: go at once.
             if in_us >= 1_000 {
                 tokio::time::sleep(Duration::from_micros(in_us.unsigned_abs())).await;
             }
-            Ok(Slot::Now)
+            Slot::Now
         }
         Turn::Wait { us } => {
             metrics.limit_wait(Limit::MangoSlot);
-            Ok(Slot::WaitFor(Duration::from_micros(
+            Slot::WaitFor(Duration::from_micros(
                 u64::try_from(us.max(1_000)).unwrap_or(1_000),
-            )))
+            ))
         }
     }
 }
