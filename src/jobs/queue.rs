@@ -296,17 +296,6 @@ pub fn candidates(
     // Counted in two parts, each read from the index `jobs_portal_due` alone: the queued jobs
     // whose time has come (a burst's thousands), and the running ones whose lease ran out (a
     // handful). One query with the `OR` of both looked up every due job's row.
-    type PortalDue = (Option<String>, Option<NaiveDateTime>, i64);
-    let per_portal_due = |status: &'static str| {
-        jobs::table
-            .filter(jobs::status.eq(status))
-            .group_by(jobs::member_id)
-            .select((
-                jobs::member_id,
-                diesel::dsl::min(jobs::run_at),
-                diesel::dsl::count_star(),
-            ))
-    };
     // Queued ones counted apart by whether they were woken from a wait for a rate budget, in
     // the index's own order: a portal's read below asks only for the kinds it has.
     let queued: Vec<(Option<String>, bool, Option<NaiveDateTime>, i64)> = jobs::table
@@ -326,35 +315,24 @@ pub fn candidates(
         if waited {
             woken.insert(member_id.clone(), n);
         }
-        match portals.iter_mut().find(|(m, _, _)| *m == member_id) {
-            Some(p) => {
-                p.1 = match (p.1, oldest) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                p.2 += n;
-            }
-            None => portals.push((member_id, oldest, n)),
-        }
+        add_due(&mut portals, member_id, oldest, n);
     }
-    let expired: Vec<PortalDue> = per_portal_due(RUNNING)
+    let expired: Vec<PortalDue> = jobs::table
+        .filter(jobs::status.eq(RUNNING))
         .filter(jobs::locked_until.lt(now))
+        .group_by(jobs::member_id)
+        .select((
+            jobs::member_id,
+            diesel::dsl::min(jobs::run_at),
+            diesel::dsl::count_star(),
+        ))
         .load(conn)?;
     // Queued jobs whose time has come, and running jobs whose lease ran out (their worker died):
     // the second are a handful, of the portals named here.
     let with_expired: std::collections::HashSet<Option<String>> =
         expired.iter().map(|(m, _, _)| m.clone()).collect();
     for (member_id, oldest, n) in expired {
-        match portals.iter_mut().find(|(m, _, _)| *m == member_id) {
-            Some(p) => {
-                p.1 = match (p.1, oldest) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                p.2 += n;
-            }
-            None => portals.push((member_id, oldest, n)),
-        }
+        add_due(&mut portals, member_id, oldest, n);
     }
     portals.sort_by_key(|(_, oldest, _)| *oldest);
     portals.truncate(usize::try_from(MAX_PORTALS_PER_CLAIM).unwrap_or(usize::MAX));
@@ -416,6 +394,28 @@ pub fn candidates(
     }
     turns.truncate(usize::try_from(want).unwrap_or(usize::MAX));
     Ok(turns)
+}
+
+/// A portal with due jobs: (portal, its oldest due job's time, how many are due).
+type PortalDue = (Option<String>, Option<NaiveDateTime>, i64);
+
+/// Adds `n` due jobs of a portal, the oldest due at `oldest`, to its count in `portals`.
+fn add_due(
+    portals: &mut Vec<PortalDue>,
+    member_id: Option<String>,
+    oldest: Option<NaiveDateTime>,
+    n: i64,
+) {
+    match portals.iter_mut().find(|(m, _, _)| *m == member_id) {
+        Some(p) => {
+            p.1 = match (p.1, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            p.2 += n;
+        }
+        None => portals.push((member_id, oldest, n)),
+    }
 }
 
 /// A job's place in its portal's claim order: (not woken from a budget wait, run_at, id).

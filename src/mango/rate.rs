@@ -90,16 +90,7 @@ pub async fn callback_slot(
     let bucket = bucket_of(api_key);
     let (offset_us, holder) = (clock.offset_us(), holder.to_owned());
     let answer = db
-        .run(move |c| {
-            take_or_queue(
-                c,
-                &bucket,
-                &holder,
-                offset_us,
-                MANGO_CALLBACKS_PER_SECOND,
-                MANGO_RATE_WINDOW_US,
-            )
-        })
+        .run(move |c| take_callback_turn(c, &bucket, &holder, offset_us))
         .await?;
     Ok(act_on(answer, metrics).await)
 }

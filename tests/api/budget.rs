@@ -341,6 +341,13 @@ async fn mango_turn(app: &TestApp, holder: &str, at_ms: i64) -> Turn {
         .expect("db")
 }
 
+/// Four callbacks of the account take their slots at time 0: the window is full.
+async fn four_send_at_once(app: &TestApp) {
+    for h in ["a", "b", "c", "d"] {
+        assert_eq!(mango_slot(app, h, 0).await, None, "{h} sends at once");
+    }
+}
+
 async fn callbacks_waiting_for_mangos_budget_keep_their_places_in_line_at_the_limits_pace(
     backend: Backend,
 ) {
@@ -348,9 +355,7 @@ async fn callbacks_waiting_for_mangos_budget_keep_their_places_in_line_at_the_li
     // The database's own clock runs on meanwhile: waits may come out that much shorter.
     let started = Instant::now();
     let slack = || started.elapsed().as_millis() as i64 + 5;
-    for h in ["a", "b", "c", "d"] {
-        assert_eq!(mango_slot(&app, h, 0).await, None, "{h} sends at once");
-    }
+    four_send_at_once(&app).await;
     // The fifth waits until the first send leaves the window; the next ones a quarter-window
     // apart, in the order they came.
     let e = mango_slot(&app, "e", 0).await.expect("e waits");
@@ -385,9 +390,7 @@ async fn a_waiter_woken_just_before_its_slot_frees_takes_it_dated_when_it_frees(
     let app = spawn_app(backend).await;
     let started = Instant::now();
     let slack = || started.elapsed().as_millis() as i64 + 5;
-    for h in ["a", "b", "c", "d"] {
-        assert_eq!(mango_slot(&app, h, 0).await, None, "{h} sends at once");
-    }
+    four_send_at_once(&app).await;
     let e = mango_slot(&app, "e", 0).await.expect("e waits");
     let f = mango_slot(&app, "f", 0).await.expect("f waits");
     // Claimed 60 ms early (a late claim makes a waiter find its room a moment away): the slot
