@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// size of the run.
     #[arg(long)]
     pub timeout_secs: Option<u64>,
+    /// Run the measured app as a child process (this binary's `serve`), so that its peak RSS
+    /// and CPU time are measured alone; by default it shares this process with the simulators.
+    #[arg(long)]
+    pub app_process: bool,
     /// Print the figures as one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

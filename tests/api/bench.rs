@@ -24,6 +24,7 @@ fn tiny(backend: Backend) -> BenchOptions {
         latency: Duration::from_millis(5),
         lone: true,
         timeout: Duration::from_secs(120),
+        app_process: None,
         mango_doubles_commands: false,
     }
 }
@@ -56,6 +57,30 @@ async fn a_tiny_bench_run_passes_every_exactly_once_check(backend: Backend) {
 }
 on_both_backends!(a_tiny_bench_run_passes_every_exactly_once_check);
 
+/// `--app-process`: the app is this crate's binary, a child process; its memory and CPU time
+/// are read from its own `/proc` entry, and the installs, robot calls and checks are the same.
+async fn a_bench_run_with_the_app_as_a_child_process_measures_that_process(backend: Backend) {
+    mango_callback::telemetry::init("warn");
+    let mut opts = tiny(backend);
+    opts.app_process = Some(env!("CARGO_BIN_EXE_mango-callback").into());
+    let report = bench::run(&opts).await.expect("the bench runs");
+    assert!(report.passed(), "checks failed:\n{}", report.table());
+    let f = &report.figures;
+    assert_eq!(f.measured, bench::Measured::AppProcess);
+    // Read from the child's /proc entry while it ran: zeros would mean it was not found.
+    assert!(
+        f.rss_before_mb > 1.0 && f.peak_rss_mb >= f.rss_before_mb && f.cpu_s > 0.0,
+        "{}",
+        report.table()
+    );
+    assert!(
+        report.table().contains("the app's process"),
+        "{}",
+        report.table()
+    );
+}
+on_both_backends!(a_bench_run_with_the_app_as_a_child_process_measures_that_process);
+
 #[actix_web::test]
 async fn a_bench_run_whose_mango_performs_each_command_twice_fails_its_check() {
     mango_callback::telemetry::init("warn");
@@ -87,6 +112,7 @@ fn bench_options_out_of_range_are_refused_naming_the_flag() {
             latency_ms: 50,
             lone: false,
             timeout_secs: None,
+            app_process: false,
             json: false,
         };
         f(&mut a);

@@ -42,7 +42,21 @@ pub(super) struct Observed<'a> {
     pub rest_calls: Vec<RecordedCall>,
     pub b24: &'a BitrixSim,
     pub setup: Duration,
-    pub rss_before_kb: u64,
+    /// Whose memory and CPU the figures are: the app's child process, or this whole process.
+    pub measured: Measured,
+    /// That process when the first robot call was fired, and after the last was reported.
+    pub proc_before: ProcStats,
+    pub proc_after: ProcStats,
+}
+
+/// Whose memory and CPU time a run's figures are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measured {
+    /// `--app-process`: the app alone, a child process.
+    AppProcess,
+    /// The default: the app, the simulators and the bench share one process.
+    WholeBench,
 }
 
 /// The run's figures; times in milliseconds unless named `_s`.
@@ -79,21 +93,29 @@ pub struct Figures {
     pub bound_s: f64,
     pub drain_to_bound: f64,
     pub lone_e2e: Option<f64>,
+    pub measured: Measured,
     pub rss_before_mb: f64,
     pub peak_rss_mb: f64,
     pub cpu_s: f64,
 }
 
-/// The process's resident memory now and at its peak, and its CPU time (user + system).
+/// A process's resident memory now and at its peak, and its CPU time (user + system).
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) struct ProcStats {
     pub rss_kb: u64,
     pub peak_rss_kb: u64,
     pub cpu_s: f64,
 }
 
-/// Reads `/proc/self/status` and `/proc/self/stat`; zeros where they cannot be read.
+/// This process's figures.
 pub(super) fn proc_self() -> ProcStats {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    proc_stats("/proc/self")
+}
+
+/// Reads `status` and `stat` under `dir` (`/proc/self`, `/proc/PID`); zeros where they cannot
+/// be read.
+pub(super) fn proc_stats(dir: &str) -> ProcStats {
+    let status = std::fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
     let kb = |key: &str| {
         status
             .lines()
@@ -102,7 +124,7 @@ pub(super) fn proc_self() -> ProcStats {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
     // Fields after the command name in parentheses: utime and stime are the 12th and 13th,
     // in clock ticks of 1/100 s (USER_HZ, 100 on Linux).
     let ticks: u64 = stat
@@ -230,7 +252,6 @@ pub(super) fn compute(o: &Observed<'_>) -> Figures {
     let requests = (busiest * COMMANDS_PER_CALLBACK).div_ceil(BATCH_MAX) as f64;
     let b24_bound_s = (requests - B24_BURST).max(0.0) / B24_PER_SEC;
     let bound_s = mango_bound_s.max(b24_bound_s);
-    let now = proc_self();
     let figures = Figures {
         backend: match crate::db::Backend::of_url(o.opts.database_url.as_deref().unwrap_or("")) {
             crate::db::Backend::Postgres => "PostgreSQL",
@@ -268,9 +289,10 @@ pub(super) fn compute(o: &Observed<'_>) -> Figures {
             0.0
         },
         lone_e2e,
-        rss_before_mb: o.rss_before_kb as f64 / 1024.0,
-        peak_rss_mb: now.peak_rss_kb as f64 / 1024.0,
-        cpu_s: now.cpu_s,
+        measured: o.measured,
+        rss_before_mb: o.proc_before.rss_kb as f64 / 1024.0,
+        peak_rss_mb: o.proc_after.peak_rss_kb as f64 / 1024.0,
+        cpu_s: o.proc_after.cpu_s,
     };
     figures
 }

@@ -4,6 +4,7 @@
 //! until every callback is finished and reported, checks exactly-once from what the simulators
 //! received, and prints one table. It measures; it changes nothing in the app.
 
+mod app_process;
 mod checks;
 mod database;
 mod figures;
@@ -22,13 +23,17 @@ use crate::config::{BenchArgs, Settings};
 use crate::startup::{Application, RunOptions};
 
 pub use checks::Check;
-pub use figures::Figures;
+pub use figures::{Figures, Measured};
 pub use report::BenchReport;
 
 /// The robot code our installer registers.
 const ROBOT: &str = crate::portal::robot::ROBOT_CODE;
 /// When the lone robot call goes, counted from the first robot call of the run.
 const LONE_AFTER: Duration = Duration::from_secs(2);
+/// The proxy the app is told to believe: each install names its administrator's browser in
+/// `X-Forwarded-For`, so the per-address limit of browser POSTs sees many administrators, as
+/// it would in production, not the bench's one address.
+const INSTALLS_VIA: &str = "127.0.0.1";
 
 /// A checked bench run: [`BenchOptions::from_args`] range-checks every number.
 #[derive(Debug, Clone)]
@@ -43,6 +48,9 @@ pub struct BenchOptions {
     pub latency: Duration,
     pub lone: bool,
     pub timeout: Duration,
+    /// Runs the app as a child process of this binary (`serve`), so that memory and CPU are
+    /// measured for the app alone; `None` runs it in this process.
+    pub app_process: Option<std::path::PathBuf>,
     /// The simulated Mango records every command twice: a broken run the checks must catch
     /// (the bench's own test; no command-line flag).
     pub mango_doubles_commands: bool,
@@ -88,6 +96,13 @@ impl BenchOptions {
                 1,
                 86_400,
             )?),
+            app_process: match a.app_process {
+                true => Some(
+                    std::env::current_exe()
+                        .map_err(|e| format!("--app-process: cannot find this binary: {e}"))?,
+                ),
+                false => None,
+            },
             mango_doubles_commands: false,
         })
     }
@@ -140,23 +155,47 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     mango.record_commands_twice(opts.mango_doubles_commands);
     // The production defaults, pointed at the simulators: the bench measures the app as shipped.
     let mut settings = Settings::for_local(&db_url, &b24.url(), &mango.api_url());
-    // The installs are many administrators' browsers, all from the bench's one address: the
-    // per-address limit of browser POSTs would refuse them (robot calls are not under it).
-    settings.address_burst = settings
-        .address_burst
-        .max(opts.portals.saturating_add(u32::from(opts.lone)));
-    let app = Application::build(settings, RunOptions::default()).await?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shared = app.shared().clone();
-    let stopper = app.stopper();
-    let served = actix_web::rt::spawn(app.run_until_stopped());
-
-    let result = measure(opts, &b24, &mango, &shared, &base).await;
-    stopper.stop().await;
-    let _ = served.await;
+    settings.trusted_proxies = crate::net::trusted_proxies::TrustedProxies::parse(INSTALLS_VIA)
+        .map_err(anyhow::Error::msg)?;
+    let result = match &opts.app_process {
+        None => {
+            let app = Application::build(settings, RunOptions::default()).await?;
+            let base = format!("http://127.0.0.1:{}", app.port());
+            let shared = app.shared().clone();
+            let stopper = app.stopper();
+            let served = actix_web::rt::spawn(app.run_until_stopped());
+            let result = measure(opts, &b24, &mango, &shared, &base, &|| {
+                (Measured::WholeBench, figures::proc_self())
+            })
+            .await;
+            stopper.stop().await;
+            let _ = served.await;
+            result
+        }
+        Some(exe) => {
+            // The bench's own view of the database (its migrations run first, settings are
+            // sealed with the same key, the counts are read through it): no worker, not served.
+            let view = Application::build(
+                settings,
+                RunOptions {
+                    background_worker: false,
+                    ..RunOptions::default()
+                },
+            )
+            .await?;
+            let mut app =
+                app_process::AppProcess::start(exe, &db_url, &b24.url(), &mango.api_url()).await?;
+            let base = format!("http://127.0.0.1:{}", app.port());
+            let result = measure(opts, &b24, &mango, view.shared(), &base, &|| {
+                (Measured::AppProcess, app.stats())
+            })
+            .await;
+            app.stop().await;
+            result
+        }
+    };
     b24.stop().await;
     mango.stop().await;
-    drop(shared);
     db_guard.cleanup().await;
     result
 }
@@ -167,6 +206,7 @@ async fn measure(
     mango: &MangoSim,
     shared: &crate::context::Shared,
     base: &str,
+    app_stats: &dyn Fn() -> (Measured, figures::ProcStats),
 ) -> anyhow::Result<BenchReport> {
     let setup_started = Instant::now();
     let count = opts.portals as usize + usize::from(opts.lone);
@@ -180,7 +220,7 @@ async fn measure(
         None => None,
     };
     let rest_before = b24.calls().len();
-    let rss_before_kb = figures::proc_self().rss_kb;
+    let (measured, proc_before) = app_stats();
     let fired = fire::fire(
         shots,
         lone_shot.map(|s| (LONE_AFTER, s)),
@@ -198,6 +238,7 @@ async fn measure(
     )
     .await?;
 
+    let (_, proc_after) = app_stats();
     let observed = figures::Observed {
         opts,
         portals: &portals,
@@ -208,12 +249,19 @@ async fn measure(
         rest_calls: b24.calls().split_off(rest_before),
         b24,
         setup,
-        rss_before_kb,
+        measured,
+        proc_before,
+        proc_after,
     };
     Ok(BenchReport {
         figures: figures::compute(&observed),
         checks: checks::all(&observed),
     })
+}
+
+/// The address of portal `i`'s administrator's browser (10.x.y.z, one per portal).
+fn administrator_address(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
 }
 
 /// Creates `count` portals, installs the app into each the way an administrator does (installer
@@ -240,6 +288,7 @@ async fn install_portals(
                 let resp = http
                     .post(format!("{base}/b24/install?{}", install.query_string()))
                     .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                    .insert_header(("X-Forwarded-For", administrator_address(i)))
                     .send_body(install.to_form_body())
                     .await
                     .map_err(|e| anyhow::anyhow!("installer request failed: {e}"))?;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::checks::Check;
-use super::figures::{Figures, COMMANDS_PER_CALLBACK, ROUND_TRIPS_TO_COMMAND};
+use super::figures::{Figures, Measured, COMMANDS_PER_CALLBACK, ROUND_TRIPS_TO_COMMAND};
 use crate::sandbox::bitrix::BATCH_MAX;
 
 /// What [`super::run`] returns: the command exits non-zero unless every check passed.
@@ -82,11 +82,21 @@ impl BenchReport {
             f.lone_e2e
                 .map_or_else(|| "- (no --lone)".to_owned(), |ms| format!("{ms:.0} ms")),
         );
+        let whose = match f.measured {
+            Measured::AppProcess => "the app's process",
+            Measured::WholeBench => "app, simulators and bench in one process",
+        };
         row(
             "RSS before firing / peak",
-            format!("{:.1} MB / {:.1} MB", f.rss_before_mb, f.peak_rss_mb),
+            format!(
+                "{:.1} MB / {:.1} MB ({whose})",
+                f.rss_before_mb, f.peak_rss_mb
+            ),
         );
-        row("CPU time of the process", format!("{:.2} s", f.cpu_s));
+        row(
+            "CPU time of the process",
+            format!("{:.2} s ({whose})", f.cpu_s),
+        );
         for c in &self.checks {
             let mark = if c.ok { "ok  " } else { "FAIL" };
             row(&format!("check {mark} {}", c.name), c.detail.clone());
