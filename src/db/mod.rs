@@ -287,7 +287,7 @@ impl Db {
         // Runs wait for a connection (and SQLite's writers for their turn) here, as futures,
         // and go to a thread only when they can run ([`threads`]): when they waited on threads,
         // a burst's hundred jobs held a hundred threads (the app's peak RSS was 80 MB in a
-        // 10,000-call burst; 66 MB with this wait, 60 MB with the fixed threads).
+        // 10,000-call burst; 66 MB with this wait, 55 MB with the fixed threads).
         let writer = match (&gate, &self.writers) {
             (Some(_), Some(w)) => Some(
                 w.clone()
