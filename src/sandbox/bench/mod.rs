@@ -157,43 +157,48 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut settings = Settings::for_local(&db_url, &b24.url(), &mango.api_url());
     settings.trusted_proxies = crate::net::trusted_proxies::TrustedProxies::parse(INSTALLS_VIA)
         .map_err(anyhow::Error::msg)?;
-    let result = match &opts.app_process {
-        None => {
-            let app = Application::build(settings, RunOptions::default()).await?;
-            let base = format!("http://127.0.0.1:{}", app.port());
-            let shared = app.shared().clone();
-            let stopper = app.stopper();
-            let served = actix_web::rt::spawn(app.run_until_stopped());
-            let result = measure(opts, &b24, &mango, &shared, &base, &|| {
-                (Measured::WholeBench, figures::proc_self())
-            })
-            .await;
-            stopper.stop().await;
-            let _ = served.await;
-            result
+    // Whatever happens to the run, the simulators stop and the throwaway database goes.
+    let result = async {
+        match &opts.app_process {
+            None => {
+                let app = Application::build(settings, RunOptions::default()).await?;
+                let base = format!("http://127.0.0.1:{}", app.port());
+                let shared = app.shared().clone();
+                let stopper = app.stopper();
+                let served = actix_web::rt::spawn(app.run_until_stopped());
+                let result = measure(opts, &b24, &mango, &shared, &base, &|| {
+                    (Measured::WholeBench, figures::proc_self())
+                })
+                .await;
+                stopper.stop().await;
+                let _ = served.await;
+                result
+            }
+            Some(exe) => {
+                // The bench's own view of the database (its migrations run first, settings are
+                // sealed with the same key, the counts are read through it): no worker, not served.
+                let view = Application::build(
+                    settings,
+                    RunOptions {
+                        background_worker: false,
+                        ..RunOptions::default()
+                    },
+                )
+                .await?;
+                let mut app =
+                    app_process::AppProcess::start(exe, &db_url, &b24.url(), &mango.api_url())
+                        .await?;
+                let base = format!("http://127.0.0.1:{}", app.port());
+                let result = measure(opts, &b24, &mango, view.shared(), &base, &|| {
+                    (Measured::AppProcess, app.stats())
+                })
+                .await;
+                app.stop().await;
+                result
+            }
         }
-        Some(exe) => {
-            // The bench's own view of the database (its migrations run first, settings are
-            // sealed with the same key, the counts are read through it): no worker, not served.
-            let view = Application::build(
-                settings,
-                RunOptions {
-                    background_worker: false,
-                    ..RunOptions::default()
-                },
-            )
-            .await?;
-            let mut app =
-                app_process::AppProcess::start(exe, &db_url, &b24.url(), &mango.api_url()).await?;
-            let base = format!("http://127.0.0.1:{}", app.port());
-            let result = measure(opts, &b24, &mango, view.shared(), &base, &|| {
-                (Measured::AppProcess, app.stats())
-            })
-            .await;
-            app.stop().await;
-            result
-        }
-    };
+    }
+    .await;
     b24.stop().await;
     mango.stop().await;
     db_guard.cleanup().await;
