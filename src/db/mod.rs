@@ -168,13 +168,7 @@ pub struct Db {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// As many threads as connections: a run that holds a slot finds one free.
     threads: threads::DbThreads,
-    /// SQLite only: the writers let on to a thread, to wait there in [`gate`]'s line.
-    writers: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
-
-/// SQLite writers waiting in [`gate`]'s line on threads: two, so that the next one is ready the
-/// moment the write before it ends; the rest wait as futures.
-const WRITERS_ON_THREADS: usize = 2;
 
 impl Db {
     /// Connects, creates the SQLite file's folder if needed, sets WAL mode and runs migrations.
@@ -233,9 +227,6 @@ impl Db {
             pool,
             backend,
             group: std::sync::Arc::new(group),
-            writers: gate
-                .is_some()
-                .then(|| std::sync::Arc::new(tokio::sync::Semaphore::new(WRITERS_ON_THREADS))),
             gate,
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
             threads,
@@ -288,14 +279,9 @@ impl Db {
         // and go to a thread only when they can run ([`threads`]): when they waited on threads,
         // a burst's hundred jobs held a hundred threads (the app's peak RSS was 80 MB in a
         // 10,000-call burst; 66 MB with this wait, 55 MB with the fixed threads).
-        let writer = match (&gate, &self.writers) {
-            (Some(_), Some(w)) => Some(
-                w.clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| DbError::Cancelled)?,
-            ),
-            _ => None,
+        let writer = match &gate {
+            Some(g) => Some(g.place_on_a_thread().await.ok_or(DbError::Cancelled)?),
+            None => None,
         };
         let slot = self
             .slots

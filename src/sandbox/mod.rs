@@ -53,6 +53,35 @@ pub trait LocalSettings {
 
 impl LocalSettings for Settings {}
 
+/// The environment that points this binary's `serve`, listening on 127.0.0.1:`port`, at the
+/// simulators: [`LocalSettings::for_local`] for a child process (the bench's `--app-process`,
+/// the chaos harness), the same key included so the parent reads what the child sealed.
+pub fn local_env(
+    port: u16,
+    database_url: &str,
+    oauth_url: &str,
+    mango_url: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("APP_BIND", format!("127.0.0.1:{port}")),
+        ("APP_PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ("DATABASE_URL", database_url.into()),
+        ("B24_CLIENT_ID", bitrix::SANDBOX_CLIENT_ID.into()),
+        ("B24_CLIENT_SECRET", bitrix::SANDBOX_CLIENT_SECRET.into()),
+        ("B24_OAUTH_URL", oauth_url.into()),
+        ("MANGO_API_URL", mango_url.into()),
+        ("APP_SECRET_KEY", LOCAL_SECRET_KEY.into()),
+        ("APP_SANDBOX_PRIVATE_PEERS", "true".into()),
+    ]
+}
+
+/// A port of 127.0.0.1 free now, for a child process to listen on.
+pub fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+}
+
 /// Serves a simulator's routes from `listener` on one worker of the current actix system (so it
 /// runs beside the app in tests and in the sandbox) and returns the handle that stops it.
 pub(crate) fn serve<F>(listener: std::net::TcpListener, routes: F) -> std::io::Result<ServerHandle>

@@ -5,9 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use mango_callback::config::LOCAL_SECRET_KEY;
 use mango_callback::db::Backend;
-use mango_callback::sandbox::bitrix::{BitrixSim, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
+use mango_callback::sandbox::bitrix::BitrixSim;
 use mango_callback::sandbox::mango::MangoSim;
 
 /// A fresh database: a temp SQLite file or a throwaway PostgreSQL database, dropped at the end.
@@ -109,29 +108,12 @@ pub struct AppProcess {
     pub starts: usize,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl AppProcess {
     pub fn new(db: &Database, b24: &BitrixSim, mango: &MangoSim, instance: usize) -> AppProcess {
-        let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
-        let env = [
-            ("APP_BIND", format!("127.0.0.1:{port}")),
-            ("APP_PUBLIC_URL", base),
-            ("DATABASE_URL", db.url.clone()),
-            ("B24_CLIENT_ID", SANDBOX_CLIENT_ID.into()),
-            ("B24_CLIENT_SECRET", SANDBOX_CLIENT_SECRET.into()),
-            ("B24_OAUTH_URL", b24.url()),
-            ("MANGO_API_URL", mango.api_url()),
-            ("APP_SECRET_KEY", LOCAL_SECRET_KEY.into()),
-            ("APP_SANDBOX_PRIVATE_PEERS", "true".into()),
-            ("RUST_LOG", "warn".into()),
-        ];
+        let port = mango_callback::sandbox::free_port().expect("a free port");
+        let mut env =
+            mango_callback::sandbox::local_env(port, &db.url, &b24.url(), &mango.api_url());
+        env.push(("RUST_LOG", "warn".into()));
         AppProcess {
             port,
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),

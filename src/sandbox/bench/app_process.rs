@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::figures::{proc_stats, ProcStats};
-use crate::config::LOCAL_SECRET_KEY;
-use crate::sandbox::bitrix::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET};
 
 /// How long the child may take to answer `/health` (it runs the migrations first).
 const START_WITHIN: Duration = Duration::from_secs(60);
@@ -33,24 +31,17 @@ impl AppProcess {
         oauth_url: &str,
         mango_url: &str,
     ) -> anyhow::Result<AppProcess> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .context("no free port for the app")?;
+        let port = crate::sandbox::free_port().context("no free port for the app")?;
         let base = format!("http://127.0.0.1:{port}");
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
         let child = Command::new(exe)
             .arg("serve")
-            .env("APP_BIND", format!("127.0.0.1:{port}"))
-            .env("APP_PUBLIC_URL", &base)
-            .env("DATABASE_URL", database_url)
-            .env("B24_CLIENT_ID", SANDBOX_CLIENT_ID)
-            .env("B24_CLIENT_SECRET", SANDBOX_CLIENT_SECRET)
-            .env("B24_OAUTH_URL", oauth_url)
-            .env("MANGO_API_URL", mango_url)
-            // The key the bench's own in-process view of the database seals settings with.
-            .env("APP_SECRET_KEY", LOCAL_SECRET_KEY)
-            .env("APP_SANDBOX_PRIVATE_PEERS", "true")
+            .envs(crate::sandbox::local_env(
+                port,
+                database_url,
+                oauth_url,
+                mango_url,
+            ))
             .env("APP_TRUSTED_PROXIES", super::INSTALLS_VIA)
             .env("RUST_LOG", log)
             .stdin(Stdio::null())

@@ -296,3 +296,37 @@ pub(super) fn compute(o: &Observed<'_>) -> Figures {
     };
     figures
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_process_figures_are_read_from_its_own_proc_entry_and_are_zero_once_it_is_gone() {
+        // `sleep` is a few hundred KB resident; this test binary is several MB.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep starts");
+        let dir = format!("/proc/{}", child.id());
+        // Until it has exec'd, the child is a copy of this process.
+        for _ in 0..500 {
+            let comm = std::fs::read_to_string(format!("{dir}/comm")).unwrap_or_default();
+            if comm.trim() == "sleep" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let theirs = proc_stats(&dir);
+        let ours = proc_self();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            theirs.rss_kb > 0 && theirs.peak_rss_kb >= theirs.rss_kb,
+            "{theirs:?}"
+        );
+        assert!(theirs.rss_kb < ours.rss_kb, "{theirs:?} vs ours {ours:?}");
+        let gone = proc_stats(&dir);
+        assert_eq!((gone.rss_kb, gone.peak_rss_kb), (0, 0));
+    }
+}
