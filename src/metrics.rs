@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::NaiveDateTime;
 use prometheus::{
-    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+use crate::db::gate::WriterUse;
 
 /// The content type of the text exposition format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -99,6 +101,12 @@ pub struct Metrics {
     jobs: IntGaugeVec,
     /// Without labels; a vector only so that it can be left out when the queue was not read.
     oldest_due_job: GaugeVec,
+    /// SQLite's write lock, by writer (`group_commit`, `other`): totals kept by the write gate
+    /// and copied here at scrape time, under `scrape` so two scrapes never interleave.
+    sqlite_writes: IntCounterVec,
+    sqlite_write_waited: CounterVec,
+    sqlite_write_held: CounterVec,
+    scrape: parking_lot::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -186,6 +194,32 @@ impl Metrics {
                     &[],
                 ),
             ),
+            sqlite_writes: counter(
+                "mango_callback_sqlite_writes_total",
+                "SQLite only: write transactions of this process, by writer: group_commit (robot calls' acknowledgements, many per transaction) or other (the job worker and the rest).",
+                &["writer"],
+            ),
+            sqlite_write_waited: register(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "mango_callback_sqlite_write_wait_seconds_total",
+                        "SQLite only: time writers waited on a thread for the database's one write lock, by writer.",
+                    ),
+                    &["writer"],
+                ),
+            ),
+            sqlite_write_held: register(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "mango_callback_sqlite_write_held_seconds_total",
+                        "SQLite only: time the database's one write lock was held, by writer. Its rate summed over writers near 1 means the single writer bounds throughput (several instances on PostgreSQL lift it).",
+                    ),
+                    &["writer"],
+                ),
+            ),
+            scrape: parking_lot::Mutex::new(()),
             registry: r,
         }
     }
@@ -245,17 +279,39 @@ impl Metrics {
     }
 
     /// The text exposition of every series, with the queue's gauges set from `depth` (read from
-    /// the database just now) at `now`, or left out when it could not be read.
-    pub fn render(&self, depth: Option<&[QueueDepth]>, now: NaiveDateTime) -> String {
+    /// the database just now) at `now`, or left out when it could not be read, and SQLite's
+    /// writers' use from `writers` (`(other, group_commit)`; `None` on PostgreSQL).
+    pub fn render(
+        &self,
+        depth: Option<&[QueueDepth]>,
+        writers: Option<(WriterUse, WriterUse)>,
+        now: NaiveDateTime,
+    ) -> String {
+        let _one_at_a_time = self.scrape.lock();
         self.jobs.reset();
         self.oldest_due_job.reset();
         if let Some(depth) = depth {
             self.set_queue(depth, now);
         }
+        if let Some((other, group_commit)) = writers {
+            self.set_writers("other", other);
+            self.set_writers("group_commit", group_commit);
+        }
         let mut out = Vec::new();
         // Encoding plain families into a Vec cannot fail; an empty page would say so anyway.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Sets the writer's counters to the gate's totals (they only grow, so a counter never goes
+    /// back between scrapes).
+    fn set_writers(&self, writer: &str, u: WriterUse) {
+        let turns = self.sqlite_writes.with_label_values(&[writer]);
+        turns.inc_by(u.turns.saturating_sub(turns.get()));
+        let waited = self.sqlite_write_waited.with_label_values(&[writer]);
+        waited.inc_by((u.waited_seconds - waited.get()).max(0.0));
+        let held = self.sqlite_write_held.with_label_values(&[writer]);
+        held.inc_by((u.held_seconds - held.get()).max(0.0));
     }
 
     fn set_queue(&self, depth: &[QueueDepth], now: NaiveDateTime) {
@@ -332,6 +388,18 @@ mod tests {
                 count: 3,
                 earliest_run_at: Some(now - chrono::Duration::seconds(90)),
             }]),
+            Some((
+                WriterUse {
+                    turns: 7,
+                    waited_seconds: 0.25,
+                    held_seconds: 1.5,
+                },
+                WriterUse {
+                    turns: 2,
+                    waited_seconds: 0.0,
+                    held_seconds: 0.5,
+                },
+            )),
             now,
         );
         for line in [
@@ -346,10 +414,33 @@ mod tests {
             "mango_callback_jobs{status=\"queued\"} 3",
             "mango_callback_jobs{status=\"dead\"} 0",
             "mango_callback_oldest_due_job_age_seconds 90",
+            "mango_callback_sqlite_writes_total{writer=\"other\"} 7",
+            "mango_callback_sqlite_writes_total{writer=\"group_commit\"} 2",
+            "mango_callback_sqlite_write_wait_seconds_total{writer=\"other\"} 0.25",
+            "mango_callback_sqlite_write_held_seconds_total{writer=\"other\"} 1.5",
+            "mango_callback_sqlite_write_held_seconds_total{writer=\"group_commit\"} 0.5",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
-        let unread = m.render(None, now);
+        let later = m.render(
+            None,
+            Some((
+                WriterUse {
+                    turns: 9,
+                    waited_seconds: 0.25,
+                    held_seconds: 2.0,
+                },
+                WriterUse::default(),
+            )),
+            now,
+        );
+        assert!(
+            later.contains("mango_callback_sqlite_writes_total{writer=\"other\"} 9")
+                && later
+                    .contains("mango_callback_sqlite_write_held_seconds_total{writer=\"other\"} 2"),
+            "a second scrape shows the gate's new totals, not their sum with the old:\n{later}"
+        );
+        let unread = m.render(None, None, now);
         assert!(
             !unread.contains("mango_callback_jobs{")
                 && !unread.contains("oldest_due_job_age_seconds "),

@@ -9,7 +9,7 @@ use super::send::{credentials, end_without_call, send_command};
 use super::{lifecycle, store, Group, PlaceCall, Reason, Status};
 use crate::bitrix::crm::PhoneLookup;
 use crate::context::Context;
-use crate::jobs::{cause_chain, Job, JobError};
+use crate::jobs::{cause_chain, Ending, Job, JobError, Lease};
 use crate::mango::CallbackGroup;
 use crate::phone;
 use crate::portal::{store as portal_store, PortalSettings};
@@ -149,11 +149,11 @@ impl PlaceCall {
             phone.as_str().to_owned(),
             command_id.clone(),
         );
-        let (jid, worker) = (job.id.clone(), job.locked_by.clone().unwrap_or_default());
-        let (clock, deal) = (ctx.shared.clock.clone(), cb.clone());
+        let lease = Lease::of(job);
+        let (clock, deal, fence) = (ctx.shared.clock.clone(), cb.clone(), lease.clone());
         let bucket = crate::mango::rate::bucket_of(creds.api_key.expose_secret());
         let offset_us = ctx.shared.clock.offset_us();
-        let (turn, calling) = db
+        let (turn, calling, snooze_recorded) = db
             .run(move |c| {
                 crate::db::write_tx(c, |c| {
                     let turn =
@@ -162,17 +162,22 @@ impl PlaceCall {
                         if deal.phone.as_deref() != Some(ph.as_str()) {
                             store::remember_phone(c, &deal.id, &ph, now)?;
                         }
-                        return Ok::<_, crate::db::DbError>((turn, false));
+                        // The job's snooze in this same commit (the worker's would be a second).
+                        let recorded = match crate::mango::rate::wait_of(turn) {
+                            Some(wait) => fence.wait_for_budget(c, wait, clock.now())?,
+                            None => false,
+                        };
+                        return Ok::<_, crate::db::DbError>((turn, false, recorded));
                     }
                     // Fenced: only while this run still holds the job's lease (see
                     // `lifecycle::start_calling`).
                     let at = lifecycle::SendAt {
-                        job_id: &jid,
-                        worker: &worker,
+                        job_id: &fence.job_id,
+                        worker: &fence.worker,
                         clock: &clock,
                     };
                     let calling = lifecycle::start_calling(c, &deal, &at, (&ext, &ph, &cmd_id))?;
-                    Ok((turn, calling))
+                    Ok((turn, calling, false))
                 })
             })
             .await?;
@@ -180,6 +185,9 @@ impl PlaceCall {
         if let crate::mango::rate::Slot::WaitFor(wait) =
             crate::mango::rate::act_on(turn, &ctx.shared.metrics).await
         {
+            if snooze_recorded {
+                return Err(JobError::Recorded(Ending::WaitsForBudget(wait)));
+            }
             return Err(JobError::Snooze(wait));
         }
         if !calling {
@@ -192,6 +200,6 @@ impl PlaceCall {
             to: phone.as_str().to_owned(),
             line_number: settings.line_number.clone(),
         };
-        send_command(ctx, &cb, &creds, cmd).await
+        send_command(ctx, &cb, &creds, cmd, lease).await
     }
 }

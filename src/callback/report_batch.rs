@@ -357,6 +357,11 @@ fn copy(e: &JobError) -> JobError {
         JobError::Permanent(e) => JobError::Permanent(anyhow::anyhow!(cause_chain(e))),
         JobError::RetryAt(at, note) => JobError::RetryAt(*at, note.clone()),
         JobError::Snooze(wait) => JobError::Snooze(*wait),
+        // An ending one run recorded for its own job says nothing of another's: that one is
+        // run again (no batch failure produces it).
+        JobError::Recorded(ending) => JobError::Transient(anyhow::anyhow!(
+            "another job of the batch recorded its own ending ({ending:?})"
+        )),
     }
 }
 

@@ -149,7 +149,7 @@ async fn resend(ctx: &Context, job: &JobRow, cb: &Callback, n: u32) -> Result<()
         to: phone,
         line_number: settings.line_number.clone(),
     };
-    send_command(ctx, cb, &creds, cmd).await
+    send_command(ctx, cb, &creds, cmd, crate::jobs::Lease::of(job)).await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use chrono::NaiveDateTime;
 
 use super::{lifecycle, store, Callback, Reason, Status};
 use crate::context::Context;
-use crate::jobs::JobError;
+use crate::jobs::{Ending, JobError, Lease};
 use crate::mango::{CallbackGroup, Credentials, MangoError};
 use crate::portal::{store as portal_store, PortalSettings};
 
@@ -48,10 +48,44 @@ pub(super) async fn finish(
     reason: Option<Reason>,
     mango: Option<Option<String>>,
 ) -> Result<(), JobError> {
+    let ended = Ended {
+        ext,
+        phone,
+        code,
+        reason,
+        mango,
+    };
+    finish_with(ctx, cb, ended, None).await
+}
+
+/// How a callback ended, as [`finish`] stores it.
+struct Ended {
+    ext: Option<String>,
+    phone: Option<String>,
+    code: Option<i32>,
+    reason: Option<Reason>,
+    mango: Option<Option<String>>,
+}
+
+/// [`finish`]; with the run's `lease`, the job is marked done in the same transaction too, and
+/// the run's ending is [`JobError::Recorded`]: the caller must return it as it is.
+async fn finish_with(
+    ctx: &Context,
+    cb: &Callback,
+    ended: Ended,
+    lease: Option<Lease>,
+) -> Result<(), JobError> {
+    let Ended {
+        ext,
+        phone,
+        code,
+        reason,
+        mango,
+    } = ended;
     let st = reason.as_ref().map_or(Status::Started, Reason::status);
     let now = ctx.shared.clock.now();
     let cb2 = cb.clone();
-    let changed = ctx
+    let (changed, recorded) = ctx
         .shared
         .db
         .run(move |c| {
@@ -59,13 +93,29 @@ pub(super) async fn finish(
                 if let Some(error) = &mango {
                     portal_store::record_mango_status(c, &cb2.member_id, error.as_deref(), now)?;
                 }
-                lifecycle::finish(c, &cb2, ext.as_deref(), phone.as_deref(), code, reason, now)
+                let changed = lifecycle::finish(
+                    c,
+                    &cb2,
+                    ext.as_deref(),
+                    phone.as_deref(),
+                    code,
+                    reason,
+                    now,
+                )?;
+                let recorded = match &lease {
+                    Some(lease) => lease.complete(c, now)?,
+                    None => false,
+                };
+                Ok::<_, crate::db::DbError>((changed, recorded))
             })
         })
         .await?;
     if changed {
         tracing::info!(callback = %cb.id, deal = %cb.deal_id, status = %st, "callback finished");
         ctx.shared.notify.notify_one();
+    }
+    if recorded {
+        return Err(JobError::Recorded(Ending::Done));
     }
     Ok(())
 }
@@ -79,14 +129,16 @@ pub(super) fn credentials(ctx: &Context, settings: &PortalSettings) -> Option<Cr
     (!salt.is_empty()).then(|| Credentials::new(key.clone(), salt))
 }
 
-/// Sends `cmd` for `cb` (already moved to `calling` by this run) and acts on Mango's answer:
-/// accepted → `started`; refused for sure → `queued` again, retried; refused → its reason; an
+/// Sends `cmd` for `cb` (already moved to `calling` by this run, which holds `lease`) and acts
+/// on Mango's answer: accepted → `started`, the job done in the same transaction (the caller
+/// returns what this returns); refused for sure → `queued` again, retried; refused → its reason; an
 /// unknown outcome → stays `calling` and waits for Mango's result (see `resend`).
 pub(super) async fn send_command(
     ctx: &Context,
     cb: &Callback,
     creds: &Credentials,
     cmd: CallbackGroup,
+    lease: Lease,
 ) -> Result<(), JobError> {
     let db = &ctx.shared.db;
     let (ext, ph) = (Some(cmd.from.clone()), Some(cmd.to.clone()));
@@ -98,7 +150,16 @@ pub(super) async fn send_command(
     let answer = ctx.mango.callback_group(creds, &cmd).await;
     count_answer(ctx, &answer);
     match answer {
-        Ok(_) => finish(ctx, cb, ext, ph, Some(1000), None, Some(None)).await,
+        Ok(_) => {
+            let ended = Ended {
+                ext,
+                phone: ph,
+                code: Some(1000),
+                reason: None,
+                mango: Some(None),
+            };
+            finish_with(ctx, cb, ended, Some(lease)).await
+        }
         Err(e) if e.retryable() && cb.attempts + 1 < MAX_CALL_ATTEMPTS => {
             let (cid, msg, now) = (cb.id.clone(), e.to_string(), ctx.shared.clock.now());
             db.run(move |c| store::back_to_queued(c, &cid, &msg, now))

@@ -10,6 +10,9 @@
 //! Two classes: the group committer (robot-call acknowledgements, [`super::group`]) waits only
 //! for the write in progress; everything else waits in line behind the writers before it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use parking_lot::{FairMutex, FairMutexGuard};
 
 /// SQLite writers waiting in the line on threads: two, so that the next one is ready the moment
@@ -25,6 +28,27 @@ pub struct WriteGate {
     /// The write lock itself: the head of the line and the group committer share it, so the
     /// committer waits for one write at most.
     lock: FairMutex<()>,
+    /// What the writers have waited and held, by class (`[ordinary, committer]`).
+    use_of: [Use; 2],
+}
+
+/// One class of writers' turns so far.
+#[derive(Default)]
+struct Use {
+    turns: AtomicU64,
+    waited_us: AtomicU64,
+    held_us: AtomicU64,
+}
+
+/// How SQLite's write lock of this process has been used since the start, by class: `ordinary`
+/// is the job worker and every other [`super::Db::run`]; `committer` the robot calls' group
+/// commits. Held time over wall time is how busy the one writer is: near 1, the database is
+/// what bounds the throughput (`/metrics`, the bench's table).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriterUse {
+    pub turns: u64,
+    pub waited_seconds: f64,
+    pub held_seconds: f64,
 }
 
 /// A writer's turn; dropping it lets the next one go.
@@ -32,6 +56,21 @@ pub struct Turn<'a> {
     // Field order is drop order: the lock goes to a waiting committer before the line moves.
     _lock: FairMutexGuard<'a, ()>,
     _line: Option<FairMutexGuard<'a, ()>>,
+    since: Instant,
+    counted: &'a Use,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        // Runs before the fields' guards are released: the time counted is the lock's own.
+        self.counted
+            .held_us
+            .fetch_add(micros(self.since.elapsed()), Ordering::Relaxed);
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Default for WriteGate {
@@ -40,6 +79,7 @@ impl Default for WriteGate {
             on_threads: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITERS_ON_THREADS)),
             line: FairMutex::default(),
             lock: FairMutex::default(),
+            use_of: Default::default(),
         }
     }
 }
@@ -55,19 +95,47 @@ impl WriteGate {
 
     /// Waits for this writer's turn behind the writers that came before it.
     pub fn in_line(&self) -> Turn<'_> {
+        let asked = Instant::now();
         let line = self.line.lock();
-        Turn {
-            _lock: self.lock.lock(),
-            _line: Some(line),
-        }
+        let lock = self.lock.lock();
+        self.turn(lock, Some(line), asked, &self.use_of[0])
     }
 
     /// The group committer's turn: after the write in progress, ahead of the line.
     pub fn ahead(&self) -> Turn<'_> {
+        let asked = Instant::now();
+        let lock = self.lock.lock();
+        self.turn(lock, None, asked, &self.use_of[1])
+    }
+
+    fn turn<'a>(
+        &'a self,
+        lock: FairMutexGuard<'a, ()>,
+        line: Option<FairMutexGuard<'a, ()>>,
+        asked: Instant,
+        counted: &'a Use,
+    ) -> Turn<'a> {
+        let since = Instant::now();
+        counted.turns.fetch_add(1, Ordering::Relaxed);
+        counted
+            .waited_us
+            .fetch_add(micros(since - asked), Ordering::Relaxed);
         Turn {
-            _lock: self.lock.lock(),
-            _line: None,
+            _lock: lock,
+            _line: line,
+            since,
+            counted,
         }
+    }
+
+    /// The writers' use of the lock so far: `(ordinary, committer)`.
+    pub fn use_so_far(&self) -> (WriterUse, WriterUse) {
+        let read = |u: &Use| WriterUse {
+            turns: u.turns.load(Ordering::Relaxed),
+            waited_seconds: u.waited_us.load(Ordering::Relaxed) as f64 / 1e6,
+            held_seconds: u.held_us.load(Ordering::Relaxed) as f64 / 1e6,
+        };
+        (read(&self.use_of[0]), read(&self.use_of[1]))
     }
 }
 
@@ -101,5 +169,27 @@ mod tests {
         for t in threads {
             t.join().expect("writer");
         }
+    }
+
+    #[test]
+    fn the_gate_counts_each_writers_turns_and_the_time_it_held_the_lock() {
+        let gate = WriteGate::default();
+        for _ in 0..3 {
+            let _turn = gate.in_line();
+        }
+        let held_from = Instant::now();
+        {
+            let _turn = gate.ahead();
+            // Busy for 2 ms by the clock (no sleep: the turn is held at least this long).
+            while held_from.elapsed() < std::time::Duration::from_millis(2) {
+                std::hint::spin_loop();
+            }
+        }
+        let (other, group_commit) = gate.use_so_far();
+        assert_eq!((other.turns, group_commit.turns), (3, 1));
+        assert!(
+            group_commit.held_seconds >= 0.002,
+            "the committer held the lock at least 2 ms: {group_commit:?}"
+        );
     }
 }

@@ -332,6 +332,12 @@ impl Db {
         self.group.counts()
     }
 
+    /// SQLite only: how this process's writers have used the write lock so far,
+    /// `(other, group_commit)` ([`gate::WriteGate::use_so_far`]).
+    pub fn sqlite_writers(&self) -> Option<(gate::WriterUse, gate::WriterUse)> {
+        self.gate.as_deref().map(gate::WriteGate::use_so_far)
+    }
+
     /// A connection for synchronous code (tests, start-up); never call it on the reactor.
     pub fn get_blocking(&self) -> Result<PooledConn, DbError> {
         Ok(self.pool.get()?)

@@ -102,7 +102,11 @@ pub async fn metrics(req: HttpRequest, ctx: web::Data<Context>) -> Result<HttpRe
             None
         }
     };
-    let page = shared.metrics.render(depth.as_deref(), shared.clock.now());
+    let page = shared.metrics.render(
+        depth.as_deref(),
+        shared.db.sqlite_writers(),
+        shared.clock.now(),
+    );
     Ok(HttpResponse::Ok()
         .content_type(CONTENT_TYPE)
         .insert_header(("Cache-Control", "no-store"))

@@ -44,6 +44,66 @@ pub enum JobError {
     /// worker slot is free for other work meanwhile.
     #[error("waiting {0:?} for a rate budget")]
     Snooze(Duration),
+    /// Not a failure: the run wrote its own ending into the queue, in the transaction of its
+    /// last write and fenced on its lease like the worker's own ([`Ending`]). The worker only
+    /// counts and logs it.
+    #[error("ending recorded by the run: {0:?}")]
+    Recorded(Ending),
+}
+
+/// An ending a job run recorded itself: one durable commit instead of two, on the path every
+/// callback takes (measured: each commit of SQLite's one writer held it ~0.4 ms; the writer
+/// was 88 % busy in a 10,000-call burst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// [`queue::complete`].
+    Done,
+    /// [`queue::wait_for_budget`], due after this long.
+    WaitsForBudget(Duration),
+}
+
+/// The lease a claimed run holds on its job: what the run's own ending is fenced on.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub job_id: String,
+    pub worker: String,
+}
+
+impl Lease {
+    pub fn of(job: &queue::JobRow) -> Lease {
+        Lease {
+            job_id: job.id.clone(),
+            worker: job.locked_by.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Marks the job done in the caller's transaction; `false` when this run lost its lease
+    /// (the worker then tries, and logs the loss).
+    pub fn complete(
+        &self,
+        c: &mut crate::db::DbConnection,
+        now: NaiveDateTime,
+    ) -> diesel::QueryResult<bool> {
+        queue::complete(c, &self.job_id, &self.worker, now)
+    }
+
+    /// Puts the job back, due after `wait`, first of its portal then, in the caller's
+    /// transaction ([`queue::wait_for_budget`]); `false` when this run lost its lease.
+    pub fn wait_for_budget(
+        &self,
+        c: &mut crate::db::DbConnection,
+        wait: Duration,
+        now: NaiveDateTime,
+    ) -> diesel::QueryResult<bool> {
+        let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+        let note = snooze_note(wait);
+        queue::wait_for_budget(c, &self.job_id, &self.worker, at, &note, now)
+    }
+}
+
+/// The stored note of a job waiting for a rate budget.
+pub fn snooze_note(wait: Duration) -> String {
+    format!("snoozed {} ms for a rate budget", wait.as_millis())
 }
 
 impl From<crate::db::DbError> for JobError {

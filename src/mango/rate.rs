@@ -130,12 +130,20 @@ pub async fn act_on(turn: Turn, metrics: &Metrics) -> Slot {
             }
             Slot::Now
         }
-        Turn::Wait { us } => {
+        Turn::Wait { .. } => {
             metrics.limit_wait(Limit::MangoSlot);
-            Slot::WaitFor(Duration::from_micros(
-                u64::try_from(us.max(1_000)).unwrap_or(1_000),
-            ))
+            Slot::WaitFor(wait_of(turn).unwrap_or(Duration::from_millis(1)))
         }
+    }
+}
+
+/// How long a [`Turn::Wait`] waits, as [`act_on`] hands it back; `None` for a slot taken.
+pub fn wait_of(turn: Turn) -> Option<Duration> {
+    match turn {
+        Turn::Taken { .. } => None,
+        Turn::Wait { us } => Some(Duration::from_micros(
+            u64::try_from(us.max(1_000)).unwrap_or(1_000),
+        )),
     }
 }
 

@@ -256,7 +256,7 @@ async fn metrics_count_robot_calls_mango_commands_rest_calls_refreshes_and_the_q
             .flat_map(|s| s.labels.keys().map(String::as_str))
             .collect();
     let allowed = [
-        "kind", "le", "limit", "method", "outcome", "result", "status",
+        "kind", "le", "limit", "method", "outcome", "result", "status", "writer",
     ];
     assert!(keys.iter().all(|k| allowed.contains(k)), "{keys:?}");
     assert!(
@@ -267,6 +267,74 @@ async fn metrics_count_robot_calls_mango_commands_rest_calls_refreshes_and_the_q
     );
 }
 on_both_backends!(metrics_count_robot_calls_mango_commands_rest_calls_refreshes_and_the_queue);
+
+/// The worker's write transactions one callback costs on an idle portal, from the robot call to
+/// its report, with the tests' `drain` (each of its rounds claims, and hurries the gathered
+/// jobs). Each is a durable commit (a disk sync) of SQLite's one writer. 14 before the Mango
+/// command's answer and the job's ending shared one.
+const WORKER_COMMITS_PER_CALLBACK: f64 = 13.0;
+
+async fn metrics_show_how_busy_sqlites_one_writer_is_and_a_callback_costs_few_commits(
+    backend: Backend,
+) {
+    let app = app_with_metrics(backend).await;
+    let p = app.installed_portal("writer").await;
+    app.drain().await;
+    let before = scrape(&app).await;
+    let writes =
+        |m: &Scrape, w: &str| m.sum("mango_callback_sqlite_writes_total", &[("writer", w)]);
+    let held = |m: &Scrape, w: &str| {
+        m.sum(
+            "mango_callback_sqlite_write_held_seconds_total",
+            &[("writer", w)],
+        )
+    };
+    if backend == Backend::Postgres {
+        assert!(
+            !before
+                .0
+                .iter()
+                .any(|s| s.name.starts_with("mango_callback_sqlite_")),
+            "PostgreSQL has no single writer to show"
+        );
+        return;
+    }
+    let deal = app.b24.add_deal(&p.member_id, None);
+    let fired = app
+        .b24
+        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "+7 900 123-45-67")])
+        .await
+        .expect("robot");
+    assert_eq!(fired.status, 200, "{}", fired.body);
+    let acked = scrape(&app).await;
+    assert_eq!(
+        writes(&acked, "group_commit") - writes(&before, "group_commit"),
+        1.0,
+        "the robot call's acknowledgement: one shared transaction"
+    );
+    assert!(held(&acked, "group_commit") > held(&before, "group_commit"));
+    app.drain().await;
+    assert_eq!(app.mango.callbacks().len(), 1);
+    assert_eq!(app.b24.event_sends(&p.member_id).len(), 1, "reported");
+    let after = scrape(&app).await;
+    let commits = writes(&after, "other") - writes(&acked, "other");
+    assert!(
+        (1.0..=WORKER_COMMITS_PER_CALLBACK).contains(&commits),
+        "{commits} worker commits for one callback"
+    );
+    assert!(held(&after, "other") > held(&acked, "other"));
+    // Counters only grow: a later scrape never shows less.
+    let again = scrape(&app).await;
+    assert!(writes(&again, "other") >= writes(&after, "other"));
+    assert!(
+        again.sum("mango_callback_sqlite_write_wait_seconds_total", &[]) >= 0.0
+            && again
+                .0
+                .iter()
+                .any(|s| s.name == "mango_callback_sqlite_write_wait_seconds_total")
+    );
+}
+on_both_backends!(metrics_show_how_busy_sqlites_one_writer_is_and_a_callback_costs_few_commits);
 
 async fn metrics_count_waits_for_the_bitrix_budget_and_for_mango_slots(backend: Backend) {
     // A budget of one request, refilled 20 times a second: the installer's requests queue for it.

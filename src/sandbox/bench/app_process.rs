@@ -30,6 +30,7 @@ impl AppProcess {
         database_url: &str,
         oauth_url: &str,
         mango_url: &str,
+        metrics_token: &str,
     ) -> anyhow::Result<AppProcess> {
         let port = crate::sandbox::free_port().context("no free port for the app")?;
         let base = format!("http://127.0.0.1:{port}");
@@ -43,6 +44,7 @@ impl AppProcess {
                 mango_url,
             ))
             .env("APP_TRUSTED_PROXIES", super::INSTALLS_VIA)
+            .env("APP_METRICS_TOKEN", metrics_token)
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(std::io::stderr())

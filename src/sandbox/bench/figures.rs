@@ -47,6 +47,8 @@ pub(super) struct Observed<'a> {
     /// That process when the first robot call was fired, and after the last was reported.
     pub proc_before: ProcStats,
     pub proc_after: ProcStats,
+    /// SQLite's writer between firing and the last report, from the app's `/metrics`.
+    pub sqlite_writer: Option<super::WriterFigures>,
 }
 
 /// Whose memory and CPU time a run's figures are.
@@ -77,6 +79,9 @@ pub struct Figures {
     pub ack_rate: f64,
     pub e2e_p50: f64,
     pub e2e_p99: f64,
+    /// Mango command → the callback's report sent, ms.
+    pub report_p50: f64,
+    pub report_p99: f64,
     /// End-to-end minus the simulated latency on the path (limit waits stay in).
     pub own_p50: f64,
     pub own_p99: f64,
@@ -97,6 +102,8 @@ pub struct Figures {
     pub rss_before_mb: f64,
     pub peak_rss_mb: f64,
     pub cpu_s: f64,
+    /// SQLite only: how busy its one writer was, and its write transactions per callback.
+    pub sqlite_writer: Option<super::WriterFigures>,
 }
 
 /// A process's resident memory now and at its peak, and its CPU time (user + system).
@@ -252,6 +259,20 @@ pub(super) fn compute(o: &Observed<'_>) -> Figures {
     let requests = (busiest * COMMANDS_PER_CALLBACK).div_ceil(BATCH_MAX) as f64;
     let b24_bound_s = (requests - B24_BURST).max(0.0) / B24_PER_SEC;
     let bound_s = mango_bound_s.max(b24_bound_s);
+    // How long after its Mango command each callback's report (the business process's event
+    // and the timeline comment) had gone: the business process waits for it.
+    let report_lag = sorted(
+        o.callbacks
+            .iter()
+            .filter_map(|c| {
+                let at = arrival.get(c.command_id.as_deref()?)?;
+                let reported = c.event_sent_at.max(c.comment_added_at)?;
+                let command_wall = o.fired.started_wall
+                    + chrono::Duration::from_std(at.duration_since(o.fired.started)).ok()?;
+                (reported - command_wall).to_std().ok()
+            })
+            .collect(),
+    );
     let figures = Figures {
         backend: match crate::db::Backend::of_url(o.opts.database_url.as_deref().unwrap_or("")) {
             crate::db::Backend::Postgres => "PostgreSQL",
@@ -272,6 +293,8 @@ pub(super) fn compute(o: &Observed<'_>) -> Figures {
         ack_rate: acks.len() as f64 / ack_span.as_secs_f64().max(1e-6),
         e2e_p50: pct(&e2e, 50.0),
         e2e_p99: pct(&e2e, 99.0),
+        report_p50: pct(&report_lag, 50.0),
+        report_p99: pct(&report_lag, 99.0),
         own_p50: pct(&own, 50.0),
         own_p99: pct(&own, 99.0),
         rest_requests: rest.len(),
@@ -293,6 +316,7 @@ pub(super) fn compute(o: &Observed<'_>) -> Figures {
         rss_before_mb: o.proc_before.rss_kb as f64 / 1024.0,
         peak_rss_mb: o.proc_after.peak_rss_kb as f64 / 1024.0,
         cpu_s: o.proc_after.cpu_s,
+        sqlite_writer: o.sqlite_writer,
     };
     figures
 }

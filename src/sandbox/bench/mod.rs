@@ -10,6 +10,7 @@ mod database;
 mod figures;
 mod fire;
 mod report;
+mod writers;
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use crate::startup::{Application, RunOptions};
 pub use checks::Check;
 pub use figures::{Figures, Measured};
 pub use report::BenchReport;
+pub use writers::WriterFigures;
 
 /// The robot code our installer registers.
 const ROBOT: &str = crate::portal::robot::ROBOT_CODE;
@@ -157,6 +159,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut settings = Settings::for_local(&db_url, &b24.url(), &mango.api_url());
     settings.trusted_proxies = crate::net::trusted_proxies::TrustedProxies::parse(INSTALLS_VIA)
         .map_err(anyhow::Error::msg)?;
+    // The bench reads the app's /metrics (SQLite's writer) with a token of this run's own.
+    let metrics_token = uuid::Uuid::new_v4().simple().to_string();
+    settings.metrics_token = Some(metrics_token.clone().into());
     // Whatever happens to the run, the simulators stop and the throwaway database goes.
     let result = async {
         match &opts.app_process {
@@ -166,7 +171,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 let shared = app.shared().clone();
                 let stopper = app.stopper();
                 let served = actix_web::rt::spawn(app.run_until_stopped());
-                let result = measure(opts, &b24, &mango, &shared, &base, &|| {
+                let result = measure(opts, &b24, &mango, &shared, &base, &metrics_token, &|| {
                     (Measured::WholeBench, figures::proc_self())
                 })
                 .await;
@@ -185,13 +190,24 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                     },
                 )
                 .await?;
-                let mut app =
-                    app_process::AppProcess::start(exe, &db_url, &b24.url(), &mango.api_url())
-                        .await?;
+                let mut app = app_process::AppProcess::start(
+                    exe,
+                    &db_url,
+                    &b24.url(),
+                    &mango.api_url(),
+                    &metrics_token,
+                )
+                .await?;
                 let base = format!("http://127.0.0.1:{}", app.port());
-                let result = measure(opts, &b24, &mango, view.shared(), &base, &|| {
-                    (Measured::AppProcess, app.stats())
-                })
+                let result = measure(
+                    opts,
+                    &b24,
+                    &mango,
+                    view.shared(),
+                    &base,
+                    &metrics_token,
+                    &|| (Measured::AppProcess, app.stats()),
+                )
                 .await;
                 app.stop().await;
                 result
@@ -211,6 +227,7 @@ async fn measure(
     mango: &MangoSim,
     shared: &crate::context::Shared,
     base: &str,
+    metrics_token: &str,
     app_stats: &dyn Fn() -> (Measured, figures::ProcStats),
 ) -> anyhow::Result<BenchReport> {
     let setup_started = Instant::now();
@@ -226,6 +243,7 @@ async fn measure(
     };
     let rest_before = b24.calls().len();
     let (measured, proc_before) = app_stats();
+    let writers_before = writers::scrape(base, metrics_token).await?;
     let fired = fire::fire(
         shots,
         lone_shot.map(|s| (LONE_AFTER, s)),
@@ -244,11 +262,17 @@ async fn measure(
     .await?;
 
     let (_, proc_after) = app_stats();
+    let writers_after = writers::scrape(base, metrics_token).await?;
+    let callbacks = shared.db.run(fire::all_callbacks).await?;
+    let sqlite_writer = writers_before
+        .zip(writers_after)
+        .map(|(before, after)| writers::between(&before, &after, callbacks.len()));
     let observed = figures::Observed {
         opts,
         portals: &portals,
         fired: &fired,
-        callbacks: shared.db.run(fire::all_callbacks).await?,
+        callbacks,
+        sqlite_writer,
         mango_commands: mango.callbacks_timed(),
         mango_statuses: mango.requests().iter().map(|r| r.status).collect(),
         rest_calls: b24.calls().split_off(rest_before),

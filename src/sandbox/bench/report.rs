@@ -58,6 +58,10 @@ impl BenchReport {
             ),
         );
         row(
+            "Mango command → report sent p50/p99",
+            format!("{:.0} / {:.0} ms", f.report_p50, f.report_p99),
+        );
+        row(
             "REST requests per callback",
             format!(
                 "{:.2} ({} in all; {} more for upkeep)",
@@ -97,6 +101,18 @@ impl BenchReport {
             "CPU time of the process",
             format!("{:.2} s ({whose})", f.cpu_s),
         );
+        if let Some(w) = &f.sqlite_writer {
+            row(
+                "SQLite's one writer",
+                format!(
+                    "busy {:.0} % · per callback {:.2} worker writes (mean {:.2} ms) + {:.2} group commits",
+                    w.busy * 100.0,
+                    w.other_per_callback,
+                    w.other_held_ms,
+                    w.group_commits_per_callback
+                ),
+            );
+        }
         for c in &self.checks {
             let mark = if c.ok { "ok  " } else { "FAIL" };
             row(&format!("check {mark} {}", c.name), c.detail.clone());
