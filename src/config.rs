@@ -509,12 +509,13 @@ mod tests {
     use clap::Parser;
 
     fn args_with_key(key: &str) -> SettingsArgs {
+        // `--secret-key=…` in one argument: a URL-safe base64 key begins with `-` one time in
+        // 64, and as an argument of its own it would be read as a flag.
         Cli::try_parse_from([
-            "mango-callback",
-            "--database-url",
-            "postgres://app@db.example/app",
-            "--secret-key",
-            key,
+            "mango-callback".to_owned(),
+            "--database-url".to_owned(),
+            "postgres://app@db.example/app".to_owned(),
+            format!("--secret-key={key}"),
         ])
         .expect("parses")
         .settings
@@ -557,6 +558,8 @@ mod tests {
             STANDARD.encode(bytes),
             URL_SAFE_NO_PAD.encode(bytes),
             format!("  {}\n", hex::encode([bytes, bytes].concat())),
+            // URL-safe base64 whose first character is `-`.
+            format!("-{}", &URL_SAFE_NO_PAD.encode(bytes)[1..]),
         ] {
             assert!(
                 Settings::from_args(args_with_key(&key)).is_ok(),

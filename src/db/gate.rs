@@ -177,10 +177,11 @@ mod tests {
         for _ in 0..3 {
             let _turn = gate.in_line();
         }
-        let held_from = Instant::now();
         {
             let _turn = gate.ahead();
-            // Busy for 2 ms by the clock (no sleep: the turn is held at least this long).
+            // Busy for 2 ms by the clock, from after the turn began (no sleep: the turn is held
+            // at least this long).
+            let held_from = Instant::now();
             while held_from.elapsed() < std::time::Duration::from_millis(2) {
                 std::hint::spin_loop();
             }
