@@ -20,7 +20,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::db::gate::WriterUse;
+use crate::db::gate::{WriterUse, WritersUse};
 
 /// The content type of the text exposition format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -280,11 +280,11 @@ impl Metrics {
 
     /// The text exposition of every series, with the queue's gauges set from `depth` (read from
     /// the database just now) at `now`, or left out when it could not be read, and SQLite's
-    /// writers' use from `writers` (`(other, group_commit)`; `None` on PostgreSQL).
+    /// writers' use from `writers` (`None` on PostgreSQL).
     pub fn render(
         &self,
         depth: Option<&[QueueDepth]>,
-        writers: Option<(WriterUse, WriterUse)>,
+        writers: Option<WritersUse>,
         now: NaiveDateTime,
     ) -> String {
         let _one_at_a_time = self.scrape.lock();
@@ -293,9 +293,9 @@ impl Metrics {
         if let Some(depth) = depth {
             self.set_queue(depth, now);
         }
-        if let Some((other, group_commit)) = writers {
-            self.set_writers("other", other);
-            self.set_writers("group_commit", group_commit);
+        if let Some(w) = writers {
+            self.set_writers("other", w.other);
+            self.set_writers("group_commit", w.group_commit);
         }
         let mut out = Vec::new();
         // Encoding plain families into a Vec cannot fail; an empty page would say so anyway.
@@ -388,18 +388,18 @@ mod tests {
                 count: 3,
                 earliest_run_at: Some(now - chrono::Duration::seconds(90)),
             }]),
-            Some((
-                WriterUse {
+            Some(WritersUse {
+                other: WriterUse {
                     turns: 7,
                     waited_seconds: 0.25,
                     held_seconds: 1.5,
                 },
-                WriterUse {
+                group_commit: WriterUse {
                     turns: 2,
                     waited_seconds: 0.0,
                     held_seconds: 0.5,
                 },
-            )),
+            }),
             now,
         );
         for line in [
@@ -424,14 +424,14 @@ mod tests {
         }
         let later = m.render(
             None,
-            Some((
-                WriterUse {
+            Some(WritersUse {
+                other: WriterUse {
                     turns: 9,
                     waited_seconds: 0.25,
                     held_seconds: 2.0,
                 },
-                WriterUse::default(),
-            )),
+                group_commit: WriterUse::default(),
+            }),
             now,
         );
         assert!(

@@ -158,15 +158,12 @@ impl PlaceCall {
                 crate::db::write_tx(c, |c| {
                     let turn =
                         crate::mango::rate::take_callback_turn(c, &bucket, &deal.id, offset_us)?;
-                    if let crate::mango::rate::Turn::Wait { .. } = turn {
+                    if let Some(wait) = crate::mango::rate::wait_of(turn) {
                         if deal.phone.as_deref() != Some(ph.as_str()) {
                             store::remember_phone(c, &deal.id, &ph, now)?;
                         }
                         // The job's snooze in this same commit (the worker's would be a second).
-                        let recorded = match crate::mango::rate::wait_of(turn) {
-                            Some(wait) => fence.wait_for_budget(c, wait, clock.now())?,
-                            None => false,
-                        };
+                        let recorded = fence.wait_for_budget(c, wait, clock.now())?;
                         return Ok::<_, crate::db::DbError>((turn, false, recorded));
                     }
                     // Fenced: only while this run still holds the job's lease (see

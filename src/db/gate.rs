@@ -28,8 +28,9 @@ pub struct WriteGate {
     /// The write lock itself: the head of the line and the group committer share it, so the
     /// committer waits for one write at most.
     lock: FairMutex<()>,
-    /// What the writers have waited and held, by class (`[ordinary, committer]`).
-    use_of: [Use; 2],
+    /// What the ordinary writers and the group committer have waited and held.
+    other_use: Use,
+    group_commit_use: Use,
 }
 
 /// One class of writers' turns so far.
@@ -40,15 +41,22 @@ struct Use {
     held_us: AtomicU64,
 }
 
-/// How SQLite's write lock of this process has been used since the start, by class: `ordinary`
-/// is the job worker and every other [`super::Db::run`]; `committer` the robot calls' group
-/// commits. Held time over wall time is how busy the one writer is: near 1, the database is
-/// what bounds the throughput (`/metrics`, the bench's table).
+/// How one class of SQLite's writers in this process has used the write lock since the start.
+/// Held time over wall time is how busy the one writer is: near 1, the database is what bounds
+/// the throughput (`/metrics`, the bench's table).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WriterUse {
     pub turns: u64,
     pub waited_seconds: f64,
     pub held_seconds: f64,
+}
+
+/// Both classes: `other` is the job worker and every other [`super::Db::run`], `group_commit`
+/// the robot calls' shared acknowledgement commits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WritersUse {
+    pub other: WriterUse,
+    pub group_commit: WriterUse,
 }
 
 /// A writer's turn; dropping it lets the next one go.
@@ -79,7 +87,8 @@ impl Default for WriteGate {
             on_threads: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITERS_ON_THREADS)),
             line: FairMutex::default(),
             lock: FairMutex::default(),
-            use_of: Default::default(),
+            other_use: Use::default(),
+            group_commit_use: Use::default(),
         }
     }
 }
@@ -98,44 +107,47 @@ impl WriteGate {
         let asked = Instant::now();
         let line = self.line.lock();
         let lock = self.lock.lock();
-        self.turn(lock, Some(line), asked, &self.use_of[0])
+        turn(lock, Some(line), asked, &self.other_use)
     }
 
     /// The group committer's turn: after the write in progress, ahead of the line.
     pub fn ahead(&self) -> Turn<'_> {
         let asked = Instant::now();
         let lock = self.lock.lock();
-        self.turn(lock, None, asked, &self.use_of[1])
+        turn(lock, None, asked, &self.group_commit_use)
     }
 
-    fn turn<'a>(
-        &'a self,
-        lock: FairMutexGuard<'a, ()>,
-        line: Option<FairMutexGuard<'a, ()>>,
-        asked: Instant,
-        counted: &'a Use,
-    ) -> Turn<'a> {
-        let since = Instant::now();
-        counted.turns.fetch_add(1, Ordering::Relaxed);
-        counted
-            .waited_us
-            .fetch_add(micros(since - asked), Ordering::Relaxed);
-        Turn {
-            _lock: lock,
-            _line: line,
-            since,
-            counted,
-        }
-    }
-
-    /// The writers' use of the lock so far: `(ordinary, committer)`.
-    pub fn use_so_far(&self) -> (WriterUse, WriterUse) {
+    /// The writers' use of the lock so far.
+    pub fn use_so_far(&self) -> WritersUse {
         let read = |u: &Use| WriterUse {
             turns: u.turns.load(Ordering::Relaxed),
             waited_seconds: u.waited_us.load(Ordering::Relaxed) as f64 / 1e6,
             held_seconds: u.held_us.load(Ordering::Relaxed) as f64 / 1e6,
         };
-        (read(&self.use_of[0]), read(&self.use_of[1]))
+        WritersUse {
+            other: read(&self.other_use),
+            group_commit: read(&self.group_commit_use),
+        }
+    }
+}
+
+/// A turn that began now, asked for at `asked`, counted in `counted`.
+fn turn<'a>(
+    lock: FairMutexGuard<'a, ()>,
+    line: Option<FairMutexGuard<'a, ()>>,
+    asked: Instant,
+    counted: &'a Use,
+) -> Turn<'a> {
+    let since = Instant::now();
+    counted.turns.fetch_add(1, Ordering::Relaxed);
+    counted
+        .waited_us
+        .fetch_add(micros(since - asked), Ordering::Relaxed);
+    Turn {
+        _lock: lock,
+        _line: line,
+        since,
+        counted,
     }
 }
 
@@ -186,7 +198,10 @@ mod tests {
                 std::hint::spin_loop();
             }
         }
-        let (other, group_commit) = gate.use_so_far();
+        let WritersUse {
+            other,
+            group_commit,
+        } = gate.use_so_far();
         assert_eq!((other.turns, group_commit.turns), (3, 1));
         assert!(
             group_commit.held_seconds >= 0.002,

@@ -332,9 +332,9 @@ impl Db {
         self.group.counts()
     }
 
-    /// SQLite only: how this process's writers have used the write lock so far,
-    /// `(other, group_commit)` ([`gate::WriteGate::use_so_far`]).
-    pub fn sqlite_writers(&self) -> Option<(gate::WriterUse, gate::WriterUse)> {
+    /// SQLite only: how this process's writers have used the write lock so far
+    /// ([`gate::WriteGate::use_so_far`]).
+    pub fn sqlite_writers(&self) -> Option<gate::WritersUse> {
         self.gate.as_deref().map(gate::WriteGate::use_so_far)
     }
 

@@ -96,14 +96,9 @@ impl Lease {
         now: NaiveDateTime,
     ) -> diesel::QueryResult<bool> {
         let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
-        let note = snooze_note(wait);
+        let note = format!("snoozed {} ms for a rate budget", wait.as_millis());
         queue::wait_for_budget(c, &self.job_id, &self.worker, at, &note, now)
     }
-}
-
-/// The stored note of a job waiting for a rate budget.
-pub fn snooze_note(wait: Duration) -> String {
-    format!("snoozed {} ms for a rate budget", wait.as_millis())
 }
 
 impl From<crate::db::DbError> for JobError {

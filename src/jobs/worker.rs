@@ -342,14 +342,16 @@ pub async fn finish(
     };
     let now = ctx.shared.clock.now();
     let (id, w) = (job.id.clone(), worker.to_owned());
+    // The same writes a run makes when it records its own ending ([`super::Lease`]).
+    let lease = super::Lease {
+        job_id: id.clone(),
+        worker: w.clone(),
+    };
     let outcome = match result {
         Ok(()) => {
             took(JobOutcome::Done);
             tracing::info!("job done");
-            ctx.shared
-                .db
-                .run(move |c| queue::complete(c, &id, &w, now))
-                .await
+            ctx.shared.db.run(move |c| lease.complete(c, now)).await
         }
         Err(JobError::RetryAt(at, note)) => {
             took(JobOutcome::Waits);
@@ -374,15 +376,13 @@ pub async fn finish(
         }
         Err(JobError::Snooze(wait)) => {
             took(JobOutcome::Waits);
-            let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
-            let note = super::snooze_note(wait);
             tracing::debug!(
                 wait_ms = wait.as_millis() as u64,
                 "job snoozes for a rate budget"
             );
             ctx.shared
                 .db
-                .run(move |c| queue::wait_for_budget(c, &id, &w, at, &note, now))
+                .run(move |c| lease.wait_for_budget(c, wait, now))
                 .await
         }
         Err(JobError::Transient(e)) if job.attempts < job.max_attempts => {

@@ -527,6 +527,14 @@ impl TestApp {
     /// A new deal without a contact, a robot call for it with the `phone` property, accepted
     /// (200) and its jobs run; returns the deal.
     pub async fn robot_call_with_phone(&self, member_id: &str, phone: &str) -> u64 {
+        let deal = self.robot_call_accepted(member_id, phone).await;
+        self.drain().await;
+        deal
+    }
+
+    /// [`TestApp::robot_call_with_phone`] without running its jobs: the robot call accepted
+    /// (200) and queued; returns the deal.
+    pub async fn robot_call_accepted(&self, member_id: &str, phone: &str) -> u64 {
         let deal = self.b24.add_deal(member_id, None);
         let fired = self
             .b24
@@ -534,7 +542,6 @@ impl TestApp {
             .await
             .expect("robot");
         assert_eq!(fired.status, 200, "{}", fired.body);
-        self.drain().await;
         deal
     }
 

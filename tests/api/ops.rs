@@ -136,13 +136,9 @@ async fn metrics_count_robot_calls_mango_commands_rest_calls_refreshes_and_the_q
         .sum("mango_callback_jobs", &[("status", "queued")]);
 
     // A robot call not yet worked on: the queue's gauges see it, and its wait grows.
-    let deal = app.b24.add_deal(&p.member_id, None);
-    let fired = app
-        .b24
-        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "+7 900 123-45-67")])
-        .await
-        .expect("robot");
-    assert_eq!(fired.status, 200, "{}", fired.body);
+    let deal = app
+        .robot_call_accepted(&p.member_id, "+7 900 123-45-67")
+        .await;
     app.advance(Duration::from_secs(30));
     let m = scrape(&app).await;
     assert_eq!(
@@ -299,13 +295,8 @@ async fn metrics_show_how_busy_sqlites_one_writer_is_and_a_callback_costs_few_co
         );
         return;
     }
-    let deal = app.b24.add_deal(&p.member_id, None);
-    let fired = app
-        .b24
-        .fire_robot(&p.member_id, ROBOT, deal, &[("phone", "+7 900 123-45-67")])
-        .await
-        .expect("robot");
-    assert_eq!(fired.status, 200, "{}", fired.body);
+    app.robot_call_accepted(&p.member_id, "+7 900 123-45-67")
+        .await;
     let acked = scrape(&app).await;
     assert_eq!(
         writes(&acked, "group_commit") - writes(&before, "group_commit"),
@@ -326,13 +317,10 @@ async fn metrics_show_how_busy_sqlites_one_writer_is_and_a_callback_costs_few_co
     // Counters only grow: a later scrape never shows less.
     let again = scrape(&app).await;
     assert!(writes(&again, "other") >= writes(&after, "other"));
-    assert!(
-        again.sum("mango_callback_sqlite_write_wait_seconds_total", &[]) >= 0.0
-            && again
-                .0
-                .iter()
-                .any(|s| s.name == "mango_callback_sqlite_write_wait_seconds_total")
-    );
+    assert!(again
+        .0
+        .iter()
+        .any(|s| s.name == "mango_callback_sqlite_write_wait_seconds_total"));
 }
 on_both_backends!(metrics_show_how_busy_sqlites_one_writer_is_and_a_callback_costs_few_commits);
 

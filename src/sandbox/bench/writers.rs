@@ -6,14 +6,13 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::db::gate::WriterUse;
+use crate::db::gate::{WriterUse, WritersUse};
 
 /// The write-lock totals of both writers at one scrape.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Scrape {
     at: Instant,
-    other: WriterUse,
-    group_commit: WriterUse,
+    uses: WritersUse,
 }
 
 /// SQLite's writer between two scrapes (`None` in the figures on PostgreSQL, which has no such
@@ -71,8 +70,10 @@ fn parse(text: &str, at: Instant) -> Option<Scrape> {
     };
     Some(Scrape {
         at,
-        other: writer("other")?,
-        group_commit: writer("group_commit")?,
+        uses: WritersUse {
+            other: writer("other")?,
+            group_commit: writer("group_commit")?,
+        },
     })
 }
 
@@ -81,13 +82,14 @@ pub(super) fn between(before: &Scrape, after: &Scrape, callbacks: usize) -> Writ
     let span = after.at.duration_since(before.at).as_secs_f64().max(1e-6);
     let turns = |a: &WriterUse, b: &WriterUse| a.turns.saturating_sub(b.turns) as f64;
     let held = |a: &WriterUse, b: &WriterUse| (a.held_seconds - b.held_seconds).max(0.0);
-    let other_turns = turns(&after.other, &before.other);
-    let other_held = held(&after.other, &before.other);
+    let (a, b) = (&after.uses, &before.uses);
+    let other_turns = turns(&a.other, &b.other);
+    let other_held = held(&a.other, &b.other);
     let n = callbacks.max(1) as f64;
     WriterFigures {
-        busy: ((other_held + held(&after.group_commit, &before.group_commit)) / span).min(1.0),
+        busy: ((other_held + held(&a.group_commit, &b.group_commit)) / span).min(1.0),
         other_per_callback: other_turns / n,
-        group_commits_per_callback: turns(&after.group_commit, &before.group_commit) / n,
+        group_commits_per_callback: turns(&a.group_commit, &b.group_commit) / n,
         other_held_ms: if other_turns > 0.0 {
             other_held * 1000.0 / other_turns
         } else {
