@@ -17,13 +17,16 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, PgConnection, QueryResult, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-// Both folders hold the same migration names (latest: 2026-12-06-000100_jobs_budget_waited).
+// Both folders hold the same migration names (latest: 2026-12-07-000100_callbacks_lookup_holder).
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 /// Per-session limits on PostgreSQL (see [`Manager::connect`]). SQLite has its busy timeout.
 pub const POSTGRES_SESSION_LIMITS: &str = "SET idle_in_transaction_session_timeout = '60s'; \
      SET lock_timeout = '15s'; SET statement_timeout = '30s';";
+
+/// PostgreSQL sessions of the pool (not the group committers') plan each statement afresh.
+pub const POSTGRES_CUSTOM_PLANS: &str = "SET plan_cache_mode = force_custom_plan;";
 
 /// A connection to either backend; every query in the crate goes through it.
 #[derive(diesel::MultiConnection)]
@@ -64,6 +67,9 @@ fn sqlite_path(url: &str) -> &str {
 pub struct Manager {
     url: String,
     backend: Backend,
+    /// PostgreSQL: plan every statement for its own parameters and the tables' present size
+    /// (see [`Manager::connect`]).
+    custom_plans: bool,
 }
 
 impl ManageConnection for Manager {
@@ -80,6 +86,18 @@ impl ManageConnection for Manager {
                 // gives up instead of queueing for ever, and no statement runs unbounded.
                 conn.batch_execute(POSTGRES_SESSION_LIMITS)
                     .map_err(r2d2::Error::QueryError)?;
+                // diesel prepares each statement once per connection, and PostgreSQL then
+                // keeps a generic plan for it, made for the tables as they were then. The job
+                // queue is empty between bursts and holds thousands of rows during one: the
+                // claims' reads planned on the near-empty table scanned every due job (or the
+                // whole table) for the rest of the connection's life, 33 of the server's 53 s
+                // in a 10,000-call burst (auto_explain). Planned each time, they use the
+                // portal's index. The group committers' few primary-key writes keep their
+                // cached plans: planning them each time slowed the acknowledgements.
+                if self.custom_plans {
+                    conn.batch_execute(POSTGRES_CUSTOM_PLANS)
+                        .map_err(r2d2::Error::QueryError)?;
+                }
                 Ok(DbConnection::Postgres(conn))
             }
             Backend::Sqlite => {
@@ -186,6 +204,7 @@ impl Db {
         let manager = Manager {
             url: url.to_owned(),
             backend,
+            custom_plans: true,
         };
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
@@ -216,6 +235,7 @@ impl Db {
             .build(Manager {
                 url: url.to_owned(),
                 backend,
+                custom_plans: false,
             })
             .context("cannot open the database for the group committer")?;
         let group = group::GroupCommit::start(commit_pool, gate.clone(), lanes)

@@ -326,16 +326,24 @@ pub fn candidates(
         }
         add_due(&mut portals, member_id, oldest, n);
     }
-    let expired: Vec<PortalDue> = jobs::table
+    // The running jobs, read once for both uses below: their leases end the job slots of a
+    // live worker or, run out, make them due again. They are a few (the job slots of the live
+    // workers); two reads of them (expired, live) each walked the index entries of every job
+    // that had run since the last vacuum, 2.5 ms a claim on PostgreSQL in a burst.
+    let running_rows: Vec<(Option<String>, Option<NaiveDateTime>, NaiveDateTime)> = jobs::table
         .filter(jobs::status.eq(RUNNING))
-        .filter(jobs::locked_until.lt(now))
-        .group_by(jobs::member_id)
-        .select((
-            jobs::member_id,
-            diesel::dsl::min(jobs::run_at),
-            diesel::dsl::count_star(),
-        ))
+        .select((jobs::member_id, jobs::locked_until, jobs::run_at))
         .load(conn)?;
+    let mut expired: Vec<PortalDue> = Vec::new();
+    let mut running: std::collections::HashMap<Option<String>, i64> = Default::default();
+    for (member_id, locked_until, run_at) in running_rows {
+        match locked_until {
+            Some(until) if until < now => add_due(&mut expired, member_id, Some(run_at), 1),
+            Some(_) => *running.entry(member_id).or_insert(0) += 1,
+            // Never written (a claim always sets a lease); counted as neither, as before.
+            None => {}
+        }
+    }
     // Queued jobs whose time has come, and running jobs whose lease ran out (their worker died):
     // the second are a handful, of the portals named here.
     let with_expired: std::collections::HashSet<Option<String>> =
@@ -350,14 +358,6 @@ pub fn candidates(
     // fewest due: a lone callback's portal is served before the next job of a portal in the
     // middle of a burst, though the burst's jobs are older. The burst still gets every slot the
     // quiet portals leave.
-    let running: std::collections::HashMap<Option<String>, i64> = jobs::table
-        .filter(jobs::status.eq(RUNNING))
-        .filter(jobs::locked_until.ge(now))
-        .group_by(jobs::member_id)
-        .select((jobs::member_id, diesel::dsl::count_star()))
-        .load::<(Option<String>, i64)>(conn)?
-        .into_iter()
-        .collect();
     // A stable sort: among portals alike in both, the oldest due job still goes first.
     portals.sort_by_key(|(m, _, due)| (running.get(m).copied().unwrap_or(0), *due));
     portals.truncate(usize::try_from(want).unwrap_or(usize::MAX));
