@@ -80,19 +80,18 @@ pub fn open_first_attempt(
         Some(a) if a.command_id == command_id => return Ok(()),
         Some(a) => a.n + 1,
     };
-    let inserted = insert_if_absent(c, |c| {
-        diesel::insert_into(call_attempts::table)
-            .values((
-                call_attempts::callback_id.eq(&cb.id),
-                call_attempts::n.eq(n),
-                call_attempts::member_id.eq(&cb.member_id),
-                call_attempts::command_id.eq(command_id),
-                call_attempts::group_kind.eq(cb.group_kind.map_or("trainee", |g| g.as_str())),
-                call_attempts::group_extension.eq(group_extension),
-                call_attempts::placed_at.eq(now),
-            ))
-            .execute(c)
-    })?;
+    let inserted = insert_if_absent!(
+        c,
+        diesel::insert_into(call_attempts::table).values((
+            call_attempts::callback_id.eq(&cb.id),
+            call_attempts::n.eq(n),
+            call_attempts::member_id.eq(&cb.member_id),
+            call_attempts::command_id.eq(command_id),
+            call_attempts::group_kind.eq(cb.group_kind.map_or("trainee", |g| g.as_str())),
+            call_attempts::group_extension.eq(group_extension),
+            call_attempts::placed_at.eq(now),
+        ))
+    )?;
     if inserted {
         let minutes = crate::portal::store::settings_or_default(c, &cb.member_id, now)?
             .outcome_wait_minutes

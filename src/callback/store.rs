@@ -15,36 +15,34 @@ pub fn insert_queued(
     run: &RobotRun,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    insert_if_absent(c, |c| {
-        diesel::insert_into(callbacks::table)
-            .values((
-                callbacks::id.eq(id),
-                callbacks::member_id.eq(&run.member_id),
-                callbacks::deal_id.eq(run.deal_id.as_str()),
-                callbacks::event_token.eq(&run.event_token),
-                callbacks::workflow_id.eq(&run.workflow_id),
-                callbacks::requested_group.eq(run.requested.as_str()),
-                callbacks::phone_override.eq(&run.phone_override),
-                callbacks::status.eq(Status::Queued),
-                callbacks::created_at.eq(now),
-                callbacks::updated_at.eq(now),
-            ))
-            .execute(c)
-    })
+    insert_if_absent!(
+        c,
+        diesel::insert_into(callbacks::table).values((
+            callbacks::id.eq(id),
+            callbacks::member_id.eq(&run.member_id),
+            callbacks::deal_id.eq(run.deal_id.as_str()),
+            callbacks::event_token.eq(&run.event_token),
+            callbacks::workflow_id.eq(&run.workflow_id),
+            callbacks::requested_group.eq(run.requested.as_str()),
+            callbacks::phone_override.eq(&run.phone_override),
+            callbacks::status.eq(Status::Queued),
+            callbacks::created_at.eq(now),
+            callbacks::updated_at.eq(now),
+        ))
+    )
 }
 
 /// The deal's row, created on its first run.
 pub fn ensure_deal(c: &mut DbConnection, run: &RobotRun, now: NaiveDateTime) -> QueryResult<bool> {
-    insert_if_absent(c, |c| {
-        diesel::insert_into(deals::table)
-            .values((
-                deals::member_id.eq(&run.member_id),
-                deals::deal_id.eq(run.deal_id.as_str()),
-                deals::runs.eq(0),
-                deals::updated_at.eq(now),
-            ))
-            .execute(c)
-    })
+    insert_if_absent!(
+        c,
+        diesel::insert_into(deals::table).values((
+            deals::member_id.eq(&run.member_id),
+            deals::deal_id.eq(run.deal_id.as_str()),
+            deals::runs.eq(0),
+            deals::updated_at.eq(now),
+        ))
+    )
 }
 
 /// The duplicate cut-off's compare-and-set: the deal becomes the callback's only if no callback
@@ -167,23 +165,22 @@ pub fn insert_unusable(
     reason: &str,
     now: NaiveDateTime,
 ) -> QueryResult<bool> {
-    insert_if_absent(c, |c| {
-        diesel::insert_into(callbacks::table)
-            .values((
-                callbacks::id.eq(id),
-                callbacks::member_id.eq(member_id),
-                callbacks::deal_id.eq(deal.map_or("", DealId::as_str)),
-                callbacks::event_token.eq(event_token),
-                callbacks::workflow_id.eq(workflow_id),
-                callbacks::requested_group.eq("-"),
-                callbacks::status.eq(Status::Failed),
-                callbacks::error.eq(reason),
-                callbacks::finished_at.eq(now),
-                callbacks::created_at.eq(now),
-                callbacks::updated_at.eq(now),
-            ))
-            .execute(c)
-    })
+    insert_if_absent!(
+        c,
+        diesel::insert_into(callbacks::table).values((
+            callbacks::id.eq(id),
+            callbacks::member_id.eq(member_id),
+            callbacks::deal_id.eq(deal.map_or("", DealId::as_str)),
+            callbacks::event_token.eq(event_token),
+            callbacks::workflow_id.eq(workflow_id),
+            callbacks::requested_group.eq("-"),
+            callbacks::status.eq(Status::Failed),
+            callbacks::error.eq(reason),
+            callbacks::finished_at.eq(now),
+            callbacks::created_at.eq(now),
+            callbacks::updated_at.eq(now),
+        ))
+    )
 }
 
 /// The callback that an `event_token` already started on this portal. Event tokens are unique per

@@ -54,23 +54,22 @@ pub struct JobRow {
 /// Inserts the job; returns `false` when a job with the same dedup key already exists.
 pub fn enqueue(conn: &mut DbConnection, job: &NewJob, now: NaiveDateTime) -> QueryResult<bool> {
     let id = uuid::Uuid::now_v7().to_string();
-    insert_if_absent(conn, |c| {
-        diesel::insert_into(jobs::table)
-            .values((
-                jobs::id.eq(&id),
-                jobs::member_id.eq(&job.member_id),
-                jobs::kind.eq(job.kind),
-                jobs::payload.eq(&job.payload),
-                jobs::dedup_key.eq(&job.dedup_key),
-                jobs::status.eq(QUEUED),
-                jobs::attempts.eq(0),
-                jobs::max_attempts.eq(job.max_attempts),
-                jobs::run_at.eq(job.run_at),
-                jobs::created_at.eq(now),
-                jobs::updated_at.eq(now),
-            ))
-            .execute(c)
-    })
+    insert_if_absent!(
+        conn,
+        diesel::insert_into(jobs::table).values((
+            jobs::id.eq(&id),
+            jobs::member_id.eq(&job.member_id),
+            jobs::kind.eq(job.kind),
+            jobs::payload.eq(&job.payload),
+            jobs::dedup_key.eq(&job.dedup_key),
+            jobs::status.eq(QUEUED),
+            jobs::attempts.eq(0),
+            jobs::max_attempts.eq(job.max_attempts),
+            jobs::run_at.eq(job.run_at),
+            jobs::created_at.eq(now),
+            jobs::updated_at.eq(now),
+        ))
+    )
 }
 
 /// [`claim_gathering`] with no kind gathered: every due job is claimed on its own.

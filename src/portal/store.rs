@@ -82,38 +82,36 @@ pub fn upsert_installed(
     now: NaiveDateTime,
 ) -> QueryResult<()> {
     let expires_at = d.expires_in.map(|s| super::token_expiry(now, s));
-    let inserted = insert_if_absent(conn, |c| {
-        diesel::insert_into(portals::table)
-            .values((
-                portals::member_id.eq(&d.member_id),
-                portals::domain.eq(&d.domain),
-                portals::client_endpoint.eq(&d.client_endpoint),
-                portals::server_endpoint.eq(&d.server_endpoint),
-                portals::access_token
-                    .eq(cipher
-                        .seal_opt(Slot::access_token(&d.member_id), d.access_token.as_deref())),
-                portals::refresh_token.eq(cipher.seal_opt(
-                    Slot::refresh_token(&d.member_id),
-                    d.refresh_token.as_deref(),
-                )),
-                portals::application_token.eq(cipher.seal_opt(
-                    Slot::application_token(&d.member_id),
-                    d.application_token.as_deref(),
-                )),
-                portals::app_token_received_at.eq(d.application_token.as_ref().map(|_| now)),
-                portals::expires_at.eq(expires_at),
-                portals::scope.eq(&d.scope),
-                portals::status.eq(&d.status),
-                portals::lang.eq(d.lang.as_deref().unwrap_or("ru")),
-                portals::installed.eq(true),
-                portals::needs_reauth.eq(false),
-                portals::token_version.eq(1i64),
-                portals::refreshed_at.eq(now),
-                portals::created_at.eq(now),
-                portals::updated_at.eq(now),
-            ))
-            .execute(c)
-    })?;
+    let inserted = insert_if_absent!(
+        conn,
+        diesel::insert_into(portals::table).values((
+            portals::member_id.eq(&d.member_id),
+            portals::domain.eq(&d.domain),
+            portals::client_endpoint.eq(&d.client_endpoint),
+            portals::server_endpoint.eq(&d.server_endpoint),
+            portals::access_token
+                .eq(cipher.seal_opt(Slot::access_token(&d.member_id), d.access_token.as_deref())),
+            portals::refresh_token.eq(cipher.seal_opt(
+                Slot::refresh_token(&d.member_id),
+                d.refresh_token.as_deref(),
+            )),
+            portals::application_token.eq(cipher.seal_opt(
+                Slot::application_token(&d.member_id),
+                d.application_token.as_deref(),
+            )),
+            portals::app_token_received_at.eq(d.application_token.as_ref().map(|_| now)),
+            portals::expires_at.eq(expires_at),
+            portals::scope.eq(&d.scope),
+            portals::status.eq(&d.status),
+            portals::lang.eq(d.lang.as_deref().unwrap_or("ru")),
+            portals::installed.eq(true),
+            portals::needs_reauth.eq(false),
+            portals::token_version.eq(1i64),
+            portals::refreshed_at.eq(now),
+            portals::created_at.eq(now),
+            portals::updated_at.eq(now),
+        ))
+    )?;
     if inserted {
         return Ok(());
     }
@@ -453,11 +451,7 @@ pub fn settings_by_mango_key(
 }
 
 pub fn save_settings(conn: &mut DbConnection, s: &PortalSettings) -> QueryResult<()> {
-    let inserted = insert_if_absent(conn, |c| {
-        diesel::insert_into(portal_settings::table)
-            .values(s)
-            .execute(c)
-    })?;
+    let inserted = insert_if_absent!(conn, diesel::insert_into(portal_settings::table).values(s))?;
     if !inserted {
         diesel::update(portal_settings::table.find(&s.member_id))
             .set(s)

@@ -62,15 +62,14 @@ pub fn take_page_turn(
     let portal = portal_bucket(member_id);
     let refused = refused_bucket(key_hash);
     write_tx(conn, |c| {
-        insert_if_absent(c, |c| {
-            diesel::insert_into(rate_slots::table)
-                .values((
-                    rate_slots::bucket.eq(&portal),
-                    rate_slots::slot.eq(-1i64),
-                    rate_slots::used.eq(0),
-                ))
-                .execute(c)
-        })?;
+        insert_if_absent!(
+            c,
+            diesel::insert_into(rate_slots::table).values((
+                rate_slots::bucket.eq(&portal),
+                rate_slots::slot.eq(-1i64),
+                rate_slots::used.eq(0),
+            ))
+        )?;
         diesel::update(rate_slots::table.find((&portal, -1i64)))
             .set(rate_slots::used.eq(rate_slots::used + 1))
             .execute(c)?;
@@ -108,15 +107,14 @@ pub fn take_page_turn(
             let until = at.saturating_add(micros(PAGE_INTERVAL));
             return Ok(Err(Wait::Portal(wait_from(until, now_us))));
         }
-        insert_if_absent(c, |c| {
-            diesel::insert_into(rate_slots::table)
-                .values((
-                    rate_slots::bucket.eq(&portal),
-                    rate_slots::slot.eq(now_us),
-                    rate_slots::used.eq(1),
-                ))
-                .execute(c)
-        })?;
+        insert_if_absent!(
+            c,
+            diesel::insert_into(rate_slots::table).values((
+                rate_slots::bucket.eq(&portal),
+                rate_slots::slot.eq(now_us),
+                rate_slots::used.eq(1),
+            ))
+        )?;
         Ok(Ok(()))
     })
 }
@@ -135,14 +133,13 @@ pub fn record_refused_key(
             .filter(rate_slots::slot.le(now_us.saturating_sub(micros(REFUSED_KEY_PAUSE)))),
     )
     .execute(conn)?;
-    insert_if_absent(conn, |c| {
-        diesel::insert_into(rate_slots::table)
-            .values((
-                rate_slots::bucket.eq(&refused),
-                rate_slots::slot.eq(now_us),
-                rate_slots::used.eq(1),
-            ))
-            .execute(c)
-    })?;
+    insert_if_absent!(
+        conn,
+        diesel::insert_into(rate_slots::table).values((
+            rate_slots::bucket.eq(&refused),
+            rate_slots::slot.eq(now_us),
+            rate_slots::used.eq(1),
+        ))
+    )?;
     Ok(())
 }

@@ -316,3 +316,36 @@ async fn on_postgres_the_queues_reads_are_planned_for_its_present_size_not_from_
         .expect("the committer's session");
     assert_eq!(committer.plan_cache_mode, "auto");
 }
+
+/// An enqueue whose dedup key is taken is a no-op that leaves its transaction usable: the
+/// acknowledgement of a robot call enqueues inside one, and on PostgreSQL a unique violation
+/// would abort it (the insert says `ON CONFLICT DO NOTHING` instead of catching the violation).
+async fn a_second_enqueue_of_a_key_inside_a_transaction_leaves_it_usable(backend: Backend) {
+    use diesel::Connection;
+    let (url, _guard) = fresh_database(backend);
+    let db = Db::connect(&url, 2).expect("db");
+    let now = chrono::Utc::now().naive_utc();
+    let mut conn = db.get_blocking().expect("conn");
+    let outcomes = conn
+        .transaction(|c| -> diesel::QueryResult<_> {
+            Ok((
+                queue::enqueue(c, &job(1, now), now)?,
+                queue::enqueue(c, &job(1, now), now)?,
+                queue::enqueue(c, &job(2, now), now)?,
+            ))
+        })
+        .expect("one transaction");
+    assert_eq!(outcomes, (true, false, true));
+    let mut payloads: Vec<String> = queue::all(&mut conn)
+        .expect("jobs")
+        .into_iter()
+        .map(|j| j.payload)
+        .collect();
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        ["{\"n\":1}", "{\"n\":2}"],
+        "both committed, once each"
+    );
+}
+on_both_backends!(a_second_enqueue_of_a_key_inside_a_transaction_leaves_it_usable);

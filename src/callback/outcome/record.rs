@@ -72,20 +72,19 @@ fn store_event(
         ),
         Incoming::Summary(s) => (&s.entry_id, "summary", "", 0, None),
     };
-    insert_if_absent(c, |c| {
-        diesel::insert_into(mango_call_events::table)
-            .values((
-                mango_call_events::member_id.eq(member_id),
-                mango_call_events::entry_id.eq(entry),
-                mango_call_events::kind.eq(kind),
-                mango_call_events::call_id.eq(call_id),
-                mango_call_events::seq.eq(seq),
-                mango_call_events::command_id.eq(command_id),
-                mango_call_events::body.eq(body),
-                mango_call_events::received_at.eq(now),
-            ))
-            .execute(c)
-    })
+    insert_if_absent!(
+        c,
+        diesel::insert_into(mango_call_events::table).values((
+            mango_call_events::member_id.eq(member_id),
+            mango_call_events::entry_id.eq(entry),
+            mango_call_events::kind.eq(kind),
+            mango_call_events::call_id.eq(call_id),
+            mango_call_events::seq.eq(seq),
+            mango_call_events::command_id.eq(command_id),
+            mango_call_events::body.eq(body),
+            mango_call_events::received_at.eq(now),
+        ))
+    )
 }
 
 /// How long Mango's call events are kept. Mango posts a summary for every call on the PBX, not
