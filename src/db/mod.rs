@@ -25,9 +25,6 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 pub const POSTGRES_SESSION_LIMITS: &str = "SET idle_in_transaction_session_timeout = '60s'; \
      SET lock_timeout = '15s'; SET statement_timeout = '30s';";
 
-/// PostgreSQL sessions of the pool (not the group committers') plan each statement afresh.
-pub const POSTGRES_CUSTOM_PLANS: &str = "SET plan_cache_mode = force_custom_plan;";
-
 /// A connection to either backend; every query in the crate goes through it.
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
@@ -37,6 +34,43 @@ pub enum DbConnection {
 
 /// PostgreSQL's group committers ([`group`]), each with its own connection besides the pool.
 pub const POSTGRES_COMMIT_LANES: usize = 4;
+
+/// A query that PostgreSQL plans for its own parameters and the tables' present size each time it
+/// runs (sent as an unnamed statement), where others are prepared once per connection and, from
+/// their sixth run on, may run on a generic plan PostgreSQL keeps. The job queue is near-empty
+/// between bursts and holds thousands of rows during one: a claim's read of a portal's due jobs
+/// planned on the near-empty table walked every due job of every portal for the rest of the
+/// connection's life (33 of the server's 53 s in a 10,000-call burst, `auto_explain`). Planning
+/// every statement each time instead cost the server ~10 s of planning in the same burst. On
+/// SQLite it changes nothing: its statements stay cached and are planned on the data as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedEachTime<Q>(pub Q);
+
+impl<Q> diesel::query_builder::QueryId for PlannedEachTime<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for PlannedEachTime<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q> diesel::query_builder::QueryFragment<MultiBackend> for PlannedEachTime<Q>
+where
+    Q: diesel::query_builder::QueryFragment<MultiBackend>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, MultiBackend>,
+    ) -> QueryResult<()> {
+        if matches!(out.backend(), MultiBackend::Postgres(_)) {
+            out.unsafe_to_cache_prepared();
+        }
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q, Conn> RunQueryDsl<Conn> for PlannedEachTime<Q> {}
 
 /// Which backend a `DATABASE_URL` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +101,6 @@ fn sqlite_path(url: &str) -> &str {
 pub struct Manager {
     url: String,
     backend: Backend,
-    /// PostgreSQL: plan every statement for its own parameters and the tables' present size
-    /// (see [`Manager::connect`]).
-    custom_plans: bool,
 }
 
 impl ManageConnection for Manager {
@@ -86,18 +117,6 @@ impl ManageConnection for Manager {
                 // gives up instead of queueing for ever, and no statement runs unbounded.
                 conn.batch_execute(POSTGRES_SESSION_LIMITS)
                     .map_err(r2d2::Error::QueryError)?;
-                // diesel prepares each statement once per connection, and PostgreSQL then
-                // keeps a generic plan for it, made for the tables as they were then. The job
-                // queue is empty between bursts and holds thousands of rows during one: the
-                // claims' reads planned on the near-empty table scanned every due job (or the
-                // whole table) for the rest of the connection's life, 33 of the server's 53 s
-                // in a 10,000-call burst (auto_explain). Planned each time, they use the
-                // portal's index. The group committers' few primary-key writes keep their
-                // cached plans: planning them each time slowed the acknowledgements.
-                if self.custom_plans {
-                    conn.batch_execute(POSTGRES_CUSTOM_PLANS)
-                        .map_err(r2d2::Error::QueryError)?;
-                }
                 Ok(DbConnection::Postgres(conn))
             }
             Backend::Sqlite => {
@@ -197,7 +216,6 @@ impl Db {
         let manager = Manager {
             url: url.to_owned(),
             backend,
-            custom_plans: true,
         };
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
@@ -228,7 +246,6 @@ impl Db {
             .build(Manager {
                 url: url.to_owned(),
                 backend,
-                custom_plans: false,
             })
             .context("cannot open the database for the group committer")?;
         let group = group::GroupCommit::start(commit_pool, gate.clone(), lanes)

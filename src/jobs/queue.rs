@@ -13,7 +13,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use crate::db::schema::jobs;
-use crate::db::{insert_if_absent, DbConnection};
+use crate::db::{insert_if_absent, DbConnection, PlannedEachTime};
 
 pub const QUEUED: &str = "queued";
 pub const RUNNING: &str = "running";
@@ -182,13 +182,15 @@ fn rows_in_order(conn: &mut DbConnection, ids: Vec<String>) -> QueryResult<Vec<J
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rows: std::collections::HashMap<String, JobRow> = jobs::table
-        .filter(jobs::id.eq_any(&ids))
-        .select(JobRow::as_select())
-        .load::<JobRow>(conn)?
-        .into_iter()
-        .map(|r| (r.id.clone(), r))
-        .collect();
+    let mut rows: std::collections::HashMap<String, JobRow> = PlannedEachTime(
+        jobs::table
+            .filter(jobs::id.eq_any(&ids))
+            .select(JobRow::as_select()),
+    )
+    .load::<JobRow>(conn)?
+    .into_iter()
+    .map(|r| (r.id.clone(), r))
+    .collect();
     Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
 }
 
@@ -213,11 +215,13 @@ pub fn adopt(
             .filter(jobs::run_at.le(now))
             .filter(jobs::attempts.eq(0))
     };
-    let ids: Vec<String> = due()
-        .order((jobs::run_at.asc(), jobs::id.asc()))
-        .select(jobs::id)
-        .limit(limit)
-        .load(conn)?;
+    let ids: Vec<String> = PlannedEachTime(
+        due()
+            .order((jobs::run_at.asc(), jobs::id.asc()))
+            .select(jobs::id)
+            .limit(limit),
+    )
+    .load(conn)?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -306,17 +310,19 @@ pub fn candidates(
     // handful). One query with the `OR` of both looked up every due job's row.
     // Queued ones counted apart by whether they were woken from a wait for a rate budget, in
     // the index's own order: a portal's read below asks only for the kinds it has.
-    let queued: Vec<(Option<String>, bool, Option<NaiveDateTime>, i64)> = jobs::table
-        .filter(jobs::status.eq(QUEUED))
-        .filter(jobs::run_at.le(now))
-        .group_by((jobs::member_id, jobs::budget_waited))
-        .select((
-            jobs::member_id,
-            jobs::budget_waited,
-            diesel::dsl::min(jobs::run_at),
-            diesel::dsl::count_star(),
-        ))
-        .load(conn)?;
+    let queued: Vec<(Option<String>, bool, Option<NaiveDateTime>, i64)> = PlannedEachTime(
+        jobs::table
+            .filter(jobs::status.eq(QUEUED))
+            .filter(jobs::run_at.le(now))
+            .group_by((jobs::member_id, jobs::budget_waited))
+            .select((
+                jobs::member_id,
+                jobs::budget_waited,
+                diesel::dsl::min(jobs::run_at),
+                diesel::dsl::count_star(),
+            )),
+    )
+    .load(conn)?;
     let mut woken: std::collections::HashMap<Option<String>, i64> = Default::default();
     let mut portals: Vec<PortalDue> = Vec::new();
     for (member_id, waited, oldest, n) in queued {
@@ -329,9 +335,12 @@ pub fn candidates(
     // live worker or, run out, make them due again. They are a few (the job slots of the live
     // workers); two reads of them (expired, live) each walked the index entries of every job
     // that had run since the last vacuum, 2.5 ms a claim on PostgreSQL in a burst.
-    let running_rows: Vec<(Option<String>, Option<NaiveDateTime>, NaiveDateTime)> = jobs::table
-        .filter(jobs::status.eq(RUNNING))
-        .select((jobs::member_id, jobs::locked_until, jobs::run_at))
+    let running_rows: Vec<(Option<String>, Option<NaiveDateTime>, NaiveDateTime)> =
+        PlannedEachTime(jobs::table.filter(jobs::status.eq(RUNNING)).select((
+            jobs::member_id,
+            jobs::locked_until,
+            jobs::run_at,
+        )))
         .load(conn)?;
     let mut expired: Vec<PortalDue> = Vec::new();
     let mut running: std::collections::HashMap<Option<String>, i64> = Default::default();
@@ -462,7 +471,7 @@ fn portal_due(
     } else {
         q.filter(jobs::run_at.le(now))
     };
-    let rows: Vec<(String, String, bool, NaiveDateTime)> = q.load(conn)?;
+    let rows: Vec<(String, String, bool, NaiveDateTime)> = PlannedEachTime(q).load(conn)?;
     Ok(rows
         .into_iter()
         .map(|(id, kind, waited, run_at)| {
@@ -687,10 +696,12 @@ pub fn count_pending_of_kind(conn: &mut DbConnection, kind: &str) -> QueryResult
 /// When the earliest queued job comes due (`None`: nothing queued): the worker sleeps until
 /// then rather than a whole poll, so a job snoozed for a rate limit runs when its slot comes.
 pub fn next_due(conn: &mut DbConnection) -> QueryResult<Option<NaiveDateTime>> {
-    jobs::table
-        .filter(jobs::status.eq(QUEUED))
-        .select(diesel::dsl::min(jobs::run_at))
-        .first(conn)
+    PlannedEachTime(
+        jobs::table
+            .filter(jobs::status.eq(QUEUED))
+            .select(diesel::dsl::min(jobs::run_at)),
+    )
+    .get_result(conn)
 }
 
 /// Per status other than done: how many jobs and the earliest `run_at` (`GET /metrics`). One

@@ -37,7 +37,7 @@ pub trait LocalSettings {
             mango_api_url: format!("{}/", mango_url.trim_end_matches('/')),
             secret_key: SecretKey::parse(LOCAL_SECRET_KEY)
                 .unwrap_or_else(|e| unreachable!("the local key is valid: {e}")),
-            job_concurrency: 96,
+            job_concurrency: 144,
             job_lease: crate::jobs::worker::DEFAULT_LEASE,
             db_pool_size: 8,
             b24_requests_per_second: 2.0,
