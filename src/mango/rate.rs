@@ -217,14 +217,7 @@ pub fn take_or_queue(
                 .first()
                 .map_or(frees_at, |newest| frees_at.max(newest + 1))
                 .max(now_us);
-            let taken = insert_if_absent!(
-                c,
-                diesel::insert_into(rate_slots::table).values((
-                    rate_slots::bucket.eq(bucket),
-                    rate_slots::slot.eq(slot_us),
-                    rate_slots::used.eq(1),
-                ))
-            )?;
+            let taken = insert_slot(c, bucket, slot_us, 1)?;
             if taken {
                 diesel::delete(mango_waits::table.find((bucket, holder))).execute(c)?;
                 return Ok(Turn::Taken {
@@ -285,17 +278,23 @@ fn lock_bucket(c: &mut DbConnection, bucket: &str) -> QueryResult<()> {
             .execute(c)
     };
     if lock(c)? == 0 {
-        insert_if_absent!(
-            c,
-            diesel::insert_into(rate_slots::table).values((
-                rate_slots::bucket.eq(bucket),
-                rate_slots::slot.eq(-1i64),
-                rate_slots::used.eq(0),
-            ))
-        )?;
+        insert_slot(c, bucket, -1, 0)?;
         lock(c)?;
     }
     Ok(())
+}
+
+/// The bucket's row at `slot` (a send's time in µs, or -1 for the lock row) unless it exists;
+/// `false` when it did (a send already counted at that microsecond).
+fn insert_slot(c: &mut DbConnection, bucket: &str, slot: i64, used: i32) -> QueryResult<bool> {
+    insert_if_absent!(
+        c,
+        diesel::insert_into(rate_slots::table).values((
+            rate_slots::bucket.eq(bucket),
+            rate_slots::slot.eq(slot),
+            rate_slots::used.eq(used),
+        ))
+    )
 }
 
 /// Sends at or before `until` no longer count.
@@ -337,15 +336,7 @@ pub fn take_rate_slot(
         if recent >= limit {
             return Ok(false);
         }
-        let taken = insert_if_absent!(
-            c,
-            diesel::insert_into(rate_slots::table).values((
-                rate_slots::bucket.eq(bucket),
-                rate_slots::slot.eq(now_us),
-                rate_slots::used.eq(1),
-            ))
-        )?;
-        Ok(taken)
+        Ok(insert_slot(c, bucket, now_us, 1)?)
     })
 }
 

@@ -314,11 +314,6 @@ on_both_backends!(
 /// holder that statement read every callback of every portal, on SQLite while holding its one
 /// writer. The plan of the same filter names the partial index on both backends.
 async fn ending_a_runs_lookup_leases_reads_only_the_callbacks_it_leased(backend: Backend) {
-    #[derive(diesel::QueryableByName)]
-    struct Line {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        line: String,
-    }
     let app = spawn_app(backend).await;
     let sqlite = backend == Backend::Sqlite;
     let plan = app
@@ -327,7 +322,7 @@ async fn ending_a_runs_lookup_leases_reads_only_the_callbacks_it_leased(backend:
         .run(move |c| -> diesel::QueryResult<String> {
             let update = "UPDATE callbacks SET phone_lookup_by = NULL, phone_lookup_until = NULL \
                           WHERE phone_lookup_by = 'run-1'";
-            let lines: Vec<Line> = if sqlite {
+            let lines: Vec<String> = if sqlite {
                 #[derive(diesel::QueryableByName)]
                 struct Step {
                     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -335,26 +330,22 @@ async fn ending_a_runs_lookup_leases_reads_only_the_callbacks_it_leased(backend:
                 }
                 let steps: Vec<Step> =
                     diesel::sql_query(format!("EXPLAIN QUERY PLAN {update}")).load(c)?;
-                steps.into_iter().map(|s| Line { line: s.detail }).collect()
+                steps.into_iter().map(|s| s.detail).collect()
             } else {
+                #[derive(diesel::QueryableByName)]
+                struct Step {
+                    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+                    line: String,
+                }
                 // A new table is small enough that a scan is cheapest; the question is whether
                 // the index serves the filter once the table is not.
-                c.transaction::<_, diesel::result::Error, _>(|c| {
+                let steps: Vec<Step> = c.transaction(|c| {
                     diesel::sql_query("SET LOCAL enable_seqscan = off").execute(c)?;
-                    #[derive(diesel::QueryableByName)]
-                    struct Pg {
-                        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-                        line: String,
-                    }
-                    let rows: Vec<Pg> = diesel::sql_query(format!("EXPLAIN {update}")).load(c)?;
-                    Ok(rows.into_iter().map(|r| Line { line: r.line }).collect())
-                })?
+                    diesel::sql_query(format!("EXPLAIN {update}")).load(c)
+                })?;
+                steps.into_iter().map(|s| s.line).collect()
             };
-            Ok(lines
-                .into_iter()
-                .map(|l| l.line)
-                .collect::<Vec<_>>()
-                .join("\n"))
+            Ok(lines.join("\n"))
         })
         .await
         .expect("the plan");
