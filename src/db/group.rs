@@ -17,6 +17,10 @@ use super::{write_tx, DbConnection, DbError, DbPool};
 /// The most writes one transaction takes: a long batch would keep its first caller waiting.
 const MAX_BATCH: usize = 64;
 
+/// The most batches committed one after another in one turn of SQLite's write lock, so that the
+/// job worker's writes still get their turn while robot calls keep arriving.
+const BATCHES_PER_TURN: usize = 4;
+
 /// What a write hands back after its savepoint: it answers its caller once the commit's outcome
 /// is known (`None`: committed).
 type Deliver = Box<dyn FnOnce(Option<&DbError>) + Send>;
@@ -104,18 +108,29 @@ impl GroupCommit {
                         // writes: an acknowledgement waits for one other commit at most. The
                         // writes that arrive meanwhile join this batch.
                         let _turn = gate.as_deref().map(super::gate::WriteGate::ahead);
-                        let mut batch = vec![first];
-                        while batch.len() < MAX_BATCH {
-                            match rx.try_recv() {
-                                Ok(w) => batch.push(w),
-                                Err(_) => break,
+                        let mut next = Some(first);
+                        let mut batches = 0;
+                        while let Some(first) = next.take() {
+                            let mut batch = vec![first];
+                            while batch.len() < MAX_BATCH {
+                                match rx.try_recv() {
+                                    Ok(w) => batch.push(w),
+                                    Err(_) => break,
+                                }
+                            }
+                            counted.batches.fetch_add(1, Ordering::Relaxed);
+                            counted
+                                .writes
+                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            commit(&pool, batch);
+                            batches += 1;
+                            // Writes that arrived during this commit go next in the same turn:
+                            // given back, the lock would go to the job worker's next write
+                            // first, and they would wait for it as well.
+                            if batches < BATCHES_PER_TURN {
+                                next = rx.try_recv().ok();
                             }
                         }
-                        counted.batches.fetch_add(1, Ordering::Relaxed);
-                        counted
-                            .writes
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        commit(&pool, batch);
                     }
                 })?;
             senders.push(queue);
@@ -139,10 +154,11 @@ impl GroupCommit {
     {
         let (answer, rx) = tokio::sync::oneshot::channel();
         let write: Write = Box::new(Item { f, answer });
-        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         self.lanes[self.lane_of(key)]
             .send(write)
             .map_err(|_| DbError::Panicked("the group committer has stopped".into()))?;
+        // Counted once it is in the queue (a test waits on it to know so).
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
         // A dropped answer means the batch panicked (the panic hook logged it).
         rx.await
             .map_err(|_| DbError::Panicked("the shared write transaction panicked".into()))?
@@ -213,4 +229,61 @@ fn copy(e: &DbError) -> DbError {
         DatabaseErrorKind::Unknown
     };
     DbError::Query(DieselError::DatabaseError(kind, Box::new(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Backend, Manager};
+
+    #[actix_web::test]
+    async fn writes_that_arrive_during_a_commit_go_next_in_the_same_turn_of_sqlites_lock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.db");
+        let pool = diesel::r2d2::Pool::builder()
+            .max_size(1)
+            .build(Manager {
+                url: path.to_str().expect("utf-8 path").to_owned(),
+                backend: Backend::Sqlite,
+            })
+            .expect("pool");
+        crate::db::run_migrations(&mut pool.get().expect("conn")).expect("migrations");
+        let gate = Arc::new(super::super::gate::WriteGate::default());
+        let group = Arc::new(GroupCommit::start(pool, Some(Arc::clone(&gate)), 1).expect("start"));
+        // The first write holds its batch open until the second has been handed over.
+        let (started, is_running) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let first = {
+            let group = Arc::clone(&group);
+            actix_web::rt::spawn(async move {
+                group
+                    .run("portal", move |_c| {
+                        let _ = started.send(());
+                        let _ = released.recv();
+                        Ok(1)
+                    })
+                    .await
+            })
+        };
+        actix_web::rt::task::spawn_blocking(move || is_running.recv())
+            .await
+            .expect("join")
+            .expect("the first batch began");
+        let second = {
+            let group = Arc::clone(&group);
+            actix_web::rt::spawn(async move { group.run("portal", |_c| Ok(2)).await })
+        };
+        // The second write is queued once `submitted` counts it.
+        while group.counts().submitted < 2 {
+            actix_web::rt::task::yield_now().await;
+        }
+        release.send(()).expect("release");
+        assert_eq!(first.await.expect("join").expect("first"), 1);
+        assert_eq!(second.await.expect("join").expect("second"), 2);
+        assert_eq!(
+            (group.counts().batches, gate.use_so_far().group_commit.turns),
+            (2, 1),
+            "two batches, one turn of the write lock"
+        );
+    }
 }

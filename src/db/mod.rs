@@ -4,6 +4,7 @@
 //! binary serves the embedded SQLite default and several instances sharing PostgreSQL. Queries are
 //! written once against [`DbConnection`]; the few backend-specific statements live in this module.
 
+pub mod checkpoint;
 pub mod gate;
 pub mod group;
 pub mod schema;
@@ -129,8 +130,10 @@ impl ManageConnection for Manager {
                 // here; the group commit shares it among the robot calls arriving meanwhile).
                 // (mmap_size was tried for the reads after other connections' commits: no
                 // difference beyond the bench's noise, so none of its risks is taken.)
+                // wal_autocheckpoint = 0: no commit copies the log back; [`checkpoint`] does.
                 conn.batch_execute(
-                    "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+                    "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                     PRAGMA wal_autocheckpoint = 0;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
@@ -194,6 +197,9 @@ pub struct Db {
     group: std::sync::Arc<group::GroupCommit>,
     /// SQLite only: the turn of this process's writers ([`gate`]).
     gate: Option<std::sync::Arc<gate::WriteGate>>,
+    /// SQLite only: the thread that copies the log back ([`checkpoint`]); it stops with the
+    /// last clone.
+    _checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
     /// A run's claim on one of the pool's connections, taken before it goes to a thread.
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// As many threads as connections: a run that holds a slot finds one free.
@@ -234,6 +240,13 @@ impl Db {
         run_migrations(&mut conn).context("database migrations failed")?;
         let gate =
             (backend == Backend::Sqlite).then(|| std::sync::Arc::new(gate::WriteGate::default()));
+        let checkpointer = match backend {
+            Backend::Sqlite => Some(std::sync::Arc::new(
+                checkpoint::Checkpointer::start(sqlite_path(url), checkpoint::INTERVAL)
+                    .context("cannot start the SQLite checkpoint thread")?,
+            )),
+            Backend::Postgres => None,
+        };
         let lanes = match backend {
             Backend::Sqlite => 1,
             Backend::Postgres => POSTGRES_COMMIT_LANES,
@@ -258,6 +271,7 @@ impl Db {
             backend,
             group: std::sync::Arc::new(group),
             gate,
+            _checkpointer: checkpointer,
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
             threads,
         })
