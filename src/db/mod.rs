@@ -4,7 +4,6 @@
 //! binary serves the embedded SQLite default and several instances sharing PostgreSQL. Queries are
 //! written once against [`DbConnection`]; the few backend-specific statements live in this module.
 
-pub mod checkpoint;
 pub mod gate;
 pub mod group;
 pub mod schema;
@@ -71,6 +70,21 @@ where
     }
 }
 
+/// On PostgreSQL's own connection (a statement diesel's multi-backend cannot build, such as an
+/// `UPDATE … RETURNING`, see [`take_returning!`]): always planned for its parameters.
+impl<Q> diesel::query_builder::QueryFragment<diesel::pg::Pg> for PlannedEachTime<Q>
+where
+    Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
 impl<Q, Conn> RunQueryDsl<Conn> for PlannedEachTime<Q> {}
 
 /// Which backend a `DATABASE_URL` names.
@@ -130,10 +144,8 @@ impl ManageConnection for Manager {
                 // here; the group commit shares it among the robot calls arriving meanwhile).
                 // (mmap_size was tried for the reads after other connections' commits: no
                 // difference beyond the bench's noise, so none of its risks is taken.)
-                // wal_autocheckpoint = 0: no commit copies the log back; [`checkpoint`] does.
                 conn.batch_execute(
-                    "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                     PRAGMA wal_autocheckpoint = 0;",
+                    "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
@@ -197,9 +209,6 @@ pub struct Db {
     group: std::sync::Arc<group::GroupCommit>,
     /// SQLite only: the turn of this process's writers ([`gate`]).
     gate: Option<std::sync::Arc<gate::WriteGate>>,
-    /// SQLite only: the thread that copies the log back ([`checkpoint`]); it stops with the
-    /// last clone.
-    _checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
     /// A run's claim on one of the pool's connections, taken before it goes to a thread.
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// As many threads as connections: a run that holds a slot finds one free.
@@ -240,13 +249,6 @@ impl Db {
         run_migrations(&mut conn).context("database migrations failed")?;
         let gate =
             (backend == Backend::Sqlite).then(|| std::sync::Arc::new(gate::WriteGate::default()));
-        let checkpointer = match backend {
-            Backend::Sqlite => Some(std::sync::Arc::new(
-                checkpoint::Checkpointer::start(sqlite_path(url), checkpoint::INTERVAL)
-                    .context("cannot start the SQLite checkpoint thread")?,
-            )),
-            Backend::Postgres => None,
-        };
         let lanes = match backend {
             Backend::Sqlite => 1,
             Backend::Postgres => POSTGRES_COMMIT_LANES,
@@ -271,7 +273,6 @@ impl Db {
             backend,
             group: std::sync::Arc::new(group),
             gate,
-            _checkpointer: checkpointer,
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
             threads,
         })
@@ -483,6 +484,27 @@ macro_rules! insert_if_absent {
     }};
 }
 pub(crate) use insert_if_absent;
+
+/// Runs `update` (an `UPDATE` statement) with `RETURNING` the columns of `$row` and loads the
+/// rows it changed: one statement that says exactly which rows it took, where a compare-and-set
+/// per row took a statement each. diesel's multi-backend connection has no `RETURNING`, so it
+/// runs on the backend's own connection (SQLite ≥ 3.35 has it too); on PostgreSQL it is planned
+/// for its ids each time ([`PlannedEachTime`]), as the queue's reads are.
+macro_rules! take_returning {
+    ($conn:expr, $update:expr, $row:ty) => {{
+        use diesel::{RunQueryDsl as _, SelectableHelper as _};
+        match $conn {
+            $crate::db::DbConnection::Postgres(pg) => {
+                $crate::db::PlannedEachTime($update.returning(<$row>::as_returning()))
+                    .get_results::<$row>(pg)
+            }
+            $crate::db::DbConnection::Sqlite(lite) => $update
+                .returning(<$row>::as_returning())
+                .get_results::<$row>(lite),
+        }
+    }};
+}
+pub(crate) use take_returning;
 
 impl From<DbError> for std::io::Error {
     fn from(e: DbError) -> Self {

@@ -334,3 +334,48 @@ async fn a_second_enqueue_of_a_key_inside_a_transaction_leaves_it_usable(backend
     );
 }
 on_both_backends!(a_second_enqueue_of_a_key_inside_a_transaction_leaves_it_usable);
+
+/// A claim takes its candidates in one statement; those another worker took since they were read
+/// are made up from the next candidates, and none is taken twice.
+async fn a_claim_whose_candidates_were_taken_meanwhile_fills_its_slots_from_the_next_ones(
+    backend: Backend,
+) {
+    let (url, _guard) = fresh_database(backend);
+    let db = Db::connect(&url, 2).expect("db");
+    let now = chrono::Utc::now().naive_utc();
+    let lease = now + chrono::Duration::minutes(1);
+    let mut conn = db.get_blocking().expect("conn");
+    for n in 0..5 {
+        queue::enqueue(&mut conn, &job(n, now), now).expect("enqueue");
+    }
+    let candidates = queue::candidates(&mut conn, now, 2).expect("candidates");
+    assert_eq!(candidates.len(), 4, "twice the claim's size");
+    // Another worker takes the first two candidates after they were read.
+    let other = queue::take_candidates(
+        &mut conn,
+        "other",
+        now,
+        lease,
+        2,
+        &[],
+        candidates[..2].to_vec(),
+    )
+    .expect("the other claim");
+    assert_eq!(other.len(), 2);
+    let mine = queue::take_candidates(&mut conn, "mine", now, lease, 2, &[], candidates.clone())
+        .expect("my claim");
+    let ids = |rows: &[queue::JobRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&mine),
+        vec![candidates[2].0.clone(), candidates[3].0.clone()],
+        "the next two candidates, in turn order"
+    );
+    assert!(mine
+        .iter()
+        .all(|r| r.locked_by.as_deref() == Some("mine") && r.attempts == 1));
+    // Nothing is left to take from that list: a third claim of it takes none.
+    let third = queue::take_candidates(&mut conn, "third", now, lease, 4, &[], candidates)
+        .expect("a third claim");
+    assert!(third.is_empty(), "{third:?}");
+}
+on_both_backends!(a_claim_whose_candidates_were_taken_meanwhile_fills_its_slots_from_the_next_ones);
