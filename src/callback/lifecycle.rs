@@ -18,72 +18,70 @@ use crate::portal::Lang;
 /// The cut-off is a compare-and-set on the deal's row: a run proceeds only if no callback of
 /// the deal is active (queued or calling) and none started within the duplicate window. Two
 /// simultaneous runs — even in two instances on one PostgreSQL — cannot both win the update.
+///
+/// Runs in the caller's write transaction, whose rollback undoes it all: the robot call's
+/// savepoint in a shared commit ([`crate::db::Db::run_grouped`]). A transaction of its own
+/// inside that one was two more round trips to PostgreSQL for every robot call.
 pub fn accept(
-    conn: &mut DbConnection,
+    c: &mut DbConnection,
     run: &RobotRun,
     now: NaiveDateTime,
 ) -> Result<Accepted, DbError> {
-    write_tx(conn, |c| {
-        if let Some(callback_id) =
-            store::run_of_event_token(c, &run.member_id, run.event_token.as_deref())?
-        {
-            return Ok(Accepted::Redelivered { callback_id });
+    let id = uuid::Uuid::now_v7().to_string();
+    // Inserted first, read only when its event_token is taken: the same call delivered again,
+    // or a race with another delivery of it; the first owns the run. (Reading first cost
+    // every robot call a round trip to PostgreSQL.)
+    if !store::insert_queued(c, &id, run, now)? {
+        let callback_id = store::run_of_event_token(c, &run.member_id, run.event_token.as_deref())?
+            .ok_or(diesel::result::Error::NotFound)?;
+        return Ok(Accepted::Redelivered { callback_id });
+    }
+    store::ensure_deal(c, run, now)?;
+    // Read inside the transaction: a just-saved setting applies to this very call.
+    let settings = crate::portal::store::settings_or_default(c, &run.member_id, now)?;
+    let window = settings.duplicate_window_minutes;
+    let window_start = now - chrono::Duration::minutes(i64::from(window.max(0)));
+    // A scheduled run claims the deal like any other: it is the deal's active run until
+    // its call ends, so the duplicate cut-off and the run count hold while it waits.
+    if store::claim_deal(c, run, &id, window_start, now)? {
+        let runs = store::deal_runs(c, &run.member_id, &run.deal_id)?;
+        let group = run.requested.resolve(runs);
+        store::set_group(c, &id, group)?;
+        let opening = schedule::opening_for(&settings, now);
+        let mut job = PlaceCall {
+            callback_id: id.clone(),
         }
-        let id = uuid::Uuid::now_v7().to_string();
-        if !store::insert_queued(c, &id, run, now)? {
-            // Lost a race on the same event_token: the other delivery owns the run.
-            let callback_id =
-                store::run_of_event_token(c, &run.member_id, run.event_token.as_deref())?
-                    .ok_or(diesel::result::Error::NotFound)?;
-            return Ok(Accepted::Redelivered { callback_id });
-        }
-        store::ensure_deal(c, run, now)?;
-        // Read inside the transaction: a just-saved setting applies to this very call.
-        let settings = crate::portal::store::settings_or_default(c, &run.member_id, now)?;
-        let window = settings.duplicate_window_minutes;
-        let window_start = now - chrono::Duration::minutes(i64::from(window.max(0)));
-        // A scheduled run claims the deal like any other: it is the deal's active run until
-        // its call ends, so the duplicate cut-off and the run count hold while it waits.
-        if store::claim_deal(c, run, &id, window_start, now)? {
-            let runs = store::deal_runs(c, &run.member_id, &run.deal_id)?;
-            let group = run.requested.resolve(runs);
-            store::set_group(c, &id, group)?;
-            let opening = schedule::opening_for(&settings, now);
-            let mut job = PlaceCall {
-                callback_id: id.clone(),
-            }
-            .to_new_job(Some(&run.member_id), Some(format!("place_call:{id}")), now);
-            job.run_at = opening.unwrap_or(now);
-            queue::enqueue(c, &job, now)?;
-            let Some(at) = opening else {
-                return Ok(Accepted::Queued {
-                    callback_id: id,
-                    group,
-                });
-            };
-            schedule::set_scheduled_for(c, &id, at)?;
-            let announce = AnnounceSchedule {
-                callback_id: id.clone(),
-            }
-            .to_new_job(Some(&run.member_id), Some(format!("announce:{id}")), now);
-            queue::enqueue(c, &announce, now)?;
-            Ok(Accepted::Scheduled {
+        .to_new_job(Some(&run.member_id), Some(format!("place_call:{id}")), now);
+        job.run_at = opening.unwrap_or(now);
+        queue::enqueue(c, &job, now)?;
+        let Some(at) = opening else {
+            return Ok(Accepted::Queued {
                 callback_id: id,
                 group,
-                at,
-            })
-        } else {
-            let reason = Reason::Duplicate;
-            store::mark_duplicate(c, &id, &reason.stored_error(Lang::En), now)?;
-            let job = ReportCallback {
-                callback_id: id.clone(),
-                reason: Some(reason),
-            }
-            .to_new_job(Some(&run.member_id), Some(format!("report:{id}")), now);
-            queue::enqueue(c, &job, now)?;
-            Ok(Accepted::Duplicate { callback_id: id })
+            });
+        };
+        schedule::set_scheduled_for(c, &id, at)?;
+        let announce = AnnounceSchedule {
+            callback_id: id.clone(),
         }
-    })
+        .to_new_job(Some(&run.member_id), Some(format!("announce:{id}")), now);
+        queue::enqueue(c, &announce, now)?;
+        Ok(Accepted::Scheduled {
+            callback_id: id,
+            group,
+            at,
+        })
+    } else {
+        let reason = Reason::Duplicate;
+        store::mark_duplicate(c, &id, &reason.stored_error(Lang::En), now)?;
+        let job = ReportCallback {
+            callback_id: id.clone(),
+            reason: Some(reason),
+        }
+        .to_new_job(Some(&run.member_id), Some(format!("report:{id}")), now);
+        queue::enqueue(c, &job, now)?;
+        Ok(Accepted::Duplicate { callback_id: id })
+    }
 }
 
 /// A verified robot call that cannot be acted on, recorded straight as `failed` with its reason

@@ -244,3 +244,65 @@ async fn on_postgres_a_portals_write_does_not_wait_for_another_portals_commit() 
         assert_eq!(marks(&db, "held").await.len(), 1);
     }
 }
+
+/// Counts the statements a connection sends (savepoints included), through diesel's
+/// instrumentation.
+fn count_statements(
+    conn: &mut mango_callback::db::DbConnection,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&sent);
+    let count = move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { .. } = event {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    conn.set_instrumentation(Box::new(count) as Box<dyn Instrumentation>);
+    sent
+}
+
+/// A robot call's acceptance runs in the shared commit's savepoint, on PostgreSQL a round trip
+/// per statement: its own nested transaction (a savepoint and its release) and a read of the
+/// event token before the insert that checks it anyway were three more for every call.
+async fn accepting_a_robot_call_sends_seven_statements_and_a_redelivery_two(backend: Backend) {
+    use mango_callback::callback::{lifecycle, Accepted, DealId, RequestedGroup, RobotRun};
+    let app = spawn_app(backend).await;
+    let portal = app.installed_portal("acme").await;
+    let run = RobotRun {
+        member_id: portal.member_id.clone(),
+        deal_id: DealId::parse("42").expect("deal id"),
+        event_token: Some("token|1".into()),
+        workflow_id: Some("wf-1".into()),
+        requested: RequestedGroup::Auto,
+        phone_override: None,
+    };
+    let now = chrono::Utc::now().naive_utc();
+    let mut conn = app.shared.db.get_blocking().expect("conn");
+    let sent = count_statements(&mut conn);
+    let mut accept = |run: &RobotRun| {
+        sent.store(0, std::sync::atomic::Ordering::SeqCst);
+        // As in the group commit: a transaction that the acceptance's statements share.
+        let accepted = conn
+            .transaction(|c| lifecycle::accept(c, run, now))
+            .expect("accepted");
+        (accepted, sent.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let (first, statements) = accept(&run);
+    assert!(matches!(first, Accepted::Queued { .. }), "{first:?}");
+    // BEGIN and COMMIT around the callback, the deal's row, the settings, the deal's claim and
+    // run count, the group and the job.
+    assert_eq!(
+        statements,
+        2 + 7,
+        "a robot call's acceptance (12 before on PostgreSQL)"
+    );
+    let (again, statements) = accept(&run);
+    assert!(matches!(again, Accepted::Redelivered { .. }), "{again:?}");
+    assert_eq!(
+        statements,
+        2 + 2,
+        "the insert that finds the token, then its read"
+    );
+}
+on_both_backends!(accepting_a_robot_call_sends_seven_statements_and_a_redelivery_two);
