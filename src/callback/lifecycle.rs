@@ -43,8 +43,7 @@ pub fn accept(
     let window_start = now - chrono::Duration::minutes(i64::from(window.max(0)));
     // A scheduled run claims the deal like any other: it is the deal's active run until
     // its call ends, so the duplicate cut-off and the run count hold while it waits.
-    if store::claim_deal(c, run, &id, window_start, now)? {
-        let runs = store::deal_runs(c, &run.member_id, &run.deal_id)?;
+    if let Some(runs) = store::claim_deal(c, run, &id, window_start, now)? {
         let group = run.requested.resolve(runs);
         store::set_group(c, &id, group)?;
         let opening = schedule::opening_for(&settings, now);

@@ -46,32 +46,41 @@ pub fn ensure_deal(c: &mut DbConnection, run: &RobotRun, now: NaiveDateTime) -> 
 }
 
 /// The duplicate cut-off's compare-and-set: the deal becomes the callback's only if no callback
-/// of the deal is active and none started since `window_start`; counts the run.
+/// of the deal is active and none started since `window_start`; counts the run and returns the
+/// count (`None`: cut off).
 pub fn claim_deal(
     c: &mut DbConnection,
     run: &RobotRun,
     id: &str,
     window_start: NaiveDateTime,
     now: NaiveDateTime,
-) -> QueryResult<bool> {
-    Ok(diesel::update(
-        deals::table
-            .filter(deals::member_id.eq(&run.member_id))
-            .filter(deals::deal_id.eq(run.deal_id.as_str()))
-            .filter(deals::active_callback_id.is_null().or(active_run_is_dead()))
-            .filter(
-                deals::last_started_at
-                    .is_null()
-                    .or(deals::last_started_at.lt(window_start)),
-            ),
-    )
-    .set((
-        deals::active_callback_id.eq(id),
-        deals::runs.eq(deals::runs + 1),
-        deals::updated_at.eq(now),
-    ))
-    .execute(c)?
-        == 1)
+) -> QueryResult<Option<i32>> {
+    let claim = || {
+        diesel::update(
+            deals::table
+                .filter(deals::member_id.eq(&run.member_id))
+                .filter(deals::deal_id.eq(run.deal_id.as_str()))
+                .filter(deals::active_callback_id.is_null().or(active_run_is_dead()))
+                .filter(
+                    deals::last_started_at
+                        .is_null()
+                        .or(deals::last_started_at.lt(window_start)),
+                ),
+        )
+        .set((
+            deals::active_callback_id.eq(id),
+            deals::runs.eq(deals::runs + 1),
+            deals::updated_at.eq(now),
+        ))
+        .returning(deals::runs)
+    };
+    // The run count comes back with the claim (`RETURNING`, on the backend's own connection:
+    // the multi-backend has none), not in a read of its own: one round trip less for every
+    // robot call on PostgreSQL.
+    match c {
+        DbConnection::Postgres(pg) => claim().get_result(pg).optional(),
+        DbConnection::Sqlite(lite) => claim().get_result(lite).optional(),
+    }
 }
 
 /// The deal's active callback can never finish: its `place_call` job is gone or no longer
@@ -123,13 +132,6 @@ pub fn end_unfinished_of_portal(
 }
 
 /// How many runs the deal has had.
-pub fn deal_runs(c: &mut DbConnection, member_id: &str, deal_id: &DealId) -> QueryResult<i32> {
-    deals::table
-        .find((member_id, deal_id.as_str()))
-        .select(deals::runs)
-        .first(c)
-}
-
 pub fn set_group(c: &mut DbConnection, id: &str, group: Group) -> QueryResult<usize> {
     diesel::update(callbacks::table.find(id))
         .set(callbacks::group_kind.eq(group))
