@@ -188,6 +188,10 @@ pub struct SettingsArgs {
     /// Database connections per instance.
     #[arg(long, env = "APP_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
+    /// PostgreSQL: the robot calls' acknowledgements commit on this many connections of their
+    /// own at once, besides the pool (1–64; SQLite always uses one, its single writer).
+    #[arg(long, env = "APP_DB_COMMIT_LANES", default_value_t = crate::db::POSTGRES_COMMIT_LANES)]
+    pub db_commit_lanes: usize,
     /// Reverse proxies whose X-Forwarded-For / Forwarded headers name the client: comma-separated
     /// IPs and CIDRs (e.g. 127.0.0.1,10.0.0.0/8); empty trusts nobody.
     #[arg(long, env = "APP_TRUSTED_PROXIES", default_value = "")]
@@ -228,6 +232,8 @@ pub struct Settings {
     /// A running job's lease (see [`crate::jobs::worker`]).
     pub job_lease: std::time::Duration,
     pub db_pool_size: u32,
+    /// PostgreSQL's group committers ([`crate::db::group`]); SQLite has one.
+    pub db_commit_lanes: usize,
     pub b24_requests_per_second: f64,
     pub b24_burst: u32,
     /// Admits plain-http and loopback/private peers where a public https one is required (a
@@ -372,6 +378,9 @@ impl Settings {
         if a.job_concurrency == 0 {
             return Err(bad("APP_JOB_CONCURRENCY", "must be at least 1"));
         }
+        if !(1..=64).contains(&a.db_commit_lanes) {
+            return Err(bad("APP_DB_COMMIT_LANES", "must be between 1 and 64"));
+        }
         let trusted_proxies =
             TrustedProxies::parse(&a.trusted_proxies).map_err(|e| bad("APP_TRUSTED_PROXIES", e))?;
         let metrics_token = a.metrics_token.and_then(SecretArg::non_empty);
@@ -400,6 +409,7 @@ impl Settings {
             job_concurrency: a.job_concurrency,
             job_lease: std::time::Duration::from_secs(a.job_lease_seconds),
             db_pool_size: a.db_pool_size.max(2),
+            db_commit_lanes: a.db_commit_lanes,
             b24_requests_per_second: a.b24_requests_per_second,
             b24_burst: a.b24_burst,
             #[cfg(feature = "sandbox")]
@@ -569,6 +579,41 @@ mod tests {
                 "{key:?} refused"
             );
         }
+    }
+
+    #[test]
+    fn commit_lanes_outside_1_to_64_are_refused_naming_the_variable() {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        let key = hex::encode(bytes);
+        let with_lanes = |lanes: &str| {
+            let args = Cli::try_parse_from([
+                "mango-callback".to_owned(),
+                "--database-url".to_owned(),
+                "postgres://app@db.example/app".to_owned(),
+                format!("--secret-key={key}"),
+                format!("--db-commit-lanes={lanes}"),
+            ])
+            .expect("parses")
+            .settings;
+            Settings::from_args(args).map(|s| s.db_commit_lanes)
+        };
+        for lanes in ["0", "65", "1000"] {
+            let err = with_lanes(lanes)
+                .err()
+                .unwrap_or_else(|| panic!("{lanes} lanes accepted"))
+                .to_string();
+            assert!(err.starts_with("APP_DB_COMMIT_LANES: "), "{err}");
+        }
+        assert_eq!(with_lanes("1").ok(), Some(1));
+        assert_eq!(with_lanes("64").ok(), Some(64));
+        assert_eq!(
+            Settings::from_args(args_with_key(&key))
+                .ok()
+                .map(|s| s.db_commit_lanes),
+            Some(crate::db::POSTGRES_COMMIT_LANES),
+            "the default"
+        );
     }
 
     fn sqlite_url(dir: &Path) -> String {

@@ -74,8 +74,8 @@ impl Application {
     /// Connects the database (running migrations), binds the listener and prepares the server.
     pub async fn build(settings: Settings, opts: RunOptions) -> anyhow::Result<Application> {
         let url = settings.database_url.clone();
-        let pool_size = settings.db_pool_size;
-        let db = tokio::task::spawn_blocking(move || Db::connect(&url, pool_size))
+        let (pool_size, lanes) = (settings.db_pool_size, settings.db_commit_lanes);
+        let db = tokio::task::spawn_blocking(move || Db::connect_with(&url, pool_size, lanes))
             .await
             .context("database start-up task failed")??;
         let listener = TcpListener::bind(settings.bind)

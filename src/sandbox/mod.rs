@@ -40,6 +40,7 @@ pub trait LocalSettings {
             job_concurrency: 144,
             job_lease: crate::jobs::worker::DEFAULT_LEASE,
             db_pool_size: 8,
+            db_commit_lanes: crate::db::POSTGRES_COMMIT_LANES,
             b24_requests_per_second: 2.0,
             b24_burst: 50,
             allow_private_peers: true,
