@@ -131,7 +131,6 @@ pub fn end_unfinished_of_portal(
     Ok(n)
 }
 
-/// How many runs the deal has had.
 pub fn set_group(c: &mut DbConnection, id: &str, group: Group) -> QueryResult<usize> {
     diesel::update(callbacks::table.find(id))
         .set(callbacks::group_kind.eq(group))

@@ -172,17 +172,13 @@ fn take_each(
         if picked.is_empty() {
             break;
         }
-        let won: Vec<JobRow> = take_returning!(
-            &mut *conn,
-            diesel::update(jobs::table.filter(jobs::id.eq_any(&picked)).filter(due)).set((
-                jobs::status.eq(RUNNING),
-                jobs::locked_by.eq(worker),
-                jobs::locked_until.eq(lease_until),
-                jobs::attempts.eq(jobs::attempts + 1),
-                jobs::updated_at.eq(now),
-            )),
-            JobRow
-        )?;
+        let won: Vec<JobRow> =
+            take_returning!(
+                &mut *conn,
+                diesel::update(jobs::table.filter(jobs::id.eq_any(&picked)).filter(due))
+                    .set(leased(worker, lease_until, now)),
+                JobRow
+            )?;
         let won = in_order(&picked, won);
         // A gathered kind's pick that was lost leaves its portal's turn to the next candidate.
         for (id, key) in gathered_picks {
@@ -193,6 +189,25 @@ fn take_each(
         claimed.extend(won);
     }
     Ok(claimed)
+}
+
+/// What taking a job sets: it runs under `worker`'s lease until `lease_until`, its attempt counted.
+type Leased<'a> = (
+    diesel::dsl::Eq<jobs::status, &'static str>,
+    diesel::dsl::Eq<jobs::locked_by, &'a str>,
+    diesel::dsl::Eq<jobs::locked_until, NaiveDateTime>,
+    diesel::dsl::Eq<jobs::attempts, diesel::helper_types::Add<jobs::attempts, i32>>,
+    diesel::dsl::Eq<jobs::updated_at, NaiveDateTime>,
+);
+
+fn leased(worker: &str, lease_until: NaiveDateTime, now: NaiveDateTime) -> Leased<'_> {
+    (
+        jobs::status.eq(RUNNING),
+        jobs::locked_by.eq(worker),
+        jobs::locked_until.eq(lease_until),
+        jobs::attempts.eq(jobs::attempts + 1),
+        jobs::updated_at.eq(now),
+    )
 }
 
 /// `rows` in the order of `ids` (a statement's `RETURNING` comes in no promised order).
@@ -237,12 +252,10 @@ pub fn adopt(
     crate::db::write_tx(conn, |conn| {
         let taken: Vec<JobRow> = take_returning!(
             &mut *conn,
-            diesel::update(due().filter(jobs::id.eq_any(&ids))).set((
-                jobs::status.eq(RUNNING),
-                jobs::locked_by.eq(worker),
-                jobs::locked_until.eq(lease_until),
-                jobs::attempts.eq(jobs::attempts + 1),
-                jobs::updated_at.eq(now),
+            diesel::update(due().filter(jobs::id.eq_any(&ids))).set(leased(
+                worker,
+                lease_until,
+                now
             )),
             JobRow
         )?;
