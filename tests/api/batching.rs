@@ -167,6 +167,9 @@ async fn reports_made_while_the_budget_runs_low_wait_for_the_next_second_and_sha
         deals.push(fire(&app, &p.member_id).await);
         // Each call is placed and its report tried on its own, one after the other.
         for _ in 0..2 {
+            // A claim's "now" is the database's clock, which SQLite reads to the millisecond: a
+            // job made within the same millisecond (the app's clock) would not be due to it yet.
+            app.advance(Duration::from_millis(1));
             for job in worker::claim_due(&app.worker_ctx, "w", 8).await {
                 worker::run_one(&app.worker_ctx, &registry, "w", job).await;
             }
@@ -184,11 +187,14 @@ async fn reports_made_while_the_budget_runs_low_wait_for_the_next_second_and_sha
         .filter(|j| j.kind == "report_callback" && j.status == queue::QUEUED)
         .collect();
     assert_eq!(waiting.len(), 3, "{jobs:?}");
-    assert!(waiting.iter().all(|j| j
-        .last_error
-        .as_deref()
-        .unwrap_or_default()
-        .starts_with("gathering:")));
+    assert!(
+        waiting.iter().all(|j| j
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("gathering:")),
+        "{waiting:#?}"
+    );
     let at = waiting[0].run_at;
     assert!(
         waiting.iter().all(|j| j.run_at == at),
