@@ -175,6 +175,27 @@ impl ManageConnection for Manager {
 pub type DbPool = r2d2::Pool<Manager>;
 pub type PooledConn = r2d2::PooledConnection<Manager>;
 
+/// The group committer's SQLite connection never copies the log back into the database file.
+///
+/// SQLite's commit that takes the log past 1,000 pages runs the checkpoint itself, inside its
+/// writer's turn: a few milliseconds, uniform across every kind of write (p99 ~5 ms against a
+/// p50 of 0.5–0.7 ms, probed at 500 robot calls/s). The acknowledgements leave it to the job
+/// worker's writes, which go on checkpointing as before, so the log still starts over (a
+/// checkpoint thread of its own was tried: beside the pool's constant readers the log never
+/// started over, and grew to 1.3 GB in 20 s).
+#[derive(Debug)]
+struct NoCheckpointInCommit;
+
+impl r2d2::CustomizeConnection<DbConnection, r2d2::Error> for NoCheckpointInCommit {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
+        if let DbConnection::Sqlite(c) = conn {
+            c.batch_execute("PRAGMA wal_autocheckpoint = 0")
+                .map_err(r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
 /// Errors of the storage layer as seen by callers.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -269,6 +290,7 @@ impl Db {
         let commit_pool = r2d2::Pool::builder()
             .max_size(u32::try_from(lanes).unwrap_or(1))
             .connection_timeout(Duration::from_secs(10))
+            .connection_customizer(Box::new(NoCheckpointInCommit))
             .build(Manager {
                 url: url.to_owned(),
                 backend,

@@ -307,3 +307,24 @@ async fn accepting_a_robot_call_sends_six_statements_and_a_redelivery_two(backen
     );
 }
 on_both_backends!(accepting_a_robot_call_sends_six_statements_and_a_redelivery_two);
+
+/// On SQLite the acknowledgements' commits never copy the log back into the database file (a
+/// few milliseconds inside the writer's turn, which a robot call would wait for); the other
+/// writers' commits still do, so the log still starts over.
+#[actix_web::test]
+async fn on_sqlite_acknowledgements_leave_copying_the_log_back_to_the_other_writers() {
+    #[derive(diesel::QueryableByName)]
+    struct Pages {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        wal_autocheckpoint: i32,
+    }
+    fn pages(c: &mut mango_callback::db::DbConnection) -> Result<i32, DbError> {
+        Ok(diesel::sql_query("PRAGMA wal_autocheckpoint")
+            .get_result::<Pages>(c)?
+            .wal_autocheckpoint)
+    }
+    let (url, _guard) = crate::helpers::fresh_database(Backend::Sqlite);
+    let db = Db::connect(&url, 2).expect("db");
+    assert_eq!(db.run_grouped("portal", pages).await.expect("grouped"), 0);
+    assert_eq!(db.run(pages).await.expect("other writer"), 1000);
+}
