@@ -75,21 +75,6 @@ where
     }
 }
 
-/// On PostgreSQL's own connection (a statement diesel's multi-backend cannot build, such as an
-/// `UPDATE … RETURNING`, see [`take_returning!`]): always planned for its parameters.
-impl<Q> diesel::query_builder::QueryFragment<diesel::pg::Pg> for PlannedEachTime<Q>
-where
-    Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
-{
-    fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
-    ) -> QueryResult<()> {
-        out.unsafe_to_cache_prepared();
-        self.0.walk_ast(out.reborrow())
-    }
-}
-
 impl<Q, Conn> RunQueryDsl<Conn> for PlannedEachTime<Q> {}
 
 /// Which backend a `DATABASE_URL` names.
@@ -517,27 +502,6 @@ macro_rules! insert_if_absent {
     }};
 }
 pub(crate) use insert_if_absent;
-
-/// Runs `update` (an `UPDATE` statement) with `RETURNING` the columns of `$row` and loads the
-/// rows it changed: one statement that says exactly which rows it took, where a compare-and-set
-/// per row took a statement each. diesel's multi-backend connection has no `RETURNING`, so it
-/// runs on the backend's own connection (SQLite ≥ 3.35 has it too); on PostgreSQL it is planned
-/// for its ids each time ([`PlannedEachTime`]), as the queue's reads are.
-macro_rules! take_returning {
-    ($conn:expr, $update:expr, $row:ty) => {{
-        use diesel::{RunQueryDsl as _, SelectableHelper as _};
-        match $conn {
-            $crate::db::DbConnection::Postgres(pg) => {
-                $crate::db::PlannedEachTime($update.returning(<$row>::as_returning()))
-                    .get_results::<$row>(pg)
-            }
-            $crate::db::DbConnection::Sqlite(lite) => $update
-                .returning(<$row>::as_returning())
-                .get_results::<$row>(lite),
-        }
-    }};
-}
-pub(crate) use take_returning;
 
 impl From<DbError> for std::io::Error {
     fn from(e: DbError) -> Self {
