@@ -7,22 +7,18 @@
 //! `strace`: thousands of 25–100 ms sleeps in a 2,000-call run). Here a writer waits on a fair
 //! lock that hands over to the next waiter the moment it is released.
 //!
-//! Two classes: the group committer (robot-call acknowledgements, [`super::group`]) waits only
-//! for the write in progress; everything else waits in line behind the writers before it.
+//! Two classes: the acknowledgements' group committer ([`super::group`]) waits only for the
+//! write in progress; everything else waits in line behind the writers before it (in the app,
+//! the one committer of every other write, [`super::group::Policy::IN_LINE`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{FairMutex, FairMutexGuard};
 
-/// SQLite writers waiting in the line on threads: two, so that the next one is ready the moment
-/// the write before it ends; the rest wait as futures ([`WriteGate::place_on_a_thread`]).
-const WRITERS_ON_THREADS: usize = 2;
-
 /// The turn-taking of one SQLite database's writers in this process.
+#[derive(Default)]
 pub struct WriteGate {
-    /// The places of ordinary writers on threads, taken before they go to one.
-    on_threads: std::sync::Arc<tokio::sync::Semaphore>,
     /// The line of ordinary writers: one at a time goes on to `lock`.
     line: FairMutex<()>,
     /// The write lock itself: the head of the line and the group committer share it, so the
@@ -81,27 +77,7 @@ fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-impl Default for WriteGate {
-    fn default() -> Self {
-        WriteGate {
-            on_threads: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITERS_ON_THREADS)),
-            line: FairMutex::default(),
-            lock: FairMutex::default(),
-            other_use: Use::default(),
-            group_commit_use: Use::default(),
-        }
-    }
-}
-
 impl WriteGate {
-    /// Waits, as a future, for one of the places of writers on threads: a writer holds it while
-    /// it goes on to [`WriteGate::in_line`] on a thread (a thread waiting in the line is a
-    /// thread held, with its stack and its malloc arena). `None` never happens: the places are
-    /// never closed.
-    pub async fn place_on_a_thread(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.on_threads.clone().acquire_owned().await.ok()
-    }
-
     /// Waits for this writer's turn behind the writers that came before it.
     pub fn in_line(&self) -> Turn<'_> {
         let asked = Instant::now();

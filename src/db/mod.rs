@@ -220,6 +220,8 @@ pub struct Db {
     group: std::sync::Arc<group::GroupCommit>,
     /// SQLite only: the turn of this process's writers ([`gate`]).
     gate: Option<std::sync::Arc<gate::WriteGate>>,
+    /// SQLite only: the committer of every [`Db::run`] ([`group::Policy::IN_LINE`]).
+    writes: Option<std::sync::Arc<group::GroupCommit>>,
     /// A run's claim on one of the pool's connections, taken before it goes to a thread.
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// As many threads as connections: a run that holds a slot finds one free.
@@ -281,8 +283,38 @@ impl Db {
                 backend,
             })
             .context("cannot open the database for the group committer")?;
-        let group = group::GroupCommit::start(commit_pool, gate.clone(), lanes)
-            .context("cannot start the group-commit threads")?;
+        let group = group::GroupCommit::start(
+            "group-commit",
+            commit_pool,
+            gate.clone(),
+            lanes,
+            group::Policy::ACKNOWLEDGEMENTS,
+        )
+        .context("cannot start the group-commit threads")?;
+        // SQLite's other writes share commits too, on a connection of their own that keeps
+        // SQLite's checkpoints (the log is copied back in their turns, not the acknowledgements').
+        let writes = match backend {
+            Backend::Postgres => None,
+            Backend::Sqlite => {
+                let pool = r2d2::Pool::builder()
+                    .max_size(1)
+                    .connection_timeout(Duration::from_secs(10))
+                    .build(Manager {
+                        url: url.to_owned(),
+                        backend,
+                    })
+                    .context("cannot open the database for the writers' committer")?;
+                let committer = group::GroupCommit::start(
+                    "sqlite-writes",
+                    pool,
+                    gate.clone(),
+                    1,
+                    group::Policy::IN_LINE,
+                )
+                .context("cannot start the writers' commit thread")?;
+                Some(std::sync::Arc::new(committer))
+            }
+        };
         let slots = usize::try_from(max_size).unwrap_or(1).max(1);
         let threads =
             threads::DbThreads::start(slots).context("cannot start the database threads")?;
@@ -291,6 +323,7 @@ impl Db {
             backend,
             group: std::sync::Arc::new(group),
             gate,
+            writes,
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
             threads,
         })
@@ -300,20 +333,28 @@ impl Db {
         self.backend
     }
 
-    /// Runs `f` with a pooled connection on the blocking thread pool.
+    /// Runs `f` with a connection on one of the database threads.
     ///
     /// `f` may fail with any error that converts into [`DbError`], so a store function's
     /// `QueryResult` is passed through as is (`db.run(move |c| store::find(c, &id))`).
     ///
-    /// On SQLite, `f` runs in its turn among this process's writers ([`gate`]): it may write.
-    /// Code that only reads says so with [`Db::read`].
+    /// On SQLite, `f` may write: it runs in a savepoint of a transaction shared with the other
+    /// writes queued with it ([`group::Policy::IN_LINE`]), one sync for all of them, and its
+    /// result comes back once that transaction committed. An error of `f` rolls back `f`'s
+    /// writes only. Code that only reads says so with [`Db::read`].
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, DbError>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         DbError: From<E>,
         T: Send + 'static,
     {
-        self.spawn(self.gate.clone(), f).await
+        match &self.writes {
+            // Every SQLite write of the process waited for its own turn of the one writer and
+            // paid its own sync: the job worker's 3 writes per callback held the lock ~0.9 ms
+            // each, 90 % of the time at 500 robot calls/s, and acknowledgements waited behind.
+            Some(writes) => writes.run("", move |c| Ok(f(c)?)).await,
+            None => self.spawn(f).await,
+        }
     }
 
     /// [`Db::run`] for `f` that only reads: on SQLite it runs beside the writers (WAL readers
@@ -325,27 +366,19 @@ impl Db {
         DbError: From<E>,
         T: Send + 'static,
     {
-        self.spawn(None, f).await
+        self.spawn(f).await
     }
 
-    async fn spawn<T, E, F>(
-        &self,
-        gate: Option<std::sync::Arc<gate::WriteGate>>,
-        f: F,
-    ) -> Result<T, DbError>
+    async fn spawn<T, E, F>(&self, f: F) -> Result<T, DbError>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         DbError: From<E>,
         T: Send + 'static,
     {
-        // Runs wait for a connection (and SQLite's writers for their turn) here, as futures,
-        // and go to a thread only when they can run ([`threads`]): when they waited on threads,
-        // a burst's hundred jobs held a hundred threads (the app's peak RSS was 80 MB in a
-        // 10,000-call burst; 66 MB with this wait, 55 MB with the fixed threads).
-        let writer = match &gate {
-            Some(g) => Some(g.place_on_a_thread().await.ok_or(DbError::Cancelled)?),
-            None => None,
-        };
+        // Runs wait for a connection here, as futures, and go to a thread only when they can
+        // run ([`threads`]): when they waited on threads, a burst's hundred jobs held a hundred
+        // threads (the app's peak RSS was 80 MB in a 10,000-call burst; 66 MB with this wait,
+        // 55 MB with the fixed threads).
         let slot = self
             .slots
             .clone()
@@ -356,10 +389,7 @@ impl Db {
         let ran = self
             .threads
             .run(move || -> Result<T, DbError> {
-                let _permits = (writer, slot);
-                // The turn first, then a connection: a writer waiting for its turn holds no
-                // connection, so the one whose turn it is always finds one.
-                let _turn = gate.as_deref().map(gate::WriteGate::in_line);
+                let _slot = slot;
                 let mut conn = pool.get()?;
                 Ok(f(&mut conn)?)
             })
@@ -430,8 +460,21 @@ where
     F: FnOnce(&mut DbConnection) -> Result<T, E>,
     E: From<DieselError>,
 {
+    // Inside a transaction already (a savepoint of a shared commit, [`group`]) the lock was
+    // taken by that transaction's first statement: at 500 robot calls/s the no-op ran 9 times
+    // per callback on the writer, 10 µs each, for nothing.
+    let outermost = match conn {
+        DbConnection::Sqlite(s) => {
+            use diesel::connection::{AnsiTransactionManager, TransactionManager};
+            matches!(
+                AnsiTransactionManager::transaction_manager_status_mut(s).transaction_depth(),
+                Ok(None)
+            )
+        }
+        DbConnection::Postgres(_) => false,
+    };
     conn.transaction(|c| {
-        if let DbConnection::Sqlite(s) = c {
+        if let (DbConnection::Sqlite(s), true) = (&mut *c, outermost) {
             diesel::sql_query("UPDATE rate_slots SET used = used WHERE 1 = 0").execute(s)?;
         }
         f(c)
