@@ -1,8 +1,9 @@
 //! The [`ReportCallback`] job, reporting many callbacks of one portal in one Bitrix24 `batch`: a
 //! first run adopts the portal's other due reports ([`queue::adopt`]) and sends every
 //! `bizproc.event.send` and timeline comment of them in one request. A lone report is one
-//! request for both, sent at once; while the portal's budget runs low, reports wait for the next
-//! whole-second window so that those arriving meanwhile share a request.
+//! request for both, sent at once; while the portal's budget runs low, and for 10 s after the
+//! last report that found it so ([`crate::bitrix::limiter::SHORT_FOR`]), reports wait for the
+//! next whole-second window so that those arriving meanwhile share a request.
 
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use tracing::Instrument;
 use super::report::{comment_text, event_values, report_error, with_portal, ANSWER_UNKNOWN};
 use super::{store, Callback, ReportCallback, Status};
 use crate::bitrix::client::BatchResult;
+use crate::bitrix::limiter::{Budget, SHORT_FOR};
 use crate::bitrix::BitrixError;
 use crate::context::Context;
 use crate::jobs::queue::{self, JobRow};
@@ -68,11 +70,24 @@ pub(super) async fn run(own: ReportCallback, ctx: &Context, job: &JobRow) -> Res
         .as_deref()
         .is_some_and(|e| e.starts_with(PACED));
     if !paced {
-        let spare = ctx.shared.limiter.spare(&member_id).await?;
-        if spare < SEND_AT_ONCE_SPARE {
-            let at = next_window(ctx.shared.clock.now());
-            let note = format!("{PACED}: {:.0} % of its request budget left", spare * 100.0);
-            return Err(JobError::RetryAt(at, note));
+        let budget = ctx
+            .shared
+            .limiter
+            .gather_or_send(&member_id, SEND_AT_ONCE_SPARE)
+            .await?;
+        let note = match budget {
+            Budget::Plenty => None,
+            Budget::Low(spare) => Some(format!(
+                "{PACED}: {:.0} % of its request budget left",
+                spare * 100.0
+            )),
+            Budget::RecentlyLow => Some(format!(
+                "{PACED}: its request budget ran low within the last {} s",
+                SHORT_FOR.as_secs()
+            )),
+        };
+        if let Some(note) = note {
+            return Err(JobError::RetryAt(next_window(ctx.shared.clock.now()), note));
         }
     }
     let adopted = adopt(ctx, job, &member_id).await.unwrap_or_else(|e| {

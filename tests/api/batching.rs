@@ -220,6 +220,90 @@ on_both_backends!(
     reports_made_while_the_budget_runs_low_wait_for_the_next_second_and_share_a_request
 );
 
+/// Runs the portal's due jobs twice over, a millisecond apart: a fired call is placed and its
+/// report tried.
+async fn run_due_jobs(app: &TestApp) {
+    let registry = mango_callback::startup::job_registry();
+    for _ in 0..2 {
+        // A claim's "now" is the database's clock, which SQLite reads to the millisecond.
+        app.advance(Duration::from_millis(1));
+        for job in worker::claim_due(&app.worker_ctx, "w", 8).await {
+            worker::run_one(&app.worker_ctx, &registry, "w", job).await;
+        }
+    }
+}
+
+/// The report jobs waiting to be gathered (their note), oldest first.
+async fn gathering_reports(app: &TestApp) -> Vec<String> {
+    let jobs = app.shared.db.run(queue::all).await.expect("jobs");
+    jobs.into_iter()
+        .filter(|j| j.kind == "report_callback" && j.status == queue::QUEUED)
+        .filter_map(|j| j.last_error)
+        .filter(|e| e.starts_with("gathering:"))
+        .collect()
+}
+
+async fn a_portal_whose_budget_ran_low_gathers_its_reports_until_it_has_been_quiet_for_ten_seconds(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let p = app.installed_portal("held-low").await;
+    let limiter = &app.shared.limiter;
+    // A full budget, spent to just under the share at which a report goes at once.
+    app.advance(Duration::from_secs(60));
+    while limiter.spare(&p.member_id).await.expect("budget") >= 0.9 {
+        assert!(limiter
+            .try_take(&p.member_id)
+            .await
+            .expect("budget")
+            .is_zero());
+    }
+    fire(&app, &p.member_id).await;
+    run_due_jobs(&app).await;
+    let first = gathering_reports(&app).await;
+    assert!(
+        first.len() == 1 && first[0].contains("request budget left"),
+        "the first report found the budget low: {first:?}"
+    );
+    // Its window comes and it goes; the budget is back over the mark.
+    app.advance(Duration::from_secs(5));
+    run_due_jobs(&app).await;
+    assert_eq!(app.b24.event_sends(&p.member_id).len(), 1);
+    let spare = limiter.spare(&p.member_id).await.expect("budget");
+    assert!(spare >= 0.9, "the budget refilled: {spare}");
+
+    // A report 5 s later is gathered anyway: the portal ran low a moment ago.
+    fire(&app, &p.member_id).await;
+    run_due_jobs(&app).await;
+    let second = gathering_reports(&app).await;
+    assert!(
+        second.len() == 1 && second[0].contains("ran low within the last 10 s"),
+        "{second:?}"
+    );
+    app.drain_over_time(Duration::from_secs(1), 10).await;
+    assert_eq!(app.b24.event_sends(&p.member_id).len(), 2);
+
+    // Quiet for over 10 s: the next report goes at once again.
+    app.advance(Duration::from_secs(11));
+    let before = requests_to(&app, &p.member_id);
+    fire(&app, &p.member_id).await;
+    run_due_jobs(&app).await;
+    assert!(gathering_reports(&app).await.is_empty());
+    assert_eq!(
+        app.b24.event_sends(&p.member_id).len(),
+        3,
+        "reported at once"
+    );
+    assert_eq!(
+        report_batches(&app, &p.member_id, before).len(),
+        1,
+        "in a request of its own"
+    );
+}
+on_both_backends!(
+    a_portal_whose_budget_ran_low_gathers_its_reports_until_it_has_been_quiet_for_ten_seconds
+);
+
 async fn a_deleted_deal_in_a_shared_report_request_does_not_hold_up_the_others(backend: Backend) {
     let app = spawn_app(backend).await;
     let p = app.installed_portal("deleted-deal").await;
