@@ -131,6 +131,7 @@ pub fn end_unfinished_of_portal(
     Ok(n)
 }
 
+/// Records which group (trainee or experienced) the callback rings.
 pub fn set_group(c: &mut DbConnection, id: &str, group: Group) -> QueryResult<usize> {
     diesel::update(callbacks::table.find(id))
         .set(callbacks::group_kind.eq(group))

@@ -158,13 +158,7 @@ fn take_each(
             continue;
         }
         let won = diesel::update(jobs::table.filter(jobs::id.eq(&id)).filter(due))
-            .set((
-                jobs::status.eq(RUNNING),
-                jobs::locked_by.eq(worker),
-                jobs::locked_until.eq(lease_until),
-                jobs::attempts.eq(jobs::attempts + 1),
-                jobs::updated_at.eq(now),
-            ))
+            .set(leased(worker, lease_until, now))
             .execute(conn)?;
         if won == 1 {
             gathering.insert((member_id, kind));
@@ -172,6 +166,26 @@ fn take_each(
         }
     }
     rows_in_order(conn, claimed)
+}
+
+/// What taking a job sets: it runs under `worker`'s lease until `lease_until`, its attempt
+/// counted (a claim and an adoption alike).
+type Leased<'a> = (
+    diesel::dsl::Eq<jobs::status, &'static str>,
+    diesel::dsl::Eq<jobs::locked_by, &'a str>,
+    diesel::dsl::Eq<jobs::locked_until, NaiveDateTime>,
+    diesel::dsl::Eq<jobs::attempts, diesel::helper_types::Add<jobs::attempts, i32>>,
+    diesel::dsl::Eq<jobs::updated_at, NaiveDateTime>,
+);
+
+fn leased(worker: &str, lease_until: NaiveDateTime, now: NaiveDateTime) -> Leased<'_> {
+    (
+        jobs::status.eq(RUNNING),
+        jobs::locked_by.eq(worker),
+        jobs::locked_until.eq(lease_until),
+        jobs::attempts.eq(jobs::attempts + 1),
+        jobs::updated_at.eq(now),
+    )
 }
 
 /// The rows of `ids`, in that order: read in one query after the compare-and-sets that won
@@ -229,13 +243,7 @@ pub fn adopt(
         let mut adopted = Vec::with_capacity(ids.len());
         for id in ids {
             let won = diesel::update(due().filter(jobs::id.eq(&id)))
-                .set((
-                    jobs::status.eq(RUNNING),
-                    jobs::locked_by.eq(worker),
-                    jobs::locked_until.eq(lease_until),
-                    jobs::attempts.eq(jobs::attempts + 1),
-                    jobs::updated_at.eq(now),
-                ))
+                .set(leased(worker, lease_until, now))
                 .execute(conn)?;
             if won == 1 {
                 adopted.push(id);
