@@ -222,6 +222,10 @@ impl GroupCommit {
     /// The committer `key`'s writes go to (a stable hash of it).
     pub fn lane_of(&self, key: &str) -> usize {
         use std::hash::{Hash, Hasher};
+        // SQLite's committers have one lane: no hash on every write.
+        if self.lanes.len() <= 1 {
+            return 0;
+        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         usize::try_from(h.finish() % self.lanes.len().max(1) as u64).unwrap_or(0)

@@ -247,15 +247,22 @@ impl Db {
                 })?;
             }
         }
-        let manager = Manager {
-            url: url.to_owned(),
-            backend,
+        // Every pool of this database: the shared one, and the committers' own connections,
+        // opened now (the first robot call does not wait ~6 ms for a PostgreSQL connection).
+        let pool_of = |size: u32, customizer: Option<Box<NoCheckpointInCommit>>| {
+            let builder = r2d2::Pool::builder()
+                .max_size(size)
+                .connection_timeout(Duration::from_secs(10));
+            let builder = match customizer {
+                Some(c) => builder.connection_customizer(c),
+                None => builder,
+            };
+            builder.build(Manager {
+                url: url.to_owned(),
+                backend,
+            })
         };
-        let pool = r2d2::Pool::builder()
-            .max_size(max_size)
-            .connection_timeout(Duration::from_secs(10))
-            .build(manager)
-            .with_context(|| match backend {
+        let pool = pool_of(max_size, None).with_context(|| match backend {
                 Backend::Postgres => "cannot connect to PostgreSQL (check DATABASE_URL)".to_owned(),
                 Backend::Sqlite => format!("cannot open the SQLite database {}", sqlite_path(url)),
             })?;
@@ -272,17 +279,11 @@ impl Db {
             Backend::Sqlite => 1,
             Backend::Postgres => lanes.max(1),
         };
-        // The committers' own connections, opened now: the first robot call does not wait for
-        // a connection to be set up (~6 ms on PostgreSQL here).
-        let commit_pool = r2d2::Pool::builder()
-            .max_size(u32::try_from(lanes).unwrap_or(1))
-            .connection_timeout(Duration::from_secs(10))
-            .connection_customizer(Box::new(NoCheckpointInCommit))
-            .build(Manager {
-                url: url.to_owned(),
-                backend,
-            })
-            .context("cannot open the database for the group committer")?;
+        let commit_pool = pool_of(
+            u32::try_from(lanes).unwrap_or(1),
+            Some(Box::new(NoCheckpointInCommit)),
+        )
+        .context("cannot open the database for the group committer")?;
         let group = group::GroupCommit::start(
             "group-commit",
             commit_pool,
@@ -296,13 +297,7 @@ impl Db {
         let writes = match backend {
             Backend::Postgres => None,
             Backend::Sqlite => {
-                let pool = r2d2::Pool::builder()
-                    .max_size(1)
-                    .connection_timeout(Duration::from_secs(10))
-                    .build(Manager {
-                        url: url.to_owned(),
-                        backend,
-                    })
+                let pool = pool_of(1, None)
                     .context("cannot open the database for the writers' committer")?;
                 let committer = group::GroupCommit::start(
                     "sqlite-writes",
@@ -349,9 +344,8 @@ impl Db {
         T: Send + 'static,
     {
         match &self.writes {
-            // Every SQLite write of the process waited for its own turn of the one writer and
-            // paid its own sync: the job worker's 3 writes per callback held the lock ~0.9 ms
-            // each, 90 % of the time at 500 robot calls/s, and acknowledgements waited behind.
+            // One sync for the writes queued together, where each waited for its own turn of the
+            // one writer and paid its own (measured at [`group::Policy::IN_LINE`]).
             Some(writes) => writes.run("", move |c| Ok(f(c)?)).await,
             None => self.spawn(f).await,
         }
