@@ -309,66 +309,6 @@ mod tests {
     use super::*;
     use crate::db::{Backend, Manager};
 
-    #[actix_web::test]
-    async fn writes_that_arrive_during_a_commit_go_next_in_the_same_turn_of_sqlites_lock() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("app.db");
-        let pool = diesel::r2d2::Pool::builder()
-            .max_size(1)
-            .build(Manager {
-                url: path.to_str().expect("utf-8 path").to_owned(),
-                backend: Backend::Sqlite,
-            })
-            .expect("pool");
-        crate::db::run_migrations(&mut pool.get().expect("conn")).expect("migrations");
-        let gate = Arc::new(super::super::gate::WriteGate::default());
-        let group = Arc::new(
-            GroupCommit::start(
-                "test",
-                pool,
-                Some(Arc::clone(&gate)),
-                1,
-                Policy::ACKNOWLEDGEMENTS,
-            )
-            .expect("start"),
-        );
-        // The first write holds its batch open until the second has been handed over.
-        let (started, is_running) = mpsc::channel::<()>();
-        let (release, released) = mpsc::channel::<()>();
-        let first = {
-            let group = Arc::clone(&group);
-            actix_web::rt::spawn(async move {
-                group
-                    .run("portal", move |_c| {
-                        let _ = started.send(());
-                        let _ = released.recv();
-                        Ok(1)
-                    })
-                    .await
-            })
-        };
-        actix_web::rt::task::spawn_blocking(move || is_running.recv())
-            .await
-            .expect("join")
-            .expect("the first batch began");
-        let second = {
-            let group = Arc::clone(&group);
-            actix_web::rt::spawn(async move { group.run("portal", |_c| Ok(2)).await })
-        };
-        // The second write is queued once `submitted` counts it.
-        while group.counts().submitted < 2 {
-            actix_web::rt::task::yield_now().await;
-        }
-        release.send(()).expect("release");
-        assert_eq!(first.await.expect("join").expect("first"), 1);
-        assert_eq!(second.await.expect("join").expect("second"), 2);
-        assert_eq!(
-            (group.counts().batches, gate.use_so_far().group_commit.turns),
-            (2, 1),
-            "two batches, one turn of the write lock"
-        );
-    }
-
     /// A committer of `policy` on a fresh SQLite file, and its gate.
     fn sqlite_committer(
         dir: &tempfile::TempDir,
@@ -454,6 +394,48 @@ mod tests {
         v
     }
 
+    /// Hands `writes` (a marker each, failing if asked) to the committer behind the held one;
+    /// returns once every one is queued.
+    async fn queue_behind(
+        group: &Arc<GroupCommit>,
+        writes: &[(&'static str, bool)],
+    ) -> Vec<actix_web::rt::task::JoinHandle<Result<i32, DbError>>> {
+        let before = group.counts().submitted;
+        let handles = writes
+            .iter()
+            .map(|&(name, fail)| {
+                let group = Arc::clone(group);
+                actix_web::rt::spawn(
+                    async move { group.run("", move |c| mark(c, name, fail)).await },
+                )
+            })
+            .collect();
+        // Queued once `submitted` counts it.
+        while group.counts().submitted < before + writes.len() as u64 {
+            actix_web::rt::task::yield_now().await;
+        }
+        handles
+    }
+
+    #[actix_web::test]
+    async fn writes_that_arrive_during_a_commit_go_next_in_the_same_turn_of_sqlites_lock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (group, gate) = sqlite_committer(&dir, Policy::ACKNOWLEDGEMENTS);
+        // The first write holds its batch open until the second has been handed over.
+        let (release, first) = hold(&group).await;
+        let second = queue_behind(&group, &[("second", false)]).await;
+        release.send(()).expect("release");
+        assert_eq!(first.await.expect("join").expect("first"), 0);
+        for w in second {
+            assert_eq!(w.await.expect("join").expect("second"), 1);
+        }
+        assert_eq!(
+            (group.counts().batches, gate.use_so_far().group_commit.turns),
+            (2, 1),
+            "two batches, one turn of the write lock"
+        );
+    }
+
     #[actix_web::test]
     async fn sqlite_writes_queued_behind_a_write_share_its_commit_and_a_failed_one_leaves_nothing()
     {
@@ -466,18 +448,11 @@ mod tests {
             },
         );
         let (release, first) = hold(&group).await;
-        let writes: Vec<_> = [("kept-1", false), ("failed", true), ("kept-2", false)]
-            .into_iter()
-            .map(|(name, fail)| {
-                let group = Arc::clone(&group);
-                actix_web::rt::spawn(
-                    async move { group.run("", move |c| mark(c, name, fail)).await },
-                )
-            })
-            .collect();
-        while group.counts().submitted < 4 {
-            actix_web::rt::task::yield_now().await;
-        }
+        let writes = queue_behind(
+            &group,
+            &[("kept-1", false), ("failed", true), ("kept-2", false)],
+        )
+        .await;
         release.send(()).expect("release");
         assert_eq!(first.await.expect("join").expect("first"), 0);
         let mut answers = Vec::new();
@@ -515,18 +490,7 @@ mod tests {
         let (release, first) = hold(&group).await;
         // Two writes queued behind the held one: the next batch takes both, and with no time
         // to spare runs the first of them only.
-        let queued: Vec<_> = ["second", "third"]
-            .into_iter()
-            .map(|name| {
-                let group = Arc::clone(&group);
-                actix_web::rt::spawn(
-                    async move { group.run("", move |c| mark(c, name, false)).await },
-                )
-            })
-            .collect();
-        while group.counts().submitted < 3 {
-            actix_web::rt::task::yield_now().await;
-        }
+        let queued = queue_behind(&group, &[("second", false), ("third", false)]).await;
         release.send(()).expect("release");
         assert_eq!(first.await.expect("join").expect("first"), 0);
         for q in queued {

@@ -263,9 +263,9 @@ impl Db {
             })
         };
         let pool = pool_of(max_size, None).with_context(|| match backend {
-                Backend::Postgres => "cannot connect to PostgreSQL (check DATABASE_URL)".to_owned(),
-                Backend::Sqlite => format!("cannot open the SQLite database {}", sqlite_path(url)),
-            })?;
+            Backend::Postgres => "cannot connect to PostgreSQL (check DATABASE_URL)".to_owned(),
+            Backend::Sqlite => format!("cannot open the SQLite database {}", sqlite_path(url)),
+        })?;
         let mut conn = pool.get().context("cannot get a database connection")?;
         if backend == Backend::Sqlite {
             // WAL is a property of the file, so once is enough; readers then never block the writer.
