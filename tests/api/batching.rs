@@ -233,7 +233,7 @@ async fn run_due_jobs(app: &TestApp) {
     }
 }
 
-/// The report jobs waiting to be gathered (their note), oldest first.
+/// The report jobs waiting to be gathered (their note).
 async fn gathering_reports(app: &TestApp) -> Vec<String> {
     let jobs = app.shared.db.run(queue::all).await.expect("jobs");
     jobs.into_iter()
@@ -241,6 +241,15 @@ async fn gathering_reports(app: &TestApp) -> Vec<String> {
         .filter_map(|j| j.last_error)
         .filter(|e| e.starts_with("gathering:"))
         .collect()
+}
+
+/// Exactly one report waits to be gathered, its note saying `why`.
+async fn assert_one_gathering(app: &TestApp, why: &str) {
+    let waiting = gathering_reports(app).await;
+    assert!(
+        waiting.len() == 1 && waiting[0].contains(why),
+        "one report gathered because its portal's {why}: {waiting:?}"
+    );
 }
 
 async fn a_portal_whose_budget_ran_low_gathers_its_reports_until_it_has_been_quiet_for_ten_seconds(
@@ -260,11 +269,7 @@ async fn a_portal_whose_budget_ran_low_gathers_its_reports_until_it_has_been_qui
     }
     fire(&app, &p.member_id).await;
     run_due_jobs(&app).await;
-    let first = gathering_reports(&app).await;
-    assert!(
-        first.len() == 1 && first[0].contains("request budget left"),
-        "the first report found the budget low: {first:?}"
-    );
+    assert_one_gathering(&app, "request budget left").await;
     // Its window comes and it goes; the budget is back over the mark.
     app.advance(Duration::from_secs(5));
     run_due_jobs(&app).await;
@@ -275,11 +280,7 @@ async fn a_portal_whose_budget_ran_low_gathers_its_reports_until_it_has_been_qui
     // A report 5 s later is gathered anyway: the portal ran low a moment ago.
     fire(&app, &p.member_id).await;
     run_due_jobs(&app).await;
-    let second = gathering_reports(&app).await;
-    assert!(
-        second.len() == 1 && second[0].contains("ran low within the last 10 s"),
-        "{second:?}"
-    );
+    assert_one_gathering(&app, "ran low within the last 10 s").await;
     app.drain_over_time(Duration::from_secs(1), 10).await;
     assert_eq!(app.b24.event_sends(&p.member_id).len(), 2);
 
