@@ -27,6 +27,8 @@ pub struct WriteGate {
     /// What the ordinary writers and the group committer have waited and held.
     other_use: Use,
     group_commit_use: Use,
+    /// How many writes the group committer's last turn carried ([`WriteGate::acknowledged`]).
+    last_acknowledged: AtomicU64,
 }
 
 /// One class of writers' turns so far.
@@ -91,6 +93,17 @@ impl WriteGate {
         let asked = Instant::now();
         let lock = self.lock.lock();
         turn(lock, None, asked, &self.group_commit_use)
+    }
+
+    /// The group committer's turn carried `writes`: robot calls flood in when it is many
+    /// ([`super::group::Policy::flood_from`]).
+    pub fn acknowledged(&self, writes: u64) {
+        self.last_acknowledged.store(writes, Ordering::Relaxed);
+    }
+
+    /// How many writes the group committer's last turn carried.
+    pub fn last_acknowledged(&self) -> u64 {
+        self.last_acknowledged.load(Ordering::Relaxed)
     }
 
     /// The writers' use of the lock so far.
