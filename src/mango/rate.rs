@@ -1,5 +1,12 @@
 //! Mango's limit of callback commands per account (4 a second), counted in the shared database
 //! so that every portal and app instance using one key shares the budget.
+//!
+//! A sliding window (Mango's own limit behaves like one), not fixed seconds, which would allow
+//! twice the rate across a second boundary. Each send is a `rate_slots` row keyed by its time in
+//! microseconds of the database clock, plus the app clock's test offset, so instances with
+//! drifting host clocks agree. The row at slot -1 of an account's bucket is a lock: updating it
+//! first (a write that changes nothing) serialises concurrent takers on PostgreSQL as well as on
+//! SQLite.
 
 use std::time::Duration;
 
@@ -161,8 +168,8 @@ pub enum Turn {
 /// and waiters are woken `window_us / limit` apart (the limit's own pace), so a woken waiter
 /// normally finds room; one that does not (network jitter) keeps its place and is told when the
 /// oldest send leaves the window. A slot that frees within [`TAKE_AHEAD_US`] is taken at once,
-/// dated when it frees. Sends are counted in `rate_slots` as by [`take_rate_slot`]; places in
-/// the line are `mango_waits` rows, both under the bucket's lock row.
+/// dated when it frees. Sends are counted in `rate_slots` (the module's doc); places in the line
+/// are `mango_waits` rows, both under the bucket's lock row.
 pub fn take_or_queue(
     conn: &mut DbConnection,
     bucket: &str,
@@ -306,38 +313,6 @@ fn forget_old_slots(c: &mut DbConnection, bucket: &str, until: i64) -> QueryResu
             .filter(rate_slots::slot.le(until)),
     )
     .execute(c)
-}
-
-/// Mango rate: at most `limit` callback commands per account within any `window_us`, counted in
-/// the shared database so that every portal and app instance using one key shares the budget.
-///
-/// A sliding window (Mango's own limit behaves like one), not fixed seconds, which would allow
-/// twice the rate across a second boundary. The row at slot -1 is a lock: updating it first
-/// (a write that changes nothing) serialises concurrent takers on PostgreSQL as well as on
-/// SQLite. Each taken slot is a row keyed by its time in microseconds of the database clock, plus
-/// `offset_us` (the app clock's test offset), so instances with drifting host clocks agree.
-pub fn take_rate_slot(
-    conn: &mut DbConnection,
-    bucket: &str,
-    offset_us: i64,
-    limit: i64,
-    window_us: i64,
-) -> Result<bool, DbError> {
-    write_tx(conn, |c| {
-        lock_bucket(c, bucket)?;
-        // Read after the lock: a taker that waited for it counts from when it got it.
-        let now_us = db_now_us(c)?.saturating_add(offset_us);
-        forget_old_slots(c, bucket, now_us - window_us)?;
-        let recent: i64 = rate_slots::table
-            .filter(rate_slots::bucket.eq(bucket))
-            .filter(rate_slots::slot.ge(0i64))
-            .count()
-            .get_result(c)?;
-        if recent >= limit {
-            return Ok(false);
-        }
-        Ok(insert_slot(c, bucket, now_us, 1)?)
-    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! Rows: bucket `page-mango:{member_id}` holds the time (µs) of the page's last Mango request,
 //! bucket `mango-refused:{sha256(key)}` the times Mango refused the key; slot -1 of the portal's
 //! bucket is the row that serialises concurrent takers, as in
-//! [`crate::mango::rate::take_rate_slot`]. Old rows are deleted as they are passed.
+//! [`crate::mango::rate`]. Old rows are deleted as they are passed.
 
 use std::time::Duration;
 
