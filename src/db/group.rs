@@ -60,7 +60,9 @@ impl Policy {
     /// stood still while the calls were acknowledged (2–3 s of turns of 4 batches of 64). With
     /// it the burst drained in 31.2–31.9 s against 33.7–35.0 s, and the calls were still
     /// acknowledged at 2,551–2,824/s (~4,300/s before). A 5 ms cap once no acknowledgement came
-    /// for 100 ms changed nothing: Mango's notifications keep coming all through a drain.
+    /// for 100 ms changed nothing: Mango's notifications keep coming all through a drain. The
+    /// count holds until the acknowledgements' next turn, so the first robot call after a flood
+    /// waits for one such batch at most.
     pub const IN_LINE: Policy = Policy {
         ahead: false,
         batches_per_turn: 1,
