@@ -96,7 +96,7 @@ impl WriteGate {
     }
 
     /// The group committer's turn carried `writes`: robot calls flood in when it is many
-    /// ([`super::group::Policy::flood_from`]).
+    /// ([`super::group::Flood`]).
     pub fn acknowledged(&self, writes: u64) {
         self.last_acknowledged.store(writes, Ordering::Relaxed);
     }

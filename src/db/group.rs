@@ -31,11 +31,17 @@ pub struct Policy {
     /// No further write starts in a batch that has run this long: the acknowledgements that
     /// wait for the lock wait for one such batch at most.
     pub busy_for: Option<Duration>,
-    /// SQLite: [`Policy::busy_for`] while robot calls flood in, that is while the
-    /// acknowledgements' last turn of the lock carried at least `flood_from` writes: each of
-    /// those waits for its own long batch anyway, and the job worker keeps draining.
-    pub busy_for_in_flood: Option<Duration>,
-    pub flood_from: u64,
+    /// SQLite: a longer [`Policy::busy_for`] while robot calls flood in.
+    pub in_flood: Option<Flood>,
+}
+
+/// While the acknowledgements' last turn of the lock carried at least `from` writes, a batch
+/// starts no write after `busy_for`: each of those waits for its own long batch anyway, and the
+/// job worker keeps draining.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    pub from: u64,
+    pub busy_for: Duration,
 }
 
 impl Policy {
@@ -45,8 +51,7 @@ impl Policy {
         ahead: true,
         batches_per_turn: 4,
         busy_for: None,
-        busy_for_in_flood: None,
-        flood_from: u64::MAX,
+        in_flood: None,
     };
 
     /// Every other SQLite write ([`super::Db::run`]): in the line, one batch per turn, and a
@@ -67,8 +72,10 @@ impl Policy {
         ahead: false,
         batches_per_turn: 1,
         busy_for: Some(Duration::from_micros(500)),
-        busy_for_in_flood: Some(Duration::from_millis(5)),
-        flood_from: 32,
+        in_flood: Some(Flood {
+            from: 32,
+            busy_for: Duration::from_millis(5),
+        }),
     };
 }
 
@@ -192,9 +199,9 @@ impl GroupCommit {
                                 }
                             }
                             counted.batches.fetch_add(1, Ordering::Relaxed);
-                            let busy_for = match gate.as_deref() {
-                                Some(g) if g.last_acknowledged() >= policy.flood_from => {
-                                    policy.busy_for_in_flood
+                            let busy_for = match (gate.as_deref(), policy.in_flood) {
+                                (Some(g), Some(f)) if g.last_acknowledged() >= f.from => {
+                                    Some(f.busy_for)
                                 }
                                 _ => policy.busy_for,
                             };
@@ -212,7 +219,7 @@ impl GroupCommit {
                                 next = held.pop_front().or_else(|| rx.try_recv().ok());
                             }
                         }
-                        if let (Some(g), true) = (gate.as_deref(), policy.ahead) {
+                        if let Some(g) = gate.as_deref().filter(|_| policy.ahead) {
                             g.acknowledged(u64::try_from(carried).unwrap_or(u64::MAX));
                         }
                     }
@@ -257,7 +264,7 @@ impl GroupCommit {
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
-        usize::try_from(h.finish() % self.lanes.len().max(1) as u64).unwrap_or(0)
+        usize::try_from(h.finish() % self.lanes.len() as u64).unwrap_or(0)
     }
 
     /// Writes submitted, transactions begun and writes they carried, since the start.
@@ -521,20 +528,23 @@ mod tests {
     fn no_time_but_in_a_flood() -> Policy {
         Policy {
             busy_for: Some(std::time::Duration::ZERO),
-            busy_for_in_flood: Some(std::time::Duration::from_secs(3600)),
+            in_flood: Some(Flood {
+                from: 32,
+                busy_for: std::time::Duration::from_secs(3600),
+            }),
             ..Policy::IN_LINE
         }
     }
 
-    #[actix_web::test]
-    async fn a_sqlite_batch_that_has_run_its_time_leaves_the_writes_queued_behind_it_to_the_next() {
+    /// On a committer of [`no_time_but_in_a_flood`] whose gate heard the acknowledgements' last
+    /// turn carried `acknowledged`: two writes queued behind a held one, each answered and
+    /// stored; the commits and the turns of the lock they took.
+    async fn two_queued_behind_a_held_write(acknowledged: u64) -> (u64, u64) {
         let dir = tempfile::tempdir().expect("temp dir");
         let (group, gate) = sqlite_committer(&dir, no_time_but_in_a_flood());
-        // The acknowledgements' last turn carried a few robot calls.
-        gate.acknowledged(31);
+        gate.acknowledged(acknowledged);
         let (release, first) = hold(&group).await;
-        // Two writes queued behind the held one: the next batch takes both, and with no time
-        // to spare runs the first of them only.
+        // The next batch takes both queued writes.
         let queued = queue_behind(&group, &[("second", false), ("third", false)]).await;
         release.send(()).expect("release");
         assert_eq!(first.await.expect("join").expect("first"), 0);
@@ -542,8 +552,14 @@ mod tests {
             assert_eq!(q.await.expect("join").expect("queued"), 1);
         }
         assert_eq!(marks(&dir), ["second", "third"]);
+        (group.counts().batches, gate.use_so_far().other.turns)
+    }
+
+    #[actix_web::test]
+    async fn a_sqlite_batch_that_has_run_its_time_leaves_the_writes_queued_behind_it_to_the_next() {
+        // A turn of 31 is no flood: with no time to spare the batch runs the first write only.
         assert_eq!(
-            (group.counts().batches, gate.use_so_far().other.turns),
+            two_queued_behind_a_held_write(31).await,
             (3, 3),
             "one commit and one turn of the lock each"
         );
@@ -552,19 +568,8 @@ mod tests {
     #[actix_web::test]
     async fn while_robot_calls_flood_in_a_sqlite_batch_takes_its_longer_time_for_the_writes_queued_behind_it(
     ) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (group, gate) = sqlite_committer(&dir, no_time_but_in_a_flood());
-        gate.acknowledged(32);
-        let (release, first) = hold(&group).await;
-        let queued = queue_behind(&group, &[("second", false), ("third", false)]).await;
-        release.send(()).expect("release");
-        assert_eq!(first.await.expect("join").expect("first"), 0);
-        for q in queued {
-            assert_eq!(q.await.expect("join").expect("queued"), 1);
-        }
-        assert_eq!(marks(&dir), ["second", "third"]);
         assert_eq!(
-            (group.counts().batches, gate.use_so_far().other.turns),
+            two_queued_behind_a_held_write(32).await,
             (2, 2),
             "the held write's commit, then one for both queued behind it"
         );
