@@ -63,27 +63,19 @@ impl RateLimiter {
     pub async fn gather_or_send(&self, member_id: &str, at_least: f64) -> Result<Budget, DbError> {
         let now = self.clock.now();
         let hold = chrono::Duration::from_std(SHORT_FOR).unwrap_or_default();
-        {
-            let mut short = self.short_until.lock().unwrap_or_else(|p| p.into_inner());
-            match short.get_mut(member_id) {
-                Some(until) if *until > now => {
-                    *until = now + hold;
-                    return Ok(Budget::RecentlyLow);
-                }
-                Some(_) => {
-                    short.remove(member_id);
-                }
-                None => {}
-            }
+        let short = || self.short_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = short().get_mut(member_id).filter(|until| **until > now) {
+            *until = now + hold;
+            return Ok(Budget::RecentlyLow);
         }
         let spare = self.spare(member_id).await?;
         if spare >= at_least {
             return Ok(Budget::Plenty);
         }
-        self.short_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(member_id.to_owned(), now + hold);
+        let mut short = short();
+        // Portals whose hold has passed are forgotten: the map holds the busy ones only.
+        short.retain(|_, until| *until > now);
+        short.insert(member_id.to_owned(), now + hold);
         Ok(Budget::Low(spare))
     }
 
