@@ -258,9 +258,12 @@ async fn a_portal_whose_budget_ran_low_gathers_its_reports_until_it_has_been_qui
     let app = spawn_app(backend).await;
     let p = app.installed_portal("held-low").await;
     let limiter = &app.shared.limiter;
-    // A full budget, spent to just under the share at which a report goes at once.
+    // A full budget, spent to under a fifth, well under the share at which a report goes at
+    // once (0.9): the budget refills with the database's clock, which runs in real time too (18
+    // requests a second here), and spent to just under 0.9 a slow run found it back over the
+    // mark before the report asked. Under a fifth leaves ~2 s of slack and room for the lookup.
     app.advance(Duration::from_secs(60));
-    while limiter.spare(&p.member_id).await.expect("budget") >= 0.9 {
+    while limiter.spare(&p.member_id).await.expect("budget") >= 0.2 {
         assert!(limiter
             .try_take(&p.member_id)
             .await
